@@ -1,0 +1,102 @@
+"""Quality benchmark: a method against k-means on the raw pixels, on the same images.
+
+    python benchmarks/quality.py --method idfd --data fashion-mnist --split test \
+        --data-dir ../shared/data [--epochs N] [key=value ...]
+
+Trains with ``configs/<method>/<data>.yaml`` on the chosen split (train+test protocol on that
+split), runs k-means (same n_init) on the raw pixels of the same images, and writes
+``benchmarks/results/<method>_<data>_<split>_<device>.json`` with both scores, the machine,
+the command, the date and the wall times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import deepclust
+from deepclust.cli import packaged_config
+from deepclust.cluster import kmeans
+from deepclust.config import deep_merge, load_yaml, parse_override, resolve_config
+from deepclust.data import load_dataset
+from deepclust.engine import train
+from deepclust.metrics import evaluate
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict:
+    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version(), "torch": torch.__version__, "deepclust": deepclust.__version__}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--method", required=True)
+    p.add_argument("--data", default="fashion-mnist")
+    p.add_argument("--split", default="test")
+    p.add_argument("--data-dir", default=os.environ.get("DEEPCLUST_DATA", "../shared/data"))
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--tag", default="")
+    p.add_argument("overrides", nargs="*")
+    a = p.parse_args(argv)
+
+    raw = load_yaml(packaged_config(f"{a.method}/{a.data}"))
+    over = {"data": {"data_dir": a.data_dir, "train_split": a.split, "eval_split": a.split},
+            "train": {"seed": a.seed, "device": a.device, "progress": False}}
+    if a.epochs:
+        over["train"]["epochs"] = a.epochs
+    raw = deep_merge(raw, over)
+    for o in a.overrides:
+        raw = deep_merge(raw, parse_override(o))
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = deep_merge(raw, {"train": {"out": str(Path(tmp) / "run")}})
+        cfg = resolve_config(raw)
+        data = load_dataset(cfg.data.name, a.split, a.data_dir)
+        t0 = time.time()
+        pixels = data.images.flatten(1).float() / 255.0
+        km = kmeans(pixels, cfg.n_clusters or data.n_classes, n_init=cfg.eval.n_init, seed=cfg.eval.kmeans_seed)
+        base = {**evaluate(data.labels.numpy(), km.labels.numpy()), "wall_time_s": round(time.time() - t0, 2)}
+        rec = train(cfg)
+    device = rec["device"]
+    out = {
+        "benchmark": "quality",
+        "method": a.method,
+        "dataset": data.name,
+        "split": a.split,
+        "protocol": f"train+test on the {data.n_samples} {a.split} images",
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
+        "machine": machine(),
+        "device": device,
+        "kmeans_raw_pixels": {k: base[k] for k in ("acc", "nmi", "ari", "wall_time_s")} | {"n_init": cfg.eval.n_init},
+        "method_result": {k: rec.get(k) for k in ("acc", "nmi", "ari", "epoch", "wall_time_s", "train_images_per_s", "n_init", "prediction", "cluster_sizes", "extras")},
+        "beats_kmeans_acc": rec["acc"] > base["acc"],
+        "config": cfg.to_dict(),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    dev = "gpu" if device.startswith("cuda") else "cpu"
+    path = RESULTS / f"{a.method}_{a.data}_{a.split}_{dev}{a.tag}.json"
+    path.write_text(json.dumps(out, indent=2, default=str))
+    print(f"k-means raw pixels: ACC {base['acc']:.4f} NMI {base['nmi']:.4f} ARI {base['ari']:.4f}")
+    print(f"{a.method}: ACC {rec['acc']:.4f} NMI {rec['nmi']:.4f} ARI {rec['ari']:.4f} in {rec['wall_time_s']:.0f}s -> {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

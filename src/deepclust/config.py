@@ -1,0 +1,273 @@
+"""Typed, strict run configuration.
+
+A run is described by :class:`Config`, a tree of dataclasses. It is built from, in order of
+precedence (later wins): the dataclass defaults, the method's own defaults
+(``METHOD.defaults``), a YAML file, and ``key.sub=value`` overrides or command-line flags.
+Unknown keys are errors that name the closest valid key. The resolved config is saved next
+to every run's results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from deepclust.augment import AugmentConfig
+from deepclust.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    """Which images to train and evaluate on."""
+
+    name: str = "digits"
+    data_dir: str | None = None
+    train_split: str = "train+test"  # the protocol follows from train_split and eval_split
+    eval_split: str = "train+test"
+    image_size: int | None = None  # None: the dataset's native size
+    mean: list[float] | None = None  # None: per-channel statistics of the training images
+    std: list[float] | None = None
+
+
+@dataclass
+class ModelConfig:
+    """Backbone and projection."""
+
+    backbone: str = "auto"  # auto: small_cnn for small grayscale images, else resnet18
+    stem: str = "auto"  # cifar | stl | imagenet | auto (from the image size)
+    feature_dim: int = 128
+    init: str | None = None  # a run directory or checkpoint whose backbone initialises this one
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser and learning-rate schedule (stepped per iteration)."""
+
+    name: str = "sgd"  # sgd | adam | adamw
+    lr: float = 0.03
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    schedule: str = "step"  # constant | step | cosine
+    milestones: list[int] = field(default_factory=list)  # epochs, for "step"
+    gamma: float = 0.1
+    warmup_epochs: int = 0
+
+
+@dataclass
+class TrainConfig:
+    """The training loop."""
+
+    epochs: int = 30
+    batch_size: int = 128
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    amp: str = "auto"  # auto (bf16 on CUDA, off elsewhere) | bf16 | fp16 | off
+    drop_last: bool = False
+    eval_every: int = 0  # 0: evaluate only at the end
+    checkpoint_every: int = 1
+    out: str | None = None
+    progress: bool = True
+
+
+@dataclass
+class EvalConfig:
+    """How predictions are made and scored (see spec/evaluation.md)."""
+
+    n_init: int = 10  # k-means restarts
+    kmeans_seed: int = 0
+    features: str = "clean"  # clean | memory (IDFD's memory bank, train+test only)
+    batch_size: int = 512
+
+
+@dataclass
+class Config:
+    """A whole run."""
+
+    method: str = "idfd"
+    n_clusters: int | None = None  # None: the number of classes of the dataset
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    method_args: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def protocol(self) -> str:
+        """``train+test`` when the evaluated images are the trained ones, else ``train->test``."""
+        return "train+test" if self.data.train_split == self.data.eval_split else "train->test"
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(dataclasses.asdict(self))
+
+
+def _to_plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_to_plain(v) for v in obj]
+    return obj
+
+
+def _unknown_key(key: str, valid: list[str], where: str) -> ConfigError:
+    close = difflib.get_close_matches(key, valid, n=1)
+    hint = f"; did you mean '{where}{close[0]}'?" if close else f"; valid keys: {', '.join(sorted(valid))}"
+    return ConfigError(f"unknown config key '{where}{key}'{hint}")
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check and convert a YAML value to the annotated type (int, float, str, bool, lists)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if value is None:
+        if tp is type(None) or type(None) in args or tp is Any:
+            return None
+        raise ConfigError(f"config key '{where}' must not be empty")
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"config key '{where}' has an invalid value {value!r}")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{where}' must be a list, got {value!r}")
+        item = args[0] if args else Any
+        items = [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict or tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key '{where}' must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+            raise ConfigError(f"config key '{where}' must be an integer, got {value!r}")
+        return int(value)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key '{where}' must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            return str(value)
+        return value
+    return value
+
+
+def build_dataclass(cls: type, values: dict[str, Any], where: str = "") -> Any:
+    """Build dataclass ``cls`` from a dict, strictly: unknown keys raise :class:`ConfigError`."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"config section '{where.rstrip('.') or 'root'}' must be a mapping")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in names:
+            raise _unknown_key(str(key), names, where)
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = build_dataclass(tp, value or {}, f"{where}{key}.")
+        else:
+            kwargs[key] = _coerce(value, tp, f"{where}{key}")
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"invalid config section '{where.rstrip('.') or 'root'}': {exc}") from None
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge; ``update`` wins. ``method_args`` merges like any section."""
+    out = dict(base)
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """``train.epochs=10`` -> ``{"train": {"epochs": 10}}`` (the value is parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like key.sub=value (e.g. train.epochs=10)")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else None
+    except yaml.YAMLError:
+        value = raw
+    out: dict[str, Any] = {}
+    node = out
+    parts = key.strip().split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+    return out
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file '{path}' not found; pass a YAML file such as configs/idfd/digits.yaml")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        at = f" (line {line + 1})" if line is not None else ""
+        raise ConfigError(f"config file '{path}' is not valid YAML{at}; fix the syntax") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file '{path}' must hold a mapping of sections (method, data, train, ...)")
+    return data
+
+
+def resolve_config(raw: dict[str, Any]) -> Config:
+    """Merge the method's defaults under ``raw`` and build a strict :class:`Config`.
+
+    The method's ``method_args`` are validated against its own options dataclass.
+    """
+    from deepclust.methods import get_method_class  # local: methods import config
+
+    method = raw.get("method", Config.method)
+    cls = get_method_class(method)
+    merged = deep_merge(cls.defaults(), raw)
+    cfg = build_dataclass(Config, merged)
+    # Validate and fill the method's own options; store them fully resolved.
+    opts = build_dataclass(cls.Options, cfg.method_args, "method_args.")
+    cfg.method_args = _to_plain(dataclasses.asdict(opts))
+    _validate(cfg)
+    return cfg
+
+
+def _validate(cfg: Config) -> None:
+    if cfg.train.epochs < 1:
+        raise ConfigError("train.epochs must be at least 1")
+    if cfg.train.batch_size < 2:
+        raise ConfigError("train.batch_size must be at least 2")
+    if cfg.n_clusters is not None and cfg.n_clusters < 2:
+        raise ConfigError(f"n_clusters must be at least 2, got {cfg.n_clusters}")
+    if cfg.eval.features not in ("clean", "memory"):
+        raise ConfigError(f"eval.features must be 'clean' or 'memory', got '{cfg.eval.features}'")
+    if cfg.train.amp not in ("auto", "bf16", "fp16", "off"):
+        raise ConfigError(f"train.amp must be auto, bf16, fp16 or off, got '{cfg.train.amp}'")
+    if cfg.optim.schedule not in ("constant", "step", "cosine"):
+        raise ConfigError(f"optim.schedule must be constant, step or cosine, got '{cfg.optim.schedule}'")
+    if cfg.optim.name not in ("sgd", "adam", "adamw"):
+        raise ConfigError(f"optim.name must be sgd, adam or adamw, got '{cfg.optim.name}'")
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,126 @@
+"""The dataset registry: a plain dict from name to loader, and :func:`load_dataset`.
+
+A loader is ``fn(data_dir: Path, split: str, image_size: int | None) -> ImageData``. Names
+with a ``:`` are ``npz:PATH`` or ``folder:PATH`` (PATH relative to the working directory).
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+from pathlib import Path
+from typing import Callable
+
+from deepclust.data import folder, npz, standard
+from deepclust.data.base import ImageData
+from deepclust.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DATASETS", "DATASET_SPLITS", "list_datasets", "list_splits", "load_dataset", "resolve_data_dir"]
+
+Loader = Callable[[Path, str, "int | None"], ImageData]
+
+
+def _imagenet(data_dir: Path, split: str, image_size: int | None) -> ImageData:
+    raise DataError(
+        "dataset 'imagenet' (1.28M images) needs streaming and is not supported in memory yet; "
+        "use imagenet10, imagenet-dogs, tiny-imagenet or folder:PATH"
+    )
+
+
+DATASETS: dict[str, Loader] = {
+    "digits": lambda d, s, z: standard.load_digits(d, s, z),
+    "cifar10": lambda d, s, z: standard.load_cifar10(d, s, z),
+    "cifar10-jpeg": lambda d, s, z: standard.load_cifar10(d, s, z, jpeg_only=True),
+    "cifar100-20": lambda d, s, z: standard.load_cifar100(d, s, z, coarse=True),
+    "cifar100": lambda d, s, z: standard.load_cifar100(d, s, z, coarse=False),
+    "fashion-mnist": lambda d, s, z: standard.load_fashion_mnist(d, s, z),
+    "stl10": lambda d, s, z: standard.load_stl10(d, s, z),
+    "imagenet10": lambda d, s, z: folder.load_imagenet_subset("imagenet10", folder.IMAGENET10_CLASSES, d, s, z),
+    "imagenet-dogs": lambda d, s, z: folder.load_imagenet_subset("imagenet-dogs", folder.IMAGENET_DOGS_CLASSES, d, s, z),
+    "tiny-imagenet": lambda d, s, z: folder.load_tiny_imagenet(d, s, z),
+    "imagenet": _imagenet,
+}
+
+DATASET_SPLITS: dict[str, tuple[str, ...]] = {
+    "digits": standard.DIGITS_SPLITS,
+    "cifar10": standard.CIFAR_SPLITS,
+    "cifar10-jpeg": standard.CIFAR_SPLITS,
+    "cifar100-20": standard.CIFAR_SPLITS,
+    "cifar100": standard.CIFAR_SPLITS,
+    "fashion-mnist": standard.CIFAR_SPLITS,
+    "stl10": standard.STL10_SPLITS,
+    "imagenet10": ("train", "train+test"),
+    "imagenet-dogs": ("train", "train+test"),
+    "tiny-imagenet": folder.TINY_IMAGENET_SPLITS,
+    "imagenet": ("train", "val"),
+    "npz": npz.NPZ_SPLITS,
+    "folder": folder.FOLDER_SPLITS,
+}
+
+
+def list_datasets() -> list[str]:
+    """Registered dataset names (plus the ``npz:PATH`` and ``folder:PATH`` forms)."""
+    return list(DATASETS)
+
+
+def list_splits(name: str) -> list[str]:
+    """The splits a dataset knows (``npz:...`` / ``folder:...`` give the whole file/folder)."""
+    key = name.split(":", 1)[0].strip().lower() if ":" in name else _canonical(name)
+    if key not in DATASET_SPLITS:
+        raise DataError(_unknown_message(name))
+    return list(DATASET_SPLITS[key])
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
+    """The data directory: ``data_dir``, else ``$DEEPCLUST_DATA``, else ``./data`` (absolute)."""
+    raw = data_dir if data_dir not in (None, "") else os.environ.get("DEEPCLUST_DATA") or "data"
+    return Path(raw).expanduser().absolute()
+
+
+def _canonical(name: str) -> str:
+    n = name.strip().lower().replace("_", "-")
+    aliases = {"fashionmnist": "fashion-mnist", "cifar100-superclass": "cifar100-20", "imagenetdogs": "imagenet-dogs",
+               "tinyimagenet": "tiny-imagenet", "stl-10": "stl10", "cifar-10": "cifar10", "cifar-100": "cifar100"}
+    return aliases.get(n, n)
+
+
+def _unknown_message(name: str) -> str:
+    close = difflib.get_close_matches(_canonical(name), list(DATASETS), n=1, cutoff=0.5)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"unknown dataset {name!r}; {hint}valid names: {', '.join(DATASETS)}, npz:PATH, folder:PATH"
+
+
+def load_dataset(
+    name: str, split: str = "train", data_dir: str | os.PathLike | None = None, image_size: int | None = None
+) -> ImageData:
+    """Load a dataset into memory as uint8 (N, C, H, W).
+
+    ``split`` is one of the dataset's splits (``list_splits(name)``); ``train+test``
+    concatenates train then test. ``image_size`` resizes to image_size x image_size (None keeps
+    the native size; folder datasets have their own defaults). Raises DataError on bad input.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise DataError(f"dataset name must be a non-empty string, got {name!r}; valid names: {', '.join(DATASETS)}")
+    if image_size is not None and (not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 1):
+        raise DataError(f"image_size must be a positive integer or None, got {image_size!r}")
+    if not isinstance(split, str):
+        raise DataError(f"split must be a string such as 'train' or 'train+test', got {split!r}")
+    split = split.strip().lower()
+    if ":" in name:
+        scheme, _, path = name.partition(":")
+        scheme = scheme.strip().lower()
+        if not path.strip():
+            raise DataError(f"dataset {name!r} has no path after '{scheme}:'; write npz:PATH or folder:PATH")
+        if scheme == "npz":
+            return npz.load_npz(path.strip(), split=split, image_size=image_size)
+        if scheme == "folder":
+            return folder.load_folder(path.strip(), split=split, image_size=image_size)
+        raise DataError(f"unknown dataset prefix {scheme + ':'!r} in {name!r}; use npz:PATH or folder:PATH")
+    key = _canonical(name)
+    if key not in DATASETS:
+        raise DataError(_unknown_message(name))
+    return DATASETS[key](resolve_data_dir(data_dir), split, image_size)
+

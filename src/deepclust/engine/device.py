@@ -1,0 +1,67 @@
+"""Device and precision choice, and seeding."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+
+import numpy as np
+import torch
+
+from deepclust.errors import ConfigError
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto``: CUDA when available, else MPS, else CPU. An unavailable device is an error."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device '{name}'; use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' requested but no CUDA GPU is available; use --device cpu")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device 'mps' requested but it is not available; use --device cpu")
+    return dev
+
+
+def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype: bf16 on CUDA by default, nothing on CPU unless asked for."""
+    if setting == "off":
+        return None
+    if setting == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return torch.bfloat16 if setting == "bf16" else torch.float16
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices) from the one run seed."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

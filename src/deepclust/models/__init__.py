@@ -1,0 +1,22 @@
+"""Backbones and heads."""
+
+from deepclust.models.backbones import (
+    MLPBackbone,
+    ResNetBackbone,
+    SmallCNN,
+    auto_backbone,
+    create_backbone,
+    list_backbones,
+)
+from deepclust.models.heads import NormalizedLinear, mlp_projector
+
+__all__ = [
+    "MLPBackbone",
+    "NormalizedLinear",
+    "ResNetBackbone",
+    "SmallCNN",
+    "auto_backbone",
+    "create_backbone",
+    "list_backbones",
+    "mlp_projector",
+]
