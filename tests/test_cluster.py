@@ -9,7 +9,7 @@ from sklearn.cluster import KMeans
 from sklearn.datasets import make_blobs
 
 from deepclust.cluster import KMeansResult, assign_to_centers, kmeans, sinkhorn
-from deepclust.cluster.kmeans import _update_centers
+from deepclust.cluster.kmeans import _relocate_empty
 from deepclust.errors import DataError
 
 # --------------------------------------------------------------------------------------------
@@ -125,17 +125,34 @@ def test_kmeanspp_seeding_spreads_centres():
         assert res.inertia == pytest.approx(optimum, rel=1e-3)
 
 
-def test_empty_cluster_takes_farthest_point():
-    x = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [10.0, 10.0]])
+def test_empty_clusters_take_farthest_points():
+    x = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0], [10.0, 10.0], [0.5, 0.5]])
     centers = torch.tensor([[0.5, 0.5], [50.0, 50.0], [-50.0, -50.0]])
-    labels = torch.tensor([0, 0, 0, 0])  # clusters 1 and 2 empty
-    min_d = ((x - centers[labels]) ** 2).sum(1)
-    new = _update_centers(x, labels, min_d, centers)
-    # cluster 1 or 2 gets the farthest point (10, 10) and the next farthest; cluster 0 the rest
-    got = {tuple(r) for r in new[1:].tolist()}
-    assert (10.0, 10.0) in got
-    remaining = [p for p in x.tolist() if tuple(p) not in got]
-    assert np.allclose(new[0].numpy(), np.mean(remaining, axis=0))
+    labels = torch.zeros(5, dtype=torch.long)  # clusters 1 and 2 empty
+    sums = x.double().sum(0, keepdim=True).repeat(3, 1) * torch.tensor([[1.0], [0.0], [0.0]], dtype=torch.float64)
+    counts = torch.tensor([5, 0, 0])
+    moved = _relocate_empty(x, centers, labels, sums, counts)
+    # the two farthest points from centre 0 are (10, 10) and (0, 2); they found the empty clusters
+    assert sorted(moved.tolist()) == [2, 3]
+    assert sorted(labels[[2, 3]].tolist()) == [1, 2]
+    assert labels[[0, 1, 4]].tolist() == [0, 0, 0]
+    # sums and counts stay those of the labels
+    for j in range(3):
+        members = x[labels == j].double()
+        assert counts[j] == len(members)
+        assert torch.allclose(sums[j], members.sum(0))
+    assert _relocate_empty(x, centers, labels, sums, counts) is None
+
+
+def test_kmeans_more_clusters_than_distinct_points():
+    # 5 distinct points, 6 clusters: two centres must coincide and a cluster goes empty; the
+    # result must stay finite with the optimal inertia (0)
+    base = np.array([[0.0, 0.0], [5.0, 0.0], [0.0, 5.0], [5.0, 5.0], [9.0, 9.0]])
+    x = np.repeat(base, 40, axis=0)
+    res = kmeans(x, 6, n_init=2, seed=0)
+    assert torch.isfinite(res.centers).all()
+    assert res.inertia == pytest.approx(0.0, abs=1e-6)
+    assert len(torch.unique(res.labels)) == 5
 
 
 def test_kmeans_errors():

@@ -30,6 +30,7 @@ _FLAGS = {
     "backbone": "model.backbone",
     "train_split": "data.train_split",
     "eval_split": "data.eval_split",
+    "init": "model.init",
 }
 
 
@@ -109,6 +110,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_selflabel(args: argparse.Namespace) -> int:
+    from deepclust.selflabel import selflabel
+
+    record = selflabel(args.run_dir, epochs=args.epochs, threshold=args.threshold, batch_size=args.batch_size,
+                       out=args.out, device=args.device, progress=not args.quiet)
+    _print_record(record)
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from deepclust.data import list_datasets
     from deepclust.methods import list_methods
@@ -148,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--backbone", help="auto | small_cnn | resnet18 | resnet34 | resnet50")
     t.add_argument("--train-split", help="train | test | train+test | ...")
     t.add_argument("--eval-split", help="train | test | train+test | ...")
+    t.add_argument("--init", help="a deepclust run directory or checkpoint whose backbone initialises this model")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     t.set_defaults(func=cmd_train)
 
@@ -169,6 +180,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--device", default="auto")
     d.set_defaults(func=cmd_demo)
+
+    sl = sub.add_parser("selflabel", help="second stage: self-label a finished run (SCAN settings)")
+    sl.add_argument("run_dir")
+    sl.add_argument("--epochs", type=int, default=200)
+    sl.add_argument("--threshold", type=float, default=0.99)
+    sl.add_argument("--batch-size", type=int, default=1000)
+    sl.add_argument("--out", default=None, help="output run directory (default RUN_DIR/selflabel)")
+    sl.add_argument("--device", default="auto")
+    sl.set_defaults(func=cmd_selflabel)
 
     ls = sub.add_parser("list", help="list methods, datasets and backbones")
     ls.set_defaults(func=cmd_list)

@@ -42,6 +42,7 @@ class ModelConfig:
     backbone: str = "auto"  # auto: small_cnn for small grayscale images, else resnet18
     stem: str = "auto"  # cifar | stl | imagenet | auto (from the image size)
     feature_dim: int = 128
+    width: int = 32  # small_cnn: channels of the first stage (then 2x, 4x)
     init: str | None = None  # a run directory or checkpoint whose backbone initialises this one
 
 

@@ -11,7 +11,7 @@ from deepclust.config import build_dataclass, Config, resolve_config
 from deepclust.data import load_dataset
 from deepclust.engine import io
 from deepclust.engine.device import amp_dtype, resolve_device
-from deepclust.engine.evaluate import make_record, predict
+from deepclust.engine.evaluate import add_extras, make_record, predict
 from deepclust.errors import CheckpointError
 from deepclust.methods import DataInfo, create_method
 
@@ -47,6 +47,7 @@ def evaluate_run(run_dir: str | Path, features: str | None = None, split: str | 
     evald = train if d.eval_split == d.train_split else load_dataset(d.name, d.eval_split, d.data_dir, d.image_size)
     pred = predict(method, cfg, info.n_clusters, train, evald, dev, amp_dtype(cfg.train.amp, dev))
     record = make_record(cfg, pred, evald, info.n_clusters, int(ckpt["epoch"]), dev, io.file_hash(Path(run_dir) / io.CHECKPOINT))
+    record = add_extras(record, method, pred, evald)
     name = re.sub(r"[^A-Za-z0-9]+", "-", f"{cfg.data.eval_split}_{cfg.eval.features}")
     io.write_json(record, Path(run_dir) / f"eval_{name}.json")
     return record

@@ -1,8 +1,10 @@
 """k-means in torch: greedy k-means++ seeding and chunked Lloyd iterations on x's device.
 
-Squared distances are ``||x||^2 - 2 x.c + ||c||^2`` computed with one matmul per chunk of rows
-(no ``torch.cdist``); centre updates use ``index_add_`` and ``bincount``. Compute is float32 on
-data centred by its mean (as scikit-learn does, for accuracy); the reported inertia is summed in
+Squared distances are ``||x||^2 - 2 x.c + ||c||^2`` computed with one matmul per block of rows
+(no ``torch.cdist``); centre sums use ``scatter_add_``/``index_add_`` and ``bincount`` and are
+updated incrementally from the points that changed cluster. Restarts are run as a batch, so one
+matmul serves the centres of all of them. Compute is float32 on data centred by its mean (as
+scikit-learn does, for accuracy); sums are kept in float64 and the reported inertia is summed in
 float64 from exact differences. One ``torch.Generator`` on x's device, seeded from ``seed``,
 drives every random choice.
 """
@@ -74,120 +76,162 @@ def _as_float_tensor(x: Any, name: str = "x") -> torch.Tensor:
     return t
 
 
-def _chunk_rows(n: int, k: int, chunk_size: int | None) -> int:
-    if chunk_size is None:
-        return max(1, min(n, _BLOCK_ELEMS // max(k, 1)))
-    if isinstance(chunk_size, bool) or int(chunk_size) != chunk_size or chunk_size < 1:
-        raise ConfigError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
-    return int(min(int(chunk_size), n))
-
-
 def _acc_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64
 
 
 # --------------------------------------------------------------------------------------------
-# core kernels
+# core kernels. Restarts run as a batch: centres (R, K, D) are flattened to one (R*K, D) matrix,
+# so every pass over x is a single matmul against the centres of all running restarts.
 # --------------------------------------------------------------------------------------------
+
+# restarts are batched while R * K stays below this many columns (wider gains nothing)
+_BATCH_COLUMNS = 256
+
+
+def _rows_per_block(n: int, cols: int, chunk_size: int | None) -> int:
+    rows = max(1, _BLOCK_ELEMS // max(cols, 1))
+    if chunk_size is not None:
+        rows = min(rows, chunk_size)
+    return max(1, min(n, rows))
 
 
 def _assign(
-    x: torch.Tensor, x_sq: torch.Tensor, centers: torch.Tensor, chunk: int
+    x: torch.Tensor, x_sq: torch.Tensor, centers: torch.Tensor, chunk_size: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Nearest centre of every row, and the squared distance to it (clamped at 0)."""
+    """Nearest centre and squared distance to it, for every row and every restart.
+
+    centers: (R, K, D) or (K, D). Returns labels (R, N) int64 and distances (R, N) (or (N,) for
+    2-D centers). ``||x||^2 - 2 x.c + ||c||^2`` with one ``addmm`` per block of rows; the argmin
+    only needs ``||c||^2 - 2 x.c``.
+    """
+    single = centers.dim() == 2
+    c3 = centers.unsqueeze(0) if single else centers
+    r, k, dim = c3.shape
     n = x.shape[0]
-    c_sq = (centers * centers).sum(dim=1)
-    ct = centers.t()
-    if chunk >= n:
-        d = torch.addmm(c_sq.unsqueeze(0), x, ct, beta=1.0, alpha=-2.0)
-        md, lab = d.min(dim=1)
-        return lab, (md + x_sq).clamp_(min=0.0)
-    labels = torch.empty(n, dtype=torch.long, device=x.device)
-    min_d = torch.empty(n, dtype=x.dtype, device=x.device)
-    for s in range(0, n, chunk):
-        e = min(s + chunk, n)
-        d = torch.addmm(c_sq.unsqueeze(0), x[s:e], ct, beta=1.0, alpha=-2.0)
-        md, lab = d.min(dim=1)
-        labels[s:e] = lab
-        min_d[s:e] = (md + x_sq[s:e]).clamp_(min=0.0)
-    return labels, min_d
+    flat = c3.reshape(r * k, dim)
+    c_sq = (flat * flat).sum(dim=1).unsqueeze(0)
+    ft = flat.t()
+    rows = _rows_per_block(n, r * k, chunk_size)
+    labels = torch.empty(r, n, dtype=torch.long, device=x.device)
+    dist = torch.empty(r, n, dtype=x.dtype, device=x.device)
+    for s in range(0, n, rows):
+        e = min(s + rows, n)
+        d = torch.addmm(c_sq, x[s:e], ft, beta=1.0, alpha=-2.0).view(e - s, r, k)
+        md, lab = d.min(dim=2)
+        labels[:, s:e] = lab.t()
+        dist[:, s:e] = (md.t() + x_sq[s:e]).clamp_(min=0.0)
+    if single:
+        return labels[0], dist[0]
+    return labels, dist
 
 
-def _update_centers(
-    x: torch.Tensor, labels: torch.Tensor, min_d: torch.Tensor, centers: torch.Tensor
-) -> torch.Tensor:
-    """Means of the assigned points; empty clusters take the points farthest from their centres."""
-    k = centers.shape[0]
+def _cluster_sums(
+    x: torch.Tensor, labels: torch.Tensor, k: int, acc: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-cluster sums of the rows (k, D) in ``acc`` precision and counts (k,) int64."""
     counts = torch.bincount(labels, minlength=k)
-    sums = torch.zeros_like(centers)
+    sums = torch.zeros(k, x.shape[1], dtype=x.dtype, device=x.device)
     if x.device.type == "cpu":  # scatter_add_ is the faster kernel on CPU
         sums.scatter_add_(0, labels.unsqueeze(1).expand(-1, x.shape[1]), x)
     else:
         sums.index_add_(0, labels, x)
-    empty = counts == 0
-    n_empty = int(empty.sum().item())
-    if n_empty:
-        far = torch.topk(min_d, n_empty).indices
-        xf = x.index_select(0, far)
-        old = labels.index_select(0, far)
-        sums.index_add_(0, old, -xf)
-        counts.index_add_(0, old, torch.full_like(old, -1))
-        empty_ids = empty.nonzero().squeeze(1)
-        sums[empty_ids] = xf
-        counts[empty_ids] = 1
-    new = sums / counts.clamp(min=1).unsqueeze(1).to(sums.dtype)
-    if n_empty:  # a cluster emptied by giving away its farthest point keeps its old centre
-        new = torch.where((counts == 0).unsqueeze(1), centers, new)
-    return new
+    return sums.to(acc), counts
+
+
+def _dist_to_assigned(x: torch.Tensor, centers: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Exact squared distance of every row to its assigned centre (explicit differences)."""
+    n = x.shape[0]
+    out = torch.empty(n, dtype=x.dtype, device=x.device)
+    rows = max(1, min(n, _BLOCK_ELEMS // max(x.shape[1], 1)))
+    for s in range(0, n, rows):
+        e = min(s + rows, n)
+        diff = x[s:e] - centers.index_select(0, labels[s:e])
+        out[s:e] = (diff * diff).sum(dim=1)
+    return out
+
+
+def _relocate_empty(
+    x: torch.Tensor,
+    centers: torch.Tensor,
+    labels: torch.Tensor,
+    sums: torch.Tensor,
+    counts: torch.Tensor,
+) -> torch.Tensor | None:
+    """Give every empty cluster one of the points farthest from their current centres.
+
+    Updates labels (N,), sums (K, D) and counts (K,) in place; returns the indices of the moved
+    points, or None when no cluster is empty.
+    """
+    empty_ids = (counts == 0).nonzero().squeeze(1)
+    n_empty = int(empty_ids.numel())
+    if n_empty == 0:
+        return None
+    dist = _dist_to_assigned(x, centers, labels)
+    far = torch.topk(dist, min(n_empty, x.shape[0])).indices
+    empty_ids = empty_ids[: far.numel()]
+    xf = x.index_select(0, far).to(sums.dtype)
+    old = labels.index_select(0, far)
+    sums.index_add_(0, old, -xf)
+    counts.index_add_(0, old, torch.full_like(old, -1))
+    sums.index_add_(0, empty_ids, xf)
+    counts.index_add_(0, empty_ids, torch.ones_like(empty_ids))
+    labels[far] = empty_ids
+    return far
 
 
 def _sq_dist_to(x: torch.Tensor, x_sq: torch.Tensor, pts: torch.Tensor) -> torch.Tensor:
     """(N, T) squared distances from every row of x to the rows of pts."""
-    d = x @ pts.t()
-    d.mul_(-2.0).add_(x_sq.unsqueeze(1)).add_((pts * pts).sum(dim=1).unsqueeze(0))
-    return d.clamp_(min=0.0)
+    d = torch.addmm((pts * pts).sum(dim=1).unsqueeze(0), x, pts.t(), beta=1.0, alpha=-2.0)
+    return d.add_(x_sq.unsqueeze(1)).clamp_(min=0.0)
 
 
 def _kmeans_plusplus(
-    x: torch.Tensor, x_sq: torch.Tensor, k: int, gen: torch.Generator, chunk_elems: int
+    x: torch.Tensor, x_sq: torch.Tensor, k: int, n_restarts: int, gen: torch.Generator
 ) -> torch.Tensor:
-    """Greedy k-means++: 2 + int(log k) candidates per centre, keep the one lowering the potential most."""
+    """Greedy k-means++ for ``n_restarts`` independent restarts at once; returns (R, K, D).
+
+    First centre uniform; then, per centre, 2 + int(log K) candidates are drawn with probability
+    proportional to the squared distance to the nearest chosen centre (D^2 sampling), and the
+    candidate giving the lowest potential (sum of squared distances) is kept.
+    """
     n, dim = x.shape
     dev = x.device
     acc = _acc_dtype(dev)
-    n_trials = 2 + int(math.log(k))
-    centers = torch.empty(k, dim, dtype=x.dtype, device=dev)
-    first = torch.randint(n, (1,), generator=gen, device=dev)
-    centers[0:1] = x.index_select(0, first)
-    closest = _sq_dist_to(x, x_sq, centers[0:1]).squeeze(1)
-    pot = closest.sum(dtype=acc)
-    whole = n * n_trials <= chunk_elems
-    rows = max(1, chunk_elems // n_trials)
+    r = n_restarts
+    t = 2 + int(math.log(k))
+    rr = torch.arange(r, device=dev)
+    centers = torch.empty(r, k, dim, dtype=x.dtype, device=dev)
+    first = torch.randint(n, (r,), generator=gen, device=dev)
+    centers[:, 0] = x.index_select(0, first)
+    closest = _sq_dist_to(x, x_sq, centers[:, 0]).t().contiguous()  # (R, N)
+    pot = closest.sum(dim=1, dtype=acc)
+    rows = max(1, min(n, _BLOCK_ELEMS // (r * t)))
     for c in range(1, k):
-        r = torch.rand(n_trials, generator=gen, device=dev, dtype=acc) * pot
-        cum = torch.cumsum(closest, dim=0, dtype=acc)
-        cand = torch.searchsorted(cum, r, right=True).clamp_(max=n - 1)
-        pts = x.index_select(0, cand)
-        if whole:
-            d = torch.minimum(_sq_dist_to(x, x_sq, pts), closest.unsqueeze(1))
-            pots = d.sum(dim=0, dtype=acc)
-            best = torch.argmin(pots)
-            closest = d.index_select(1, best.view(1)).squeeze(1)
-        else:
-            pots = torch.zeros(n_trials, dtype=acc, device=dev)
+        rand = torch.rand(r, t, generator=gen, device=dev, dtype=acc) * pot.unsqueeze(1)
+        cum = torch.cumsum(closest, dim=1, dtype=acc)
+        cand = torch.searchsorted(cum, rand, right=True).clamp_(max=n - 1)  # (R, T)
+        pts = x.index_select(0, cand.reshape(-1))  # (R*T, D)
+        if rows >= n:
+            d = torch.minimum(_sq_dist_to(x, x_sq, pts).view(n, r, t), closest.t().unsqueeze(2))
+            pots = d.sum(dim=0, dtype=acc)  # (R, T)
+            best = pots.argmin(dim=1)  # (R,)
+            closest = d[:, rr, best].t().contiguous()
+        else:  # two passes over blocks of rows: potentials, then the chosen candidates' distances
+            pots = torch.zeros(r, t, dtype=acc, device=dev)
             for s in range(0, n, rows):
                 e = min(s + rows, n)
-                d = torch.minimum(_sq_dist_to(x[s:e], x_sq[s:e], pts), closest[s:e].unsqueeze(1))
+                d = torch.minimum(
+                    _sq_dist_to(x[s:e], x_sq[s:e], pts).view(e - s, r, t), closest[:, s:e].t().unsqueeze(2)
+                )
                 pots += d.sum(dim=0, dtype=acc)
-            best = torch.argmin(pots)
-            bp = pts.index_select(0, best.view(1))
-            new_closest = torch.empty_like(closest)
+            best = pots.argmin(dim=1)
+            bp = pts.view(r, t, dim)[rr, best]  # (R, D)
             for s in range(0, n, rows):
                 e = min(s + rows, n)
-                new_closest[s:e] = torch.minimum(_sq_dist_to(x[s:e], x_sq[s:e], bp).squeeze(1), closest[s:e])
-            closest = new_closest
-        pot = pots.index_select(0, best.view(1)).squeeze(0)
-        centers[c : c + 1] = pts.index_select(0, best.view(1))
+                closest[:, s:e] = torch.minimum(_sq_dist_to(x[s:e], x_sq[s:e], bp).t(), closest[:, s:e])
+        pot = pots[rr, best]
+        centers[:, c] = x.index_select(0, cand[rr, best])
     return centers
 
 
@@ -212,29 +256,79 @@ def _lloyd(
     centers: torch.Tensor,
     max_iter: int,
     tol_abs: float,
-    chunk: int,
-) -> tuple[torch.Tensor, torch.Tensor, float, int]:
-    labels_old: torch.Tensor | None = None
-    strict = False
-    n_iter = 0
-    labels = min_d = None
+    chunk_size: int | None,
+) -> list[tuple[torch.Tensor, torch.Tensor, float, int]]:
+    """Lloyd iterations for a batch of restarts from ``centers`` (R, K, D).
+
+    Each iteration moves every centre to the mean of its points, then assigns every point to its
+    nearest centre (one matmul for all running restarts). The per-cluster sums are kept in
+    float64 and updated only with the points that changed cluster (recomputed from scratch when
+    many did), so the update step is nearly free once the assignment settles. A restart stops
+    when no label changes (strict convergence), when its total squared centre shift is
+    <= ``tol_abs`` (scikit-learn's rule), or after ``max_iter`` iterations; its labels are then
+    the nearest centres of its final centres.
+
+    Returns, per restart, (labels, centers, inertia from the expanded distances, n_iter).
+    """
+    n = x.shape[0]
+    r, k, dim = centers.shape
+    dev = x.device
+    acc = _acc_dtype(dev)
+    few_limit = max(1, n // 8)  # above this many moved points, recompute the sums
+    ids = list(range(r))  # restart id of each running row
+    labels, dist = _assign(x, x_sq, centers, chunk_size)  # (A, N)
+    sums = torch.empty(r, k, dim, dtype=acc, device=dev)
+    counts = torch.empty(r, k, dtype=torch.long, device=dev)
+    for j in range(r):
+        sums[j], counts[j] = _cluster_sums(x, labels[j], k, acc)
+    results: list = [None] * r
     for it in range(max_iter):
-        labels, min_d = _assign(x, x_sq, centers, chunk)
-        new = _update_centers(x, labels, min_d, centers)
-        shift = float(((new - centers) ** 2).sum().item())
+        a = len(ids)
+        relocated = [False] * a
+        if bool((counts == 0).any()):
+            for j in range(a):
+                relocated[j] = _relocate_empty(x, centers[j], labels[j], sums[j], counts[j]) is not None
+        mean = sums / counts.clamp(min=1).unsqueeze(2).to(acc)
+        new = torch.where((counts > 0).unsqueeze(2), mean.to(x.dtype), centers)
+        shifts = ((new.to(acc) - centers.to(acc)) ** 2).sum(dim=(1, 2)).tolist()
         centers = new
-        n_iter = it + 1
-        if labels_old is not None and torch.equal(labels, labels_old):
-            strict = True
-            break
-        if shift <= tol_abs:
-            break
-        labels_old = labels
-    if not strict:  # labels must match the final centres
-        labels, min_d = _assign(x, x_sq, centers, chunk)
-    # inertia from the expanded distances, good enough to rank restarts; the exact value of the
-    # best restart is computed once by the caller
-    return labels, centers, float(min_d.sum(dtype=_acc_dtype(x.device)).item()), n_iter
+        new_labels, dist = _assign(x, x_sq, centers, chunk_size)
+        changed = new_labels != labels
+        n_changed = changed.sum(dim=1).tolist()
+        many = [j for j in range(a) if n_changed[j] > few_limit]
+        if any(0 < m <= few_limit for m in n_changed):
+            if many:
+                changed[many] = False
+            ai, pi = changed.nonzero(as_tuple=True)
+            # one index_add_: +x to the new cluster, -x to the old one
+            flat = torch.cat([ai * k + new_labels[ai, pi], ai * k + labels[ai, pi]])
+            xm = x.index_select(0, pi)
+            sign = torch.ones(2 * pi.numel(), dtype=torch.long, device=dev)
+            sign[pi.numel() :] = -1
+            delta = torch.zeros(a * k, dim, dtype=x.dtype, device=dev)
+            delta.index_add_(0, flat, torch.cat([xm, -xm]))
+            sums += delta.view(a, k, dim).to(acc)
+            counts += torch.zeros(a * k, dtype=torch.long, device=dev).index_add_(0, flat, sign).view(a, k)
+        labels = new_labels
+        for j in many:
+            sums[j], counts[j] = _cluster_sums(x, labels[j], k, acc)
+        last = it + 1 == max_iter
+        done = [
+            j
+            for j in range(a)
+            if last or (n_changed[j] == 0 and not relocated[j]) or shifts[j] <= tol_abs
+        ]
+        if done:
+            for j in done:
+                results[ids[j]] = (labels[j], centers[j], dist[j].sum(dtype=acc), it + 1)
+            keep = [j for j in range(a) if j not in set(done)]
+            if not keep:
+                break
+            kt = torch.tensor(keep, device=dev)
+            labels, dist = labels.index_select(0, kt), dist.index_select(0, kt)
+            centers, sums, counts = centers.index_select(0, kt), sums.index_select(0, kt), counts.index_select(0, kt)
+            ids = [ids[j] for j in keep]
+    return [(lab, c, float(inert.item()), it_) for lab, c, inert, it_ in results]
 
 
 # --------------------------------------------------------------------------------------------
@@ -256,11 +350,14 @@ def kmeans(
     Minimises ``sum_i ||x_i - c_{label_i}||^2``. Each restart seeds with k-means++ (2 + int(log K)
     local trials per centre) and iterates until the labels stop changing, the total squared
     centre shift is ``<= tol * mean_j var(x[:, j])`` (scikit-learn's rule), or ``max_iter``
-    iterations. The restart with the lowest inertia is returned.
+    iterations. The restart with the lowest inertia is returned. Empty clusters are re-seeded
+    with the points farthest from their centres.
 
-    x: (N, D) numpy array or torch tensor; the computation (float32) and the result stay on x's
-    device. ``chunk_size`` rows are processed per distance block (default: blocks of ~64 MB).
-    The same ``seed`` gives the same result.
+    x: (N, D) numpy array or torch tensor; the computation (float32, on data centred by its mean)
+    and the result stay on x's device. Restarts run batched while n_init * K is small (one
+    matmul serves them all). ``chunk_size`` caps the rows per distance block (default: blocks of
+    ~64 MB). The same ``seed`` gives the same result on the same device (on CUDA, up to the
+    nondeterminism of atomic float additions unless deterministic algorithms are enabled).
     """
     if isinstance(n_init, bool) or int(n_init) != n_init or n_init < 1:
         raise ConfigError(f"n_init must be a positive integer, got {n_init!r}")
@@ -268,6 +365,8 @@ def kmeans(
         raise ConfigError(f"max_iter must be a positive integer, got {max_iter!r}")
     if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol >= 0):
         raise ConfigError(f"tol must be a finite number >= 0, got {tol!r}")
+    if chunk_size is not None and (isinstance(chunk_size, bool) or int(chunk_size) != chunk_size or chunk_size < 1):
+        raise ConfigError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
     t = _as_float_tensor(x, "x")
     n, dim = t.shape
     if isinstance(n_clusters, bool) or not isinstance(n_clusters, (int, np.integer)):
@@ -288,16 +387,20 @@ def kmeans(
     xc = xc.contiguous()
     x_sq = torch.linalg.vector_norm(xc, dim=1).pow_(2)
     tol_abs = float(tol) * float(x_sq.sum(dtype=acc).item()) / (n * dim)  # mean of per-feature variances
-    chunk = _chunk_rows(n, k, chunk_size)
+    chunk = None if chunk_size is None else int(chunk_size)
 
     gen = torch.Generator(device=dev)
     gen.manual_seed(int(seed))
+    group = max(1, min(int(n_init), _BATCH_COLUMNS // k))
     best: tuple[torch.Tensor, torch.Tensor, float, int] | None = None
-    for _ in range(int(n_init)):
-        init = _kmeans_plusplus(xc, x_sq, k, gen, _BLOCK_ELEMS)
-        res = _lloyd(xc, x_sq, init, int(max_iter), tol_abs, chunk)
-        if best is None or res[2] < best[2]:
-            best = res
+    done = 0
+    while done < n_init:
+        r = min(group, int(n_init) - done)
+        init = _kmeans_plusplus(xc, x_sq, k, r, gen)
+        for res in _lloyd(xc, x_sq, init, int(max_iter), tol_abs, chunk):
+            if best is None or res[2] < best[2]:
+                best = res
+        done += r
     assert best is not None
     labels, centers, _, n_iter = best
     inertia = _inertia(xc, labels, centers)
@@ -323,16 +426,17 @@ def assign_to_centers(
     c = c.to(device=t.device, dtype=torch.float32)
     m = c.mean(dim=0)
     cc = c - m
+    if chunk_size is not None and (isinstance(chunk_size, bool) or int(chunk_size) != chunk_size or chunk_size < 1):
+        raise ConfigError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
     n = t.shape[0]
-    chunk = _chunk_rows(n, c.shape[0], chunk_size)
-    rows = min(chunk, max(1, _BLOCK_ELEMS // max(t.shape[1], 1)))
+    rows = _rows_per_block(n, max(c.shape[0], t.shape[1]), chunk_size)
     labels = torch.empty(n, dtype=torch.long, device=t.device)
     dists = torch.empty(n, dtype=torch.float32, device=t.device)
     for s in range(0, n, rows):
         e = min(s + rows, n)
         xb = t[s:e].to(torch.float32) - m
         xb_sq = torch.linalg.vector_norm(xb, dim=1).pow_(2)
-        lab, md = _assign(xb, xb_sq, cc, e - s)
+        lab, md = _assign(xb, xb_sq, cc)
         labels[s:e] = lab
         dists[s:e] = md
     return labels, dists

@@ -93,7 +93,7 @@ def predict(
         labels, d2 = assign_to_centers(eval_feats, km.centers)
     info = {
         "type": "memory_bank" if source == "memory" else "kmeans",
-        "features": "memory_bank" if source == "memory" else "clean, L2-normalised, eval transform",
+        "features": "memory_bank" if source == "memory" else "clean (eval transform, eval mode), the method's infer() features",
         "n_init": cfg.eval.n_init,
         "kmeans_seed": cfg.eval.kmeans_seed,
         "fit_split": cfg.data.train_split,

@@ -18,6 +18,20 @@ METHODS: dict[str, str] = {
 }
 
 
+def secu_size_assign(similarity, dual):
+    """SeCu's size-constrained assignment (see :mod:`deepclust.methods.secu`)."""
+    from deepclust.methods.secu import secu_size_assign as f
+
+    return f(similarity, dual)
+
+
+def secu_dual_update(dual, labels, lower_ratio: float, lr: float):
+    """SeCu's projected dual ascent step (see :mod:`deepclust.methods.secu`)."""
+    from deepclust.methods.secu import secu_dual_update as f
+
+    return f(dual, labels, lower_ratio, lr)
+
+
 def list_methods() -> list[str]:
     """Names accepted by ``--method``, configs and the estimator."""
     return sorted(METHODS)
@@ -37,4 +51,4 @@ def create_method(cfg, info: DataInfo) -> ClusteringMethod:
     return get_method_class(cfg.method)(cfg, info)
 
 
-__all__ = ["METHODS", "ClusteringMethod", "DataInfo", "IDFD", "StepOutput", "create_method", "get_method_class", "list_methods"]
+__all__ = ["METHODS", "ClusteringMethod", "DataInfo", "IDFD", "StepOutput", "create_method", "get_method_class", "list_methods", "secu_dual_update", "secu_size_assign"]

@@ -73,7 +73,9 @@ class ClusteringMethod(nn.Module):
         name, stem = self.cfg.model.backbone, self.cfg.model.stem
         auto_name, auto_stem = auto_backbone(self.info.image_size, self.info.n_channels)
         name = auto_name if name == "auto" else name
-        return create_backbone(name, self.info.n_channels, auto_stem if stem == "auto" else stem)
+        return create_backbone(
+            name, self.info.n_channels, auto_stem if stem == "auto" else stem, width=self.cfg.model.width
+        )
 
     # ----- hooks the trainer calls ----------------------------------------------------------
     def setup(self, train_images: torch.Tensor) -> None:

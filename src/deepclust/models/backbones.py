@@ -116,12 +116,14 @@ def auto_backbone(image_size: int, channels: int) -> tuple[str, str]:
     return "resnet18", "imagenet"
 
 
-def create_backbone(name: str, in_channels: int, stem: str = "cifar", in_dim: int | None = None) -> nn.Module:
+def create_backbone(
+    name: str, in_channels: int, stem: str = "cifar", in_dim: int | None = None, width: int = 32
+) -> nn.Module:
     """Build a backbone by name (see :func:`list_backbones`)."""
     if name in _RESNETS:
         return ResNetBackbone(name, stem, in_channels)
     if name == "small_cnn":
-        return SmallCNN(in_channels)
+        return SmallCNN(in_channels, width)
     if name == "mlp":
         if in_dim is None:
             raise ConfigError("the mlp backbone needs feature vectors as input")

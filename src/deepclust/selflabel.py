@@ -1,0 +1,213 @@
+"""Self-labelling: a second stage any finished run can take (``deepclust selflabel RUN_DIR``).
+
+SCAN's self-labelling settings (Van Gansbeke et al., ECCV 2020), as used after SeCu
+(spec/secu.md section 12):
+
+- the model is the run's feature map followed by a cosine classifier,
+  logits = normalize(f(x)) normalize(W)^T / temperature, and everything is fine-tuned;
+- per batch, the weak view is the eval transform (no augmentation); a sample is confident
+  when its maximum softmax probability exceeds ``threshold`` (0.99), and its pseudo-label is
+  that argmax (no gradient through the weak view);
+- the loss is cross entropy on a strong view (:class:`deepclust.augment.StrongAugment`) of
+  the confident samples, weighted per class by w_c = n_conf / count_c over the batch's
+  confident pseudo-labels (:func:`confidence_cross_entropy`);
+- Adam, lr 1e-4, weight decay 1e-4, batch 1000, constant rate.
+
+How the classifier is initialised (library choices):
+
+- ``head_argmax`` methods with centres (SeCu): the evaluated head's centres and the method's
+  ``temperature_w``, so the stage starts from exactly the run's predictions;
+- other ``head_argmax`` methods: the probability-weighted means of the training features
+  (soft centroids of the method's own head);
+- ``kmeans`` methods: the k-means centres stored in the final checkpoint (``centers``).
+
+f(x) is the method module's ``forward`` (normalised features, as :meth:`infer` returns them).
+The stage trains on the run's training split and scores its evaluation split; it writes
+``RUN_DIR/selflabel/`` (config.yaml of the run, metrics.jsonl, results.json, checkpoint.pt).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from deepclust.augment import StrongAugment
+from deepclust.config import save_config
+from deepclust.data import load_dataset
+from deepclust.engine import io
+from deepclust.engine.device import seed_everything
+from deepclust.engine.evaluate import Prediction, infer_images, make_record
+from deepclust.errors import CheckpointError, ConfigError
+from deepclust.evaluation import load_run
+
+log = logging.getLogger(__name__)
+
+
+def confidence_cross_entropy(weak_logits: torch.Tensor, strong_logits: torch.Tensor, threshold: float = 0.99) -> tuple[torch.Tensor, torch.Tensor]:
+    """SCAN's confidence-based, class-balanced cross entropy.
+
+    p = softmax(weak_logits) (held constant), M = {i : max_k p_ik > threshold},
+    y_i = argmax_k p_ik, w_c = |M| / #{i in M : y_i = c} (0 for absent classes):
+
+        L = sum_{i in M} w_{y_i} (-log softmax(strong_logits_i)[y_i]) / sum_{i in M} w_{y_i}
+
+    Returns (L, |M|); L is 0 (with gradient graph) when no sample is confident.
+    """
+    with torch.no_grad():
+        prob = F.softmax(weak_logits.float(), dim=1)
+        conf, target = prob.max(dim=1)
+        mask = conf > threshold
+    n = int(mask.sum())
+    if n == 0:
+        return strong_logits.sum() * 0.0, mask.sum()
+    k = strong_logits.shape[1]
+    counts = torch.bincount(target[mask], minlength=k).float()
+    weight = torch.where(counts > 0, n / counts.clamp_min(1), torch.zeros_like(counts))
+    loss = F.cross_entropy(strong_logits[mask].float(), target[mask], weight=weight)
+    return loss, mask.sum()
+
+
+class CosineClassifier(nn.Module):
+    """logits = normalize(features(x)) normalize(W)^T / temperature."""
+
+    def __init__(self, features: nn.Module, weight: torch.Tensor, temperature: float) -> None:
+        super().__init__()
+        self.features = features
+        self.weight = nn.Parameter(weight.detach().clone().float())
+        self.temperature = float(temperature)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.features(x)
+        if not isinstance(f, torch.Tensor) or f.ndim != 2:
+            raise ConfigError("self-labelling needs a method whose forward(x) returns (B, D) features")
+        return F.normalize(f.float(), dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.embed(x) @ F.normalize(self.weight, dim=1).t() / self.temperature
+
+
+def _initial_classifier(method: nn.Module, ckpt: dict[str, Any], images: torch.Tensor, batch: int, device: torch.device) -> tuple[torch.Tensor, float | None, str]:
+    """(W, default temperature or None, description) for the cosine classifier."""
+    if method.prediction == "head_argmax":
+        centers = getattr(method, "centers", None)
+        if isinstance(centers, nn.ParameterList):
+            h = int(getattr(method, "eval_head", 0))
+            return centers[h].detach(), float(getattr(method.opts, "temperature_w", 0.1)), f"head {h} centres"
+        feats, probs = infer_images(method, images, batch, device)
+        if probs is None:
+            raise CheckpointError("this head_argmax method returned no probabilities")
+        w = probs.t() @ F.normalize(feats, dim=1)  # soft centroids of the method's own head
+        return w, None, "soft centroids of the method's head"
+    centers = ckpt.get("centers")
+    if centers is None:
+        raise CheckpointError("the checkpoint holds no k-means centres; self-label from a finished run (its final checkpoint)")
+    return torch.as_tensor(centers).to(device), None, "k-means centres of the run"
+
+
+def selflabel(
+    run_dir: str | Path,
+    epochs: int = 200,
+    threshold: float = 0.99,
+    batch_size: int = 1000,
+    lr: float = 1e-4,
+    weight_decay: float = 1e-4,
+    temperature: float | None = None,
+    out: str | Path | None = None,
+    device: str = "auto",
+    seed: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Fine-tune a finished run by self-labelling and score it; returns the result record.
+
+    ``temperature`` None: SeCu's ``temperature_w`` for SeCu runs, else 0.1 (it decides which
+    samples pass the threshold). ``out`` None: ``RUN_DIR/selflabel``. ``seed`` None: the run's.
+    """
+    if not 0.0 < threshold < 1.0:
+        raise ConfigError(f"threshold must be in (0, 1), got {threshold}")
+    if epochs < 1 or batch_size < 2:
+        raise ConfigError("epochs must be >= 1 and batch_size >= 2")
+    cfg, method, info, ckpt, dev = load_run(run_dir, device)
+    seed_everything(cfg.train.seed if seed is None else seed)
+    d = cfg.data
+    train_data = load_dataset(d.name, d.train_split, d.data_dir, d.image_size)
+    eval_data = train_data if d.eval_split == d.train_split else load_dataset(d.name, d.eval_split, d.data_dir, d.image_size)
+    images = train_data.images.to(dev)
+    w, t_default, init = _initial_classifier(method, ckpt, images, cfg.eval.batch_size, dev)
+    t = temperature if temperature is not None else (t_default if t_default is not None else 0.1)
+    model = CosineClassifier(method, w, t).to(dev)
+    strong = StrongAugment(info.image_size, info.mean, info.std).to(dev)
+    weak = method.eval_transform
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    run_out = Path(out) if out is not None else Path(run_dir) / "selflabel"
+    run_out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_out / io.CONFIG)
+    n = len(images)
+    t0 = time.time()
+    g_seed = cfg.train.seed if seed is None else seed
+    for epoch in tqdm(range(epochs), desc="selflabel", disable=not progress):
+        model.train()
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(g_seed * 1_000_003 + epoch)).to(dev)
+        total, confident, steps = 0.0, 0, 0
+        for start in range(0, n, batch_size):
+            idx = perm[start : start + batch_size]
+            if len(idx) < 2:
+                continue
+            batch = images[idx]
+            with torch.no_grad():
+                weak_logits = model(weak(batch))
+            loss, n_conf = confidence_cross_entropy(weak_logits, model(strong(batch)), threshold)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach())
+            confident += int(n_conf)
+            steps += 1
+        logs = {"loss": total / max(steps, 1), "confident_fraction": confident / n}
+        if not math.isfinite(logs["loss"]):
+            raise ConfigError(f"self-labelling diverged in epoch {epoch + 1}; lower lr")
+        io.append_jsonl({"epoch": epoch + 1, "train": logs}, run_out / io.METRICS)
+        log.info("selflabel epoch %d/%d loss=%.4f confident=%.3f", epoch + 1, epochs, logs["loss"], logs["confident_fraction"])
+
+    record = _evaluate(model, cfg, info.n_clusters, eval_data, dev, epochs)
+    record.update({
+        "stage": "selflabel",
+        "source_run": str(run_dir),
+        "source_epoch": int(ckpt["epoch"]),
+        "selflabel": {"epochs": epochs, "threshold": threshold, "batch_size": batch_size, "lr": lr,
+                      "weight_decay": weight_decay, "temperature": t, "init": init, "optimizer": "adam"},
+        "wall_time_s": round(time.time() - t0, 2),
+    })
+    io.save_checkpoint({"stage": "selflabel", "method": cfg.method, "config": cfg.to_dict(), "epoch": epochs,
+                        "model": model.state_dict(), "temperature": t}, run_out / io.CHECKPOINT)
+    record["checkpoint_hash"] = io.file_hash(run_out / io.CHECKPOINT)
+    io.write_json(record, run_out / io.RESULTS)
+    return record
+
+
+@torch.no_grad()
+def _evaluate(model: CosineClassifier, cfg, n_clusters: int, eval_data, dev: torch.device, epoch: int) -> dict[str, Any]:
+    model.eval()
+    weak = model.features.eval_transform
+    logits, feats = [], []
+    for start in range(0, len(eval_data.images), cfg.eval.batch_size):
+        x = weak(eval_data.images[start : start + cfg.eval.batch_size].to(dev))
+        e = model.embed(x)
+        feats.append(e)
+        logits.append(e @ F.normalize(model.weight, dim=1).t() / model.temperature)
+    probs = F.softmax(torch.cat(logits), dim=1)
+    conf, labels = probs.max(dim=1)
+    info = {"type": "selflabel_head_argmax", "k": probs.shape[1]}
+    pred = Prediction(labels.cpu(), conf.cpu(), None, torch.cat(feats), info)
+    return make_record(cfg, pred, eval_data, n_clusters, epoch, dev)
+
+
+__all__ = ["CosineClassifier", "confidence_cross_entropy", "selflabel"]
