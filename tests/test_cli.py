@@ -75,7 +75,9 @@ def _bad_inputs(tmp_path: Path) -> dict[str, list[str]]:
      "unknown method", "unknown dataset", "unknown config key", "missing config file", "missing run dir", "no labels and no k"],
 )
 def test_bad_input_is_one_line_exit_2(case: str, tmp_path: Path, capsys) -> None:
-    args = _bad_inputs(tmp_path)[case] + (["--out", str(tmp_path / "out")] if _bad_inputs(tmp_path)[case][0] == "train" else [])
+    args = _bad_inputs(tmp_path)[case]
+    if args[0] == "train":
+        args = [*args, "--out", str(tmp_path / "out")]
     code, _, err = run_cli(args, capsys)
     assert code == 2, err
     lines = [x for x in err.strip().splitlines() if not x.startswith(("WARNING", "INFO"))]
