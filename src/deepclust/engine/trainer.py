@@ -10,6 +10,7 @@ as an uninterrupted one would.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import math
@@ -207,6 +208,7 @@ class Trainer:
         record: dict[str, Any] | None = None
         bar = tqdm(range(self.start_epoch, epochs), desc=f"{cfg.method}", disable=not cfg.train.progress, initial=self.start_epoch, total=epochs)
         done = self.start_epoch
+        boundary: dict[str, Any] | None = None
         try:
             with logging_redirect_tqdm():
                 for epoch in bar:
@@ -221,7 +223,14 @@ class Trainer:
                         log.info("epoch %d: %s", done, _fmt(record))
                     if done % cfg.train.checkpoint_every == 0 or done == epochs:
                         self._save(done)
+                        boundary = None
+                    else:
+                        # Keep the epoch-boundary state in host memory, so that Ctrl-C during the
+                        # next epoch saves a checkpoint that resumes exactly (not a half epoch).
+                        boundary = _to_cpu(self._state(done))
         except KeyboardInterrupt:
+            if boundary is not None:
+                io.save_checkpoint(boundary, self.out / io.CHECKPOINT)
             raise DeepClustError(
                 f"interrupted during epoch {done + 1}; the checkpoint of epoch {_saved_epoch(self.out)} is in "
                 f"'{self.out}': continue with 'deepclust resume {self.out}'"
@@ -270,6 +279,17 @@ class Trainer:
                 f"(the last good checkpoint stays in '{self.out}')"
             )
         return logs
+
+
+def _to_cpu(state: Any) -> Any:
+    """A deep copy of a (nested) state with every tensor cloned to host memory."""
+    if isinstance(state, torch.Tensor):
+        return state.detach().to("cpu", copy=True)
+    if isinstance(state, dict):
+        return {k: _to_cpu(v) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(_to_cpu(v) for v in state)
+    return copy.deepcopy(state)
 
 
 def _saved_epoch(out: Path) -> int | str:
