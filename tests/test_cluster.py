@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,7 @@ from sklearn.cluster import KMeans
 from sklearn.datasets import make_blobs
 
 from deepclust.cluster import KMeansResult, assign_to_centers, kmeans, sinkhorn
-from deepclust.cluster.kmeans import _relocate_empty
+from deepclust.cluster.kmeans import _assign_pass, _lloyd, _relocate_empty
 from deepclust.errors import DataError
 
 # --------------------------------------------------------------------------------------------
@@ -182,6 +184,66 @@ def test_assign_to_centers_brute_force(chunk_size):
     assert labels.dtype == torch.int64
     assert np.array_equal(labels.numpy(), ref_lab)
     assert np.allclose(dist.numpy(), d.min(1), rtol=1e-4, atol=1e-4)
+
+
+def numpy_lloyd(x: np.ndarray, init: np.ndarray, max_iter: int, tol_abs: float):
+    """Transcription of scikit-learn's ``_kmeans_single_lloyd`` (no empty clusters here):
+    assign to C_t and average to C_{t+1}; stop on identical labels, or on a total squared
+    shift <= tol (then re-assign to the final centres)."""
+    centers = init.astype(np.float64)
+    old = np.full(len(x), -1)
+    strict = False
+    for i in range(max_iter):
+        labels, _ = numpy_nearest(x, centers)
+        new = np.stack([x[labels == j].mean(0) for j in range(len(centers))])
+        shift = ((new - centers) ** 2).sum()
+        centers = new
+        if np.array_equal(labels, old):
+            strict = True
+            break
+        if shift <= tol_abs:
+            break
+        old = labels
+    if not strict:
+        labels, _ = numpy_nearest(x, centers)
+    return labels, centers, i + 1
+
+
+@pytest.mark.parametrize("tol_abs,max_iter", [(0.0, 300), (5e-2, 300), (0.0, 3)])
+def test_lloyd_matches_sklearn_loop_transcription(tol_abs, max_iter):
+    # from the same initial centres, every restart of the batched torch Lloyd follows the
+    # reference loop: same labels, centres and iteration count (strict, tol and max_iter stops)
+    x, _ = make_blobs(n_samples=600, n_features=4, centers=5, cluster_std=2.5, random_state=4)
+    rng = np.random.default_rng(0)
+    inits = np.stack([x[rng.choice(len(x), 5, replace=False)] for _ in range(3)])
+    xt = torch.from_numpy(x).float()
+    x_sq = (xt * xt).sum(1)
+    results = _lloyd(xt, x_sq, torch.from_numpy(inits).float(), max_iter, tol_abs, None)
+    for r, (labels, centers, inertia, n_iter) in enumerate(results):
+        ref_labels, ref_centers, ref_iter = numpy_lloyd(x, inits[r], max_iter, tol_abs)
+        assert n_iter == ref_iter
+        assert np.array_equal(labels.numpy(), ref_labels)
+        assert np.allclose(centers.double().numpy(), ref_centers, atol=1e-4)
+        assert inertia == pytest.approx(((x - ref_centers[ref_labels]) ** 2).sum(), rel=1e-4)
+
+
+def test_cluster_sums_paths_agree(monkeypatch):
+    # the CPU one-hot matmul and the index_add_ path (many centres, and the GPU) give the same sums
+    x, _ = make_blobs(n_samples=700, n_features=6, centers=4, random_state=5)
+    xt = torch.from_numpy(x).float()
+    x_sq = (xt * xt).sum(1)
+    centers = xt[torch.randperm(700, generator=torch.Generator().manual_seed(0))[:12]].view(3, 4, 6)
+    onehot = _assign_pass(xt, x_sq, centers, 97, with_sums=True)
+    monkeypatch.setattr(importlib.import_module("deepclust.cluster.kmeans"), "_ONEHOT_COLUMNS", 0)
+    scatter = _assign_pass(xt, x_sq, centers, 97, with_sums=True)
+    assert torch.equal(onehot.labels, scatter.labels)
+    assert torch.equal(onehot.counts, scatter.counts)
+    torch.testing.assert_close(onehot.sums, scatter.sums, rtol=1e-6, atol=1e-4)
+    for j in range(3):  # and both equal the direct per-cluster sums
+        lab = onehot.labels[j].numpy()
+        for c in range(4):
+            assert np.allclose(onehot.sums[j, c].numpy(), x[lab == c].sum(0), rtol=1e-5, atol=1e-3)
+            assert int(onehot.counts[j, c]) == int((lab == c).sum())
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

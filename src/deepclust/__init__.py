@@ -2,7 +2,7 @@
 
 Public entry points::
 
-    from deepclust import list_methods, list_datasets, evaluate, kmeans, train
+    from deepclust import DeepClusterer, list_methods, list_datasets, evaluate, kmeans, train
     from deepclust.metrics import cluster_accuracy, nmi, ari
 """
 
@@ -14,9 +14,11 @@ from deepclust.data import list_datasets, load_dataset  # noqa: E402
 from deepclust.engine import train  # noqa: E402
 from deepclust.methods import list_methods  # noqa: E402
 from deepclust.metrics import evaluate  # noqa: E402
+from deepclust.api import DeepClusterer  # noqa: E402
 
 __all__ = [
     "Config",
+    "DeepClusterer",
     "__version__",
     "evaluate",
     "kmeans",

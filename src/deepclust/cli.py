@@ -1,4 +1,4 @@
-"""Command line: ``deepclust train | resume | eval | demo | list``.
+"""Command line: ``deepclust train | resume | eval | predict | report | sweep-k | demo | selflabel | list``.
 
 Errors a person can fix (a missing path, an unknown key, ...) print one line on stderr and exit
 with status 2, never a traceback.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -75,7 +76,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     raw = _config_from_args(args.config, vars(args))
     cfg = resolve_config(raw)
     record = train(cfg, resume=args.resume)
-    _print_record(record)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one process reports
+        _print_record(record)
     return 0
 
 
@@ -87,11 +89,17 @@ def cmd_resume(args: argparse.Namespace) -> int:
     if not (run / io.CONFIG).is_file():
         raise DeepClustError(f"'{run}' is not a run directory (no {io.CONFIG}); pass the --out of a 'deepclust train' run")
     raw = load_yaml(run / io.CONFIG)
+    method = raw.get("method")
     for item in args.overrides:
         raw = deep_merge(raw, parse_override(item))
+    if raw.get("method") != method:
+        raise ConfigError(
+            f"'{run}' holds a run of method '{method}'; it cannot be resumed as {raw.get('method')}: train a new run with --method"
+        )
     raw = deep_merge(raw, {"train": {"out": str(run)}})
     record = train(resolve_config(raw), resume=True)
-    _print_record(record)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one process reports
+        _print_record(record)
     return 0
 
 
@@ -101,6 +109,59 @@ def cmd_eval(args: argparse.Namespace) -> int:
     record = evaluate_run(args.run_dir, features=args.features, split=args.split, device=args.device)
     _print_record(record)
     return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from deepclust.predict import predict_to_csv
+
+    out = args.out or str(Path(args.run_dir) / "clusters.csv")
+    data = args.data or _run_dataset(args.run_dir)
+    s = predict_to_csv(args.run_dir, data, out, device=args.device, batch_size=args.batch_size,
+                       chunk_size=args.chunk_size, data_dir=args.data_dir, split=args.split, progress=not args.quiet)
+    skipped = f"; skipped {len(s.skipped)} unreadable file(s)" if s.skipped else ""
+    print(f"wrote {s.n_images} rows to {s.out} ({s.n_clusters} clusters, confidence: {s.confidence}){skipped}")
+    return 0
+
+
+def _run_dataset(run_dir: str) -> str:
+    from deepclust.config import load_yaml
+    from deepclust.engine import io
+
+    cfg = Path(run_dir) / io.CONFIG
+    if not cfg.is_file():
+        raise DeepClustError(f"'{run_dir}' is not a run directory (no {io.CONFIG}); pass the --out of a 'deepclust train' run")
+    return str(load_yaml(cfg).get("data", {}).get("name", "digits"))
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from deepclust.report import build_report
+
+    page = build_report(args.run_dir, out=args.out, device=args.device, sample_size=args.sample,
+                        per_cluster=args.per_cluster, seed=args.seed, progress=not args.quiet)
+    print(f"report: {page}")
+    return 0
+
+
+def cmd_sweep_k(args: argparse.Namespace) -> int:
+    from deepclust.sweep import format_table, parse_ks, sweep_k
+
+    ks = parse_ks(args.k)  # before any training: a bad --k fails at once
+    flags = {f: v for f, v in vars(args).items() if f != "out"}
+    raw = _config_from_args(args.config, flags)
+    out = Path(args.out) if args.out else _default_sweep_dir(raw)
+    rows = sweep_k(raw, ks, out, sample_size=args.sample, seed=args.sweep_seed,
+                   device=args.device or raw.get("train", {}).get("device", "auto"))
+    print(format_table(rows))
+    print(f"written: {out / 'sweep.json'}, {out / 'sweep.csv'}, {out / 'sweep.png'}")
+    return 0
+
+
+def _default_sweep_dir(raw: dict[str, Any]) -> Path:
+    import re
+
+    data = str(raw.get("data", {}).get("name", "digits")).replace("npz:", "").replace("folder:", "")
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(data).stem or "data")
+    return Path("runs") / f"sweep_{raw.get('method', 'idfd')}_{name}"
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -145,20 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a method (YAML config and key=value overrides, or flags)")
-    t.add_argument("config", nargs="*", help="CONFIG.yaml (or a packaged name such as idfd/cifar10), then key=value overrides")
-    t.add_argument("--method", help="idfd | secu | cdc | anchorcl")
-    t.add_argument("--data", help="dataset: digits, cifar10, fashion-mnist, npz:PATH, folder:PATH, ...")
-    t.add_argument("--data-dir", help="where datasets live (default $DEEPCLUST_DATA or ./data)")
+    _add_train_flags(t, out_help="run directory")
     t.add_argument("--n-clusters", type=int)
-    t.add_argument("--epochs", type=int)
-    t.add_argument("--batch-size", type=int)
-    t.add_argument("--out", help="run directory")
-    t.add_argument("--seed", type=int)
-    t.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps")
-    t.add_argument("--backbone", help="auto | small_cnn | resnet18 | resnet34 | resnet50")
-    t.add_argument("--train-split", help="train | test | train+test | ...")
-    t.add_argument("--eval-split", help="train | test | train+test | ...")
-    t.add_argument("--init", help="a deepclust run directory or checkpoint whose backbone initialises this model")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     t.set_defaults(func=cmd_train)
 
@@ -173,6 +222,33 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", help="evaluated split (default: the run's eval split)")
     e.add_argument("--device", default="auto")
     e.set_defaults(func=cmd_eval)
+
+    pr = sub.add_parser("predict", help="cluster images with a trained run and write a CSV (path, cluster, confidence)")
+    pr.add_argument("run_dir")
+    pr.add_argument("--data", help="folder:PATH (streamed), npz:PATH or a dataset name (default: the run's dataset)")
+    pr.add_argument("--out", help="CSV file to write (default RUN_DIR/clusters.csv)")
+    pr.add_argument("--split", help="split of a named dataset (default: the run's eval split, else test)")
+    pr.add_argument("--data-dir", help="where datasets live (default: the run's, $DEEPCLUST_DATA or ./data)")
+    pr.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default eval.batch_size)")
+    pr.add_argument("--chunk-size", type=int, default=1024, help="images decoded at a time from a folder")
+    pr.add_argument("--device", default="auto")
+    pr.set_defaults(func=cmd_predict)
+
+    rp = sub.add_parser("report", help="write RUN_DIR/report/report.html: curves, sizes, cluster grids, t-SNE, confusion")
+    rp.add_argument("run_dir")
+    rp.add_argument("--out", help="report folder (default RUN_DIR/report)")
+    rp.add_argument("--sample", type=int, default=2000, help="images in the t-SNE sample")
+    rp.add_argument("--per-cluster", type=int, default=8, help="images shown per cluster")
+    rp.add_argument("--seed", type=int, default=0, help="seed of the t-SNE sample and embedding")
+    rp.add_argument("--device", default="auto")
+    rp.set_defaults(func=cmd_report)
+
+    sk = sub.add_parser("sweep-k", help="train or reuse runs for several K and compare silhouette and size entropy")
+    _add_train_flags(sk, out_help="sweep folder: runs go to OUT/k{K} (default runs/sweep_METHOD_DATA)")
+    sk.add_argument("--k", required=True, help="numbers of clusters to try, comma-separated, e.g. 5,10,20")
+    sk.add_argument("--sample", type=int, default=2000, help="images in the silhouette sample")
+    sk.add_argument("--sweep-seed", type=int, default=0, help="seed of the silhouette sample")
+    sk.set_defaults(func=cmd_sweep_k)
 
     d = sub.add_parser("demo", help="IDFD on scikit-learn's digits beside k-means on raw pixels")
     d.add_argument("--out", default=None, help="run directory (default: a temporary one)")
@@ -195,9 +271,33 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _add_train_flags(t: argparse.ArgumentParser, out_help: str) -> None:
+    """The flag form of a run's config (shared by ``train`` and ``sweep-k``)."""
+    t.add_argument("config", nargs="*", help="CONFIG.yaml (or a packaged name such as idfd/cifar10), then key=value overrides")
+    t.add_argument("--method", help="idfd | secu | cdc | anchorcl")
+    t.add_argument("--data", help="dataset: digits, cifar10, fashion-mnist, npz:PATH, folder:PATH, ...")
+    t.add_argument("--data-dir", help="where datasets live (default $DEEPCLUST_DATA or ./data)")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--out", help=out_help)
+    t.add_argument("--seed", type=int)
+    t.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps")
+    t.add_argument("--backbone", help="auto | small_cnn | resnet18 | resnet34 | resnet50")
+    t.add_argument("--train-split", help="train | test | train+test | ...")
+    t.add_argument("--eval-split", help="train | test | train+test | ...")
+    t.add_argument("--init", help="a deepclust run directory or checkpoint whose backbone initialises this model")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may come after the flags (``train CFG --out RUN train.epochs=5``):
+    # argparse stops collecting a positional list at the first flag, so gather the rest here.
+    positional = "config" if hasattr(args, "config") else "overrides" if hasattr(args, "overrides") else None
+    if extra and positional and all("=" in e and not e.startswith("-") for e in extra):
+        setattr(args, positional, [*getattr(args, positional), *extra])
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if args.quiet and hasattr(args, "config"):
@@ -210,6 +310,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FileNotFoundError as exc:
         print(f"deepclust: error: file not found: {exc.filename}; check the path", file=sys.stderr)
         return 2
+    except OSError as exc:  # permissions, a directory where a file was expected, a full disk
+        print(f"deepclust: error: {exc.strerror or exc}: {exc.filename or ''}; check the path", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # predict / report / eval: nothing to save, no traceback
+        print("deepclust: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -59,6 +59,7 @@ class OptimConfig:
     milestones: list[int] = field(default_factory=list)  # epochs, for "step"
     gamma: float = 0.1
     warmup_epochs: int = 0
+    fused: bool | str = "auto"  # auto: fused kernels where torch has them for this device (engine/fastpath.py)
 
 
 @dataclass
@@ -75,6 +76,11 @@ class TrainConfig:
     checkpoint_every: int = 1
     out: str | None = None
     progress: bool = True
+    # fast paths (engine/fastpath.py): "auto" or true/false
+    channels_last: bool | str = "auto"  # auto: on for conv backbones on CUDA and the CPU
+    compile: bool | str = "auto"  # torch.compile of the backbone; auto: CUDA with Triton and >= 5,000 steps
+    data_on_device: bool | str = "auto"  # auto: resident when it fits, else streamed from pinned host memory
+    sync_bn: bool = False  # torchrun: BatchNorm statistics of the global batch (no effect with one process)
 
 
 @dataclass
@@ -85,6 +91,7 @@ class EvalConfig:
     kmeans_seed: int = 0
     features: str = "clean"  # clean | memory (IDFD's memory bank, train+test only)
     batch_size: int = 512
+    distributed_kmeans: bool = False  # torchrun: fit k-means over the processes' feature shards, not on rank 0
 
 
 @dataclass

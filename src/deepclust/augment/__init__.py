@@ -31,12 +31,15 @@ from deepclust.augment.ops import (
     to_float,
 )
 from deepclust.augment.pipeline import Augment, AugmentConfig, EvalTransform, StrongAugment
+from deepclust.augment.features import FeatureAugment, FeatureEvalTransform
 
 __all__ = [
     "ops",
     "Augment",
     "AugmentConfig",
     "EvalTransform",
+    "FeatureAugment",
+    "FeatureEvalTransform",
     "StrongAugment",
     *ops.__all__,
 ]

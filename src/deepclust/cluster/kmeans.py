@@ -1,12 +1,14 @@
 """k-means in torch: greedy k-means++ seeding and chunked Lloyd iterations on x's device.
 
 Squared distances are ``||x||^2 - 2 x.c + ||c||^2`` computed with one matmul per block of rows
-(no ``torch.cdist``); centre sums use ``scatter_add_``/``index_add_`` and ``bincount`` and are
-updated incrementally from the points that changed cluster. Restarts are run as a batch, so one
-matmul serves the centres of all of them. Compute is float32 on data centred by its mean (as
-scikit-learn does, for accuracy); sums are kept in float64 and the reported inertia is summed in
-float64 from exact differences. One ``torch.Generator`` on x's device, seeded from ``seed``,
-drives every random choice.
+(no ``torch.cdist``). Each Lloyd iteration is one pass over x that assigns the rows of a block
+and adds them to the cluster sums while the block is in cache (a one-hot matmul on the CPU,
+``index_add_`` elsewhere), as scikit-learn's ``lloyd`` does. Restarts are run as a batch, so
+one matmul serves the centres of all of them. Compute is float32 on data centred by its mean
+(as scikit-learn does, for accuracy); sums are accumulated in float64 across blocks and the
+reported inertia is summed in float64 from exact differences. Stopping follows scikit-learn:
+strict convergence, or a total squared centre shift ``<= tol * mean_j var(x[:, j])``. One
+``torch.Generator`` on x's device, seeded from ``seed``, drives every random choice.
 """
 
 from __future__ import annotations
@@ -87,13 +89,78 @@ def _acc_dtype(device: torch.device) -> torch.dtype:
 
 # restarts are batched while R * K stays below this many columns (wider gains nothing)
 _BATCH_COLUMNS = 256
+# on the CPU, blocks of ~8 MB stay in cache between the distance matmul and the sums matmul
+_CPU_BLOCK_ELEMS = 1 << 21
+# on the CPU, cluster sums are a one-hot matmul up to this many centre columns: scatter_add_ /
+# index_add_ run one slow, barely threaded pass per restart (10x slower at R*K = 100), while
+# the matmul costs as much as the distance matmul, so it loses only for very many centres
+_ONEHOT_COLUMNS = 256
 
 
-def _rows_per_block(n: int, cols: int, chunk_size: int | None) -> int:
-    rows = max(1, _BLOCK_ELEMS // max(cols, 1))
+def _rows_per_block(n: int, cols: int, chunk_size: int | None, device: torch.device | None = None) -> int:
+    budget = _CPU_BLOCK_ELEMS if device is not None and device.type == "cpu" else _BLOCK_ELEMS
+    rows = max(1, budget // max(cols, 1))
     if chunk_size is not None:
         rows = min(rows, chunk_size)
     return max(1, min(n, rows))
+
+
+@dataclass
+class _Pass:
+    """One pass over x for A restarts: labels (A, N), squared distances (A, N) and, when asked
+    for, per-cluster sums (A, K, D) in the accumulation dtype and counts (A, K) int64."""
+
+    labels: torch.Tensor
+    dist: torch.Tensor
+    sums: torch.Tensor | None = None
+    counts: torch.Tensor | None = None
+
+
+def _assign_pass(
+    x: torch.Tensor, x_sq: torch.Tensor, centers: torch.Tensor, chunk_size: int | None, with_sums: bool
+) -> _Pass:
+    """Nearest centre of every row for every restart, and optionally the new cluster sums.
+
+    centers (A, K, D). Per block of rows, ``d = ||c||^2 - 2 c.x`` is one ``addmm`` giving
+    (A*K, rows); the argmin over K needs no ``||x||^2``, which is added to the minimum only.
+    The sums of the same block follow while it is in cache: ``onehot(labels) @ x_block`` on the
+    CPU for few centres, ``index_add_`` otherwise (atomic adds on the GPU).
+    """
+    a, k, dim = centers.shape
+    n, dev = x.shape[0], x.device
+    acc = _acc_dtype(dev)
+    flat = centers.reshape(a * k, dim)
+    c_sq = (flat * flat).sum(dim=1).unsqueeze(1)  # (A*K, 1)
+    rows = _rows_per_block(n, a * k, chunk_size, dev)
+    labels = torch.empty(a, n, dtype=torch.long, device=dev)
+    dist = torch.empty(a, n, dtype=x.dtype, device=dev)
+    onehot = with_sums and dev.type == "cpu" and a * k <= _ONEHOT_COLUMNS
+    sums = torch.zeros(a * k, dim, dtype=acc, device=dev) if with_sums else None
+    counts = torch.zeros(a * k, dtype=torch.long, device=dev) if with_sums else None
+    offsets = (torch.arange(a, device=dev) * k).unsqueeze(1)  # restart j's clusters start at j*K
+    for s in range(0, n, rows):
+        e = min(s + rows, n)
+        xb = x[s:e]
+        d = torch.addmm(c_sq, flat, xb.t(), beta=1.0, alpha=-2.0).view(a, k, e - s)
+        md, lab = d.min(dim=1)  # (A, rows): the reduction runs along contiguous rows
+        labels[:, s:e] = lab
+        dist[:, s:e] = md.add_(x_sq[s:e]).clamp_(min=0.0)
+        if not with_sums:
+            continue
+        gl = lab + offsets  # (A, rows) global column of every assignment
+        if onehot:
+            oh = torch.zeros(a * k, e - s, dtype=x.dtype, device=dev)
+            oh.scatter_(0, gl, 1.0)
+            sums += (oh @ xb).to(acc)  # float32 block sums, accumulated across blocks in acc
+        else:
+            block = torch.zeros(a * k, dim, dtype=x.dtype, device=dev)
+            for j in range(a):
+                block.index_add_(0, gl[j], xb)
+            sums += block.to(acc)
+        counts += torch.bincount(gl.reshape(-1), minlength=a * k)
+    if with_sums:
+        return _Pass(labels, dist, sums.view(a, k, dim), counts.view(a, k))
+    return _Pass(labels, dist)
 
 
 def _assign(
@@ -102,41 +169,13 @@ def _assign(
     """Nearest centre and squared distance to it, for every row and every restart.
 
     centers: (R, K, D) or (K, D). Returns labels (R, N) int64 and distances (R, N) (or (N,) for
-    2-D centers). ``||x||^2 - 2 x.c + ||c||^2`` with one ``addmm`` per block of rows; the argmin
-    only needs ``||c||^2 - 2 x.c``.
+    2-D centers), from ``||x||^2 - 2 x.c + ||c||^2`` (see :func:`_assign_pass`).
     """
     single = centers.dim() == 2
-    c3 = centers.unsqueeze(0) if single else centers
-    r, k, dim = c3.shape
-    n = x.shape[0]
-    flat = c3.reshape(r * k, dim)
-    c_sq = (flat * flat).sum(dim=1).unsqueeze(0)
-    ft = flat.t()
-    rows = _rows_per_block(n, r * k, chunk_size)
-    labels = torch.empty(r, n, dtype=torch.long, device=x.device)
-    dist = torch.empty(r, n, dtype=x.dtype, device=x.device)
-    for s in range(0, n, rows):
-        e = min(s + rows, n)
-        d = torch.addmm(c_sq, x[s:e], ft, beta=1.0, alpha=-2.0).view(e - s, r, k)
-        md, lab = d.min(dim=2)
-        labels[:, s:e] = lab.t()
-        dist[:, s:e] = (md.t() + x_sq[s:e]).clamp_(min=0.0)
+    res = _assign_pass(x, x_sq, centers.unsqueeze(0) if single else centers, chunk_size, with_sums=False)
     if single:
-        return labels[0], dist[0]
-    return labels, dist
-
-
-def _cluster_sums(
-    x: torch.Tensor, labels: torch.Tensor, k: int, acc: torch.dtype
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-cluster sums of the rows (k, D) in ``acc`` precision and counts (k,) int64."""
-    counts = torch.bincount(labels, minlength=k)
-    sums = torch.zeros(k, x.shape[1], dtype=x.dtype, device=x.device)
-    if x.device.type == "cpu":  # scatter_add_ is the faster kernel on CPU
-        sums.scatter_add_(0, labels.unsqueeze(1).expand(-1, x.shape[1]), x)
-    else:
-        sums.index_add_(0, labels, x)
-    return sums.to(acc), counts
+        return res.labels[0], res.dist[0]
+    return res.labels, res.dist
 
 
 def _dist_to_assigned(x: torch.Tensor, centers: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -258,76 +297,63 @@ def _lloyd(
     tol_abs: float,
     chunk_size: int | None,
 ) -> list[tuple[torch.Tensor, torch.Tensor, float, int]]:
-    """Lloyd iterations for a batch of restarts from ``centers`` (R, K, D).
+    """Lloyd iterations for a batch of restarts from ``centers`` (R, K, D), as scikit-learn's.
 
-    Each iteration moves every centre to the mean of its points, then assigns every point to its
-    nearest centre (one matmul for all running restarts). The per-cluster sums are kept in
-    float64 and updated only with the points that changed cluster (recomputed from scratch when
-    many did), so the update step is nearly free once the assignment settles. A restart stops
-    when no label changes (strict convergence), when its total squared centre shift is
-    <= ``tol_abs`` (scikit-learn's rule), or after ``max_iter`` iterations; its labels are then
-    the nearest centres of its final centres.
+    Iteration t is one pass over x: every point goes to its nearest centre of C_t and, in the
+    same pass, the cluster sums give C_{t+1} (empty clusters take the points farthest from
+    their centres). A restart stops when its labels equal the previous iteration's (strict
+    convergence; result: those labels and C_{t+1}), or when its total squared centre shift
+    ``||C_{t+1} - C_t||^2 <= tol_abs`` or t = ``max_iter``: then one more assignment to
+    C_{t+1} gives its labels (done in the next pass, beside the running restarts).
 
     Returns, per restart, (labels, centers, inertia from the expanded distances, n_iter).
     """
-    n = x.shape[0]
     r, k, dim = centers.shape
     dev = x.device
     acc = _acc_dtype(dev)
-    few_limit = max(1, n // 8)  # above this many moved points, recompute the sums
     ids = list(range(r))  # restart id of each running row
-    labels, dist = _assign(x, x_sq, centers, chunk_size)  # (A, N)
-    sums = torch.empty(r, k, dim, dtype=acc, device=dev)
-    counts = torch.empty(r, k, dtype=torch.long, device=dev)
-    for j in range(r):
-        sums[j], counts[j] = _cluster_sums(x, labels[j], k, acc)
+    n_iter = [0] * r  # per running row: Lloyd iterations done
+    final = [False] * r  # per running row: this pass is the closing assignment
+    prev: torch.Tensor | None = None  # previous labels of the running rows
     results: list = [None] * r
-    for it in range(max_iter):
+    while ids:
         a = len(ids)
+        p = _assign_pass(x, x_sq, centers, chunk_size, with_sums=not all(final))
+        keep: list[int] = []
+        new = centers
+        shifts = [0.0] * a
         relocated = [False] * a
-        if bool((counts == 0).any()):
-            for j in range(a):
-                relocated[j] = _relocate_empty(x, centers[j], labels[j], sums[j], counts[j]) is not None
-        mean = sums / counts.clamp(min=1).unsqueeze(2).to(acc)
-        new = torch.where((counts > 0).unsqueeze(2), mean.to(x.dtype), centers)
-        shifts = ((new.to(acc) - centers.to(acc)) ** 2).sum(dim=(1, 2)).tolist()
-        centers = new
-        new_labels, dist = _assign(x, x_sq, centers, chunk_size)
-        changed = new_labels != labels
-        n_changed = changed.sum(dim=1).tolist()
-        many = [j for j in range(a) if n_changed[j] > few_limit]
-        if any(0 < m <= few_limit for m in n_changed):
-            if many:
-                changed[many] = False
-            ai, pi = changed.nonzero(as_tuple=True)
-            # one index_add_: +x to the new cluster, -x to the old one
-            flat = torch.cat([ai * k + new_labels[ai, pi], ai * k + labels[ai, pi]])
-            xm = x.index_select(0, pi)
-            sign = torch.ones(2 * pi.numel(), dtype=torch.long, device=dev)
-            sign[pi.numel() :] = -1
-            delta = torch.zeros(a * k, dim, dtype=x.dtype, device=dev)
-            delta.index_add_(0, flat, torch.cat([xm, -xm]))
-            sums += delta.view(a, k, dim).to(acc)
-            counts += torch.zeros(a * k, dtype=torch.long, device=dev).index_add_(0, flat, sign).view(a, k)
-        labels = new_labels
-        for j in many:
-            sums[j], counts[j] = _cluster_sums(x, labels[j], k, acc)
-        last = it + 1 == max_iter
-        done = [
-            j
-            for j in range(a)
-            if last or (n_changed[j] == 0 and not relocated[j]) or shifts[j] <= tol_abs
-        ]
-        if done:
-            for j in done:
-                results[ids[j]] = (labels[j], centers[j], dist[j].sum(dtype=acc), it + 1)
-            keep = [j for j in range(a) if j not in set(done)]
-            if not keep:
-                break
-            kt = torch.tensor(keep, device=dev)
-            labels, dist = labels.index_select(0, kt), dist.index_select(0, kt)
-            centers, sums, counts = centers.index_select(0, kt), sums.index_select(0, kt), counts.index_select(0, kt)
-            ids = [ids[j] for j in keep]
+        same = [False] * a
+        if p.sums is not None and p.counts is not None:
+            sums, counts = p.sums, p.counts
+            if bool((counts == 0).any()):
+                for j in range(a):
+                    if not final[j]:
+                        relocated[j] = _relocate_empty(x, centers[j], p.labels[j], sums[j], counts[j]) is not None
+            mean = sums / counts.clamp(min=1).unsqueeze(2).to(acc)
+            new = torch.where((counts > 0).unsqueeze(2), mean.to(x.dtype), centers)
+            shifts = ((new.to(acc) - centers.to(acc)) ** 2).sum(dim=(1, 2)).tolist()
+            if prev is not None:
+                same = (p.labels == prev).all(dim=1).tolist()
+        inertia = p.dist.sum(dim=1, dtype=acc)
+        for j in range(a):
+            if final[j]:  # labels of the final centres
+                results[ids[j]] = (p.labels[j], centers[j], inertia[j], n_iter[j])
+                continue
+            n_iter[j] += 1
+            if same[j] and not relocated[j]:  # strict convergence: C_{t+1} = C_t
+                results[ids[j]] = (p.labels[j], new[j], inertia[j], n_iter[j])
+                continue
+            final[j] = shifts[j] <= tol_abs or n_iter[j] >= max_iter
+            keep.append(j)
+        if not keep:
+            break
+        kt = torch.tensor(keep, device=dev)
+        centers = new.index_select(0, kt)
+        prev = p.labels.index_select(0, kt)
+        ids = [ids[j] for j in keep]
+        n_iter = [n_iter[j] for j in keep]
+        final = [final[j] for j in keep]
     return [(lab, c, float(inert.item()), it_) for lab, c, inert, it_ in results]
 
 

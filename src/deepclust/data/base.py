@@ -14,7 +14,7 @@ from deepclust.errors import DataError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ImageData", "IndexedDataset", "as_uint8_images", "check_split", "concat", "resize_images"]
+__all__ = ["FeatureData", "ImageData", "IndexedDataset", "as_uint8_images", "check_split", "concat", "resize_images"]
 
 
 @dataclass
@@ -107,7 +107,7 @@ class ImageData:
         if index.numel() and (int(index.min()) < -self.n_samples or int(index.max()) >= self.n_samples):
             raise DataError(f"subset: index out of range for a dataset of {self.n_samples} images")
         paths = [self.paths[i] for i in index.tolist()] if self.paths is not None else None
-        return ImageData(
+        return type(self)(  # a FeatureData subset stays a FeatureData
             images=self.images[index].contiguous(),
             labels=self.labels[index].clone(),
             classes=list(self.classes),
@@ -136,21 +136,95 @@ class ImageData:
     ) -> ImageData:
         """Build from an image array (N,H,W), (N,H,W,C) or (N,C,H,W), uint8 or float in [0, 1]."""
         imgs = as_uint8_images(images, source=name)
-        n = imgs.shape[0]
-        if labels is None:
-            lab = torch.full((n,), -1, dtype=torch.int64)
-        else:
-            lab_np = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
-            if lab_np.ndim != 1 or lab_np.shape[0] != n:
-                raise DataError(
-                    f"{name}: {n} images but labels have shape {lab_np.shape}; expected one label per image"
-                )
-            if not np.issubdtype(lab_np.dtype, np.integer):
-                raise DataError(f"{name}: labels must be integers (-1 for unknown), got dtype {lab_np.dtype}")
-            lab = torch.from_numpy(lab_np.astype(np.int64))
-        if classes is None and bool((lab >= 0).any()):
-            classes = [str(i) for i in range(int(lab.max()) + 1)]
-        return cls(images=imgs, labels=lab, classes=list(classes or []), name=name, split=split)
+        lab, classes = _labels_tensor(labels, imgs.shape[0], classes, name)
+        return cls(images=imgs, labels=lab, classes=classes, name=name, split=split)
+
+
+class FeatureData(ImageData):
+    """Precomputed feature vectors in place of images ("feature mode").
+
+    ``images`` holds float32 (N, D) features (also reachable as ``features``); everything
+    else is as in :class:`ImageData`, so the engine trains on either. Values must be finite.
+    """
+
+    def __post_init__(self) -> None:
+        x = self.images
+        if not isinstance(x, torch.Tensor) or x.ndim != 2 or not torch.is_floating_point(x):
+            raise DataError(
+                f"dataset {self.name!r}: features must be a float tensor (N, D), got "
+                f"{getattr(x, 'dtype', type(x))} with shape {tuple(getattr(x, 'shape', ()))}"
+            )
+        if x.shape[1] == 0:
+            raise DataError(f"dataset {self.name!r}: feature vectors have no dimensions (shape {tuple(x.shape)})")
+        if not bool(torch.isfinite(x).all()):
+            raise DataError(f"dataset {self.name!r}: features contain NaN or infinite values; remove or impute them")
+        self.images = x.detach().to(device="cpu", dtype=torch.float32).contiguous()
+        self.labels, self.classes = _labels_tensor(self.labels, x.shape[0], self.classes, self.name)
+        if self.paths is not None:
+            raise DataError(f"dataset {self.name!r}: feature data has no file paths")
+
+    @property
+    def features(self) -> torch.Tensor:
+        """The float32 (N, D) feature vectors (the same tensor as ``images``)."""
+        return self.images
+
+    @property
+    def n_features(self) -> int:
+        """Dimension D of the feature vectors."""
+        return int(self.images.shape[1])
+
+    @property
+    def n_channels(self) -> int:
+        raise DataError(f"dataset {self.name!r} holds feature vectors, not images: it has no channels")
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        raise DataError(f"dataset {self.name!r} holds feature vectors, not images: it has no image size")
+
+    def __repr__(self) -> str:
+        return (
+            f"FeatureData(name={self.name!r}, split={self.split!r}, n_samples={self.n_samples}, "
+            f"n_features={self.n_features}, n_classes={self.n_classes})"
+        )
+
+    @classmethod
+    def from_arrays(  # type: ignore[override]
+        cls,
+        features: Any,
+        labels: Any | None = None,
+        classes: Sequence[str] | None = None,
+        name: str = "features",
+        split: str = "train",
+    ) -> FeatureData:
+        """Build from a 2-D array or tensor (N, D) of finite numbers."""
+        if isinstance(features, torch.Tensor):
+            features = features.detach().cpu().numpy()
+        arr = np.asarray(features)
+        if arr.ndim != 2:
+            raise DataError(f"{name}: features have rank {arr.ndim} (shape {arr.shape}); expected a 2-D array (N, D)")
+        if arr.dtype == np.bool_ or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+            raise DataError(f"{name}: features have dtype {arr.dtype}; expected numbers (float or int)")
+        if arr.shape[0] == 0:
+            raise DataError(f"{name}: contains zero samples; expected at least one")
+        x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+        lab, cls_names = _labels_tensor(labels, x.shape[0], classes, name)
+        return cls(images=x, labels=lab, classes=cls_names, name=name, split=split)
+
+
+def _labels_tensor(labels: Any, n: int, classes: Sequence[str] | None, name: str) -> tuple[torch.Tensor, list[str]]:
+    """int64 (n,) labels (-1 = unknown; all -1 when None) and class names (0..max when not given)."""
+    if labels is None:
+        lab = torch.full((n,), -1, dtype=torch.int64)
+    else:
+        lab_np = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
+        if lab_np.ndim != 1 or lab_np.shape[0] != n:
+            raise DataError(f"{name}: {n} samples but labels have shape {lab_np.shape}; expected one label per sample")
+        if not np.issubdtype(lab_np.dtype, np.integer):
+            raise DataError(f"{name}: labels must be integers (-1 for unknown), got dtype {lab_np.dtype}")
+        lab = torch.from_numpy(lab_np.astype(np.int64))
+    if classes is None and bool((lab >= 0).any()):
+        classes = [str(i) for i in range(int(lab.max()) + 1)]
+    return lab, [str(c) for c in (classes or [])]
 
 
 class IndexedDataset(torch.utils.data.Dataset):

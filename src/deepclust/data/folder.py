@@ -33,6 +33,8 @@ __all__ = [
     "load_folder",
     "load_imagenet_subset",
     "load_tiny_imagenet",
+    "decode_image",
+    "list_image_files",
     "read_image_files",
 ]
 
@@ -112,6 +114,36 @@ def _decode(path: Path, mode: str, size: tuple[int, int] | None) -> np.ndarray |
         return None
 
 
+def decode_image(path: Path, mode: str, size: tuple[int, int] | None) -> np.ndarray | None:
+    """Pixels of one file converted to ``mode`` ("L" or "RGB") and resized to size=(W, H); None if unreadable."""
+    return _decode(path, mode, size)
+
+
+def list_image_files(root: Path) -> list[Path]:
+    """The image files under an existing folder, sorted by relative path; DataError when there are none.
+
+    Files without an image extension are ignored (and counted in an info line).
+    """
+    if not root.exists():
+        raise DataError(f"image folder not found: {root}; pass folder:PATH with an existing folder of images")
+    if not root.is_dir():
+        hint = f"; use npz:{root} for an .npz file" if root.suffix.lower() == ".npz" else ""
+        raise DataError(f"{root} is not a folder; folder:PATH expects a directory of images{hint}")
+    all_files = _list_files(root)
+    if not all_files:
+        raise DataError(f"image folder {root} is empty; put image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) in it or in class sub-folders")
+    files = [f for f in all_files if _is_image(f)]
+    if not files:
+        exts = sorted({f.suffix.lower() or "(none)" for f in all_files})
+        raise DataError(
+            f"image folder {root} has {len(all_files)} file(s) but no images (extensions found: {', '.join(exts[:10])}); "
+            f"supported: {', '.join(sorted(IMAGE_EXTENSIONS))}"
+        )
+    if len(files) < len(all_files):
+        logger.info("%s: ignored %d file(s) without an image extension", root, len(all_files) - len(files))
+    return files
+
+
 def _map(fn, items: Sequence, desc: str) -> list:
     workers = max(1, min(8, os.cpu_count() or 1))
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -185,21 +217,7 @@ def load_folder(path: str | Path, split: str = "train", image_size: int | None =
     root = Path(path).expanduser().absolute()
     name = f"folder:{root}"
     check_split(name, split, FOLDER_SPLITS)
-    if not root.exists():
-        raise DataError(f"image folder not found: {root}; pass folder:PATH with an existing folder of images")
-    if not root.is_dir():
-        hint = f"; use npz:{root} for an .npz file" if root.suffix.lower() == ".npz" else ""
-        raise DataError(f"{root} is not a folder; folder:PATH expects a directory of images{hint}")
-    all_files = _list_files(root)
-    if not all_files:
-        raise DataError(f"image folder {root} is empty; put image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) in it or in class sub-folders")
-    files = [f for f in all_files if _is_image(f)]
-    if not files:
-        exts = sorted({f.suffix.lower() or "(none)" for f in all_files})
-        raise DataError(
-            f"image folder {root} has {len(all_files)} file(s) but no images (extensions found: {', '.join(exts[:10])}); "
-            f"supported: {', '.join(sorted(IMAGE_EXTENSIONS))}"
-        )
+    files = list_image_files(root)
     rel = [f.relative_to(root) for f in files]
     labelled = all(len(r.parts) >= 2 for r in rel)
     if not labelled and any(len(r.parts) >= 2 for r in rel):

@@ -63,6 +63,17 @@ def _get(z: Any, key: str, path: Path) -> np.ndarray:
         raise DataError(f"{path}: array {key!r} is corrupt ({type(exc).__name__}: {exc}); re-create the file") from None
 
 
+def _check_finite(arr: np.ndarray, path: Path) -> None:
+    """Float pixels must be finite: NaN/inf would silently become 0 or 255 after scaling."""
+    if np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.complexfloating):
+        bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+        if bad:
+            raise DataError(
+                f"{path}: 'images' holds {bad} NaN or infinite value(s); replace them (e.g. numpy.nan_to_num) "
+                "and store uint8 0..255 or floats in [0, 1]"
+            )
+
+
 def _torchvision_decode(parts: list[torch.Tensor], rgb: bool) -> list[torch.Tensor]:
     """Decode with torchvision.io (fast, batched); its deprecation notice is silenced here."""
     with warnings.catch_warnings():
@@ -167,7 +178,9 @@ def read_npz(path: Path, image_size: int | None = None) -> tuple[torch.Tensor, t
     with _open_npz(path) as z:
         keys = sorted(z.files)
         if "images" in keys:
-            images = as_uint8_images(_get(z, "images", path), source=str(path))
+            raw = _get(z, "images", path)
+            _check_finite(raw, path)
+            images = as_uint8_images(raw, source=str(path))
             if image_size is not None:
                 images = resize_images(images, image_size)
         elif "jpeg" in keys:

@@ -3,7 +3,8 @@
 Every record states its protocol, splits, prediction type (with n_init, k-means seed and the
 split k-means was fitted on), seed and checkpoint epoch (spec/evaluation.md section 2.1).
 Under ``train->test`` k-means is fitted on the training images' features and the evaluated
-images are assigned to the nearest centre.
+images are assigned to the nearest centre. Under torchrun every process infers its shard of the
+images, rank 0 gathers the features and clusters them once (the others get None).
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ import torch
 from tqdm.auto import tqdm
 
 import deepclust
-from deepclust.cluster import assign_to_centers, kmeans
+from deepclust.cluster import assign_to_centers, kmeans, kmeans_distributed
+from deepclust.collectives import Collectives, split_sizes
 from deepclust.config import Config
 from deepclust.data import ImageData
 from deepclust.engine.device import autocast
-from deepclust.errors import ConfigError
+from deepclust.errors import ConfigError, DataError
 from deepclust.methods import ClusteringMethod
 from deepclust.metrics import cluster_size_stats, evaluate
 
@@ -61,6 +63,30 @@ def infer_images(
     return torch.cat(feats), (torch.cat(probs) if probs else None)
 
 
+def infer_sharded(
+    method: ClusteringMethod,
+    images: torch.Tensor,
+    batch_size: int,
+    device: torch.device,
+    amp: torch.dtype | None = None,
+    progress: bool = False,
+    dist: Collectives | None = None,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, bool]:
+    """:func:`infer_images` split over the torchrun processes: each infers its contiguous shard
+    and rank 0 receives every row in order; the others get (None, None). The flag says whether
+    the method returned probabilities (known on every process)."""
+    if dist is None or not dist.enabled:
+        feats, probs = infer_images(method, images, batch_size, device, amp, progress)
+        return feats, probs, probs is not None
+    if len(images) < dist.world:
+        raise DataError(f"{len(images)} images cannot be split over {dist.world} processes; evaluate on more images")
+    sizes = split_sizes(len(images), dist.world)
+    lo = sum(sizes[: dist.rank])
+    feats, probs = infer_images(method, images[lo : lo + sizes[dist.rank]], batch_size, device, amp, progress and dist.is_main)
+    has_probs = probs is not None
+    return dist.gather_rows(feats), (dist.gather_rows(probs) if probs is not None else None), has_probs
+
+
 def predict(
     method: ClusteringMethod,
     cfg: Config,
@@ -70,22 +96,36 @@ def predict(
     device: torch.device,
     amp: torch.dtype | None = None,
     progress: bool = False,
-) -> Prediction:
-    """Cluster the evaluated images the way the method and ``cfg.eval`` say."""
+    dist: Collectives | None = None,
+) -> Prediction | None:
+    """Cluster the evaluated images the way the method and ``cfg.eval`` say.
+
+    ``dist`` (torchrun): features are inferred in shards and gathered on rank 0, which clusters
+    them once; every other process returns None."""
     bs = cfg.eval.batch_size
     same = cfg.protocol == "train+test"
-    eval_feats, probs = infer_images(method, eval_data.images, bs, device, amp, progress)
-    if method.prediction == "head_argmax" and probs is not None:
+    if dist is not None and dist.enabled and cfg.eval.distributed_kmeans and method.prediction == "kmeans" and cfg.eval.features == "clean":
+        return _predict_distributed_kmeans(method, cfg, n_clusters, train_data, eval_data, device, amp, progress, dist)
+    eval_feats, probs, has_probs = infer_sharded(method, eval_data.images, bs, device, amp, progress, dist)
+    head = method.prediction == "head_argmax" and has_probs
+    source = cfg.eval.features
+    if not head and source == "memory" and (not same or not hasattr(method, "memory")):
+        raise ConfigError("eval.features=memory needs the train+test protocol and a method with a memory bank (idfd)")
+    train_feats = None
+    if not head and source != "memory" and not same:  # every process takes part in the gather
+        train_feats = infer_sharded(method, train_data.images, bs, device, amp, progress, dist)[0]
+    if eval_feats is None:  # torchrun, rank > 0: rank 0 clusters
+        return None
+    if head:
+        assert probs is not None
         conf, labels = probs.max(dim=1)
         info = {"type": "head_argmax", "head": getattr(method, "eval_head", 0), "k": probs.shape[1]}
         return Prediction(labels, conf, None, eval_feats, info)
-    source = cfg.eval.features
     if source == "memory":
-        if not same or not hasattr(method, "memory"):
-            raise ConfigError("eval.features=memory needs the train+test protocol and a method with a memory bank (idfd)")
         fit_feats = method.memory.float()
     else:
-        fit_feats = eval_feats if same else infer_images(method, train_data.images, bs, device, amp, progress)[0]
+        fit_feats = eval_feats if same else train_feats
+    assert fit_feats is not None
     km = kmeans(fit_feats, n_clusters, n_init=cfg.eval.n_init, seed=cfg.eval.kmeans_seed)
     if same and source == "memory":
         labels, d2 = km.labels, ((fit_feats - km.centers[km.labels]) ** 2).sum(1)
@@ -100,6 +140,48 @@ def predict(
         "inertia": km.inertia,
     }
     return Prediction(labels, torch.exp(-d2), km.centers, eval_feats, info)
+
+
+def _predict_distributed_kmeans(
+    method: ClusteringMethod,
+    cfg: Config,
+    n_clusters: int,
+    train_data: ImageData,
+    eval_data: ImageData,
+    device: torch.device,
+    amp: torch.dtype | None,
+    progress: bool,
+    dist: Collectives,
+) -> Prediction | None:
+    """``eval.distributed_kmeans`` under torchrun: every process keeps its shard of the features,
+    k-means runs over all shards (:func:`kmeans_distributed`: centres all-reduced), each process
+    assigns its evaluated rows, and rank 0 gathers labels and features for the record."""
+
+    def shard(images: torch.Tensor) -> torch.Tensor:
+        if len(images) < dist.world:
+            raise DataError(f"{len(images)} images cannot be split over {dist.world} processes; evaluate on more images")
+        sizes = split_sizes(len(images), dist.world)
+        lo = sum(sizes[: dist.rank])
+        return infer_images(method, images[lo : lo + sizes[dist.rank]], cfg.eval.batch_size, device, amp,
+                            progress and dist.is_main)[0]
+
+    eval_local = shard(eval_data.images)
+    fit_local = eval_local if cfg.protocol == "train+test" else shard(train_data.images)
+    km = kmeans_distributed(fit_local, n_clusters, n_init=cfg.eval.n_init, seed=cfg.eval.kmeans_seed, group=dist.group)
+    labels, d2 = assign_to_centers(eval_local, km.centers)
+    labels, d2, feats = dist.gather_rows(labels), dist.gather_rows(d2), dist.gather_rows(eval_local)
+    if labels is None or d2 is None or feats is None:
+        return None
+    info = {
+        "type": "kmeans",
+        "features": "clean (eval transform, eval mode), the method's infer() features",
+        "n_init": cfg.eval.n_init,
+        "kmeans_seed": cfg.eval.kmeans_seed,
+        "fit_split": cfg.data.train_split,
+        "inertia": km.inertia,
+        "kmeans": f"distributed over {dist.world} processes (initialised from a gathered sample)",
+    }
+    return Prediction(labels, torch.exp(-d2), km.centers, feats, info)
 
 
 def config_hash(cfg: Config) -> str:

@@ -25,8 +25,18 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from deepclust.config import Config, save_config
 from deepclust.data import ImageData, load_dataset
+from deepclust.data.base import FeatureData
 from deepclust.engine import io
 from deepclust.engine.device import amp_dtype, autocast, resolve_device, rng_state, seed_everything, set_rng_state
+from deepclust.engine.distributed import (
+    average_batchnorm_stats,
+    average_gradients,
+    broadcast_state,
+    close_distributed,
+    convert_sync_batchnorm,
+    init_distributed,
+)
+from deepclust.engine.fastpath import apply_fast_paths, make_optimizer
 from deepclust.engine.evaluate import Prediction, add_extras, make_record, predict
 from deepclust.engine.schedule import lr_factor
 from deepclust.errors import CheckpointError, ConfigError, DataError, DeepClustError
@@ -41,11 +51,23 @@ def default_run_dir(cfg: Config) -> Path:
     return Path("runs") / f"{cfg.method}_{Path(name).stem or 'data'}_s{cfg.train.seed}"
 
 
-def load_data(cfg: Config) -> tuple[ImageData, ImageData]:
-    """The training and the evaluated images (the same object under train+test)."""
+def load_data(
+    cfg: Config, data: ImageData | tuple[ImageData, ImageData] | None = None
+) -> tuple[ImageData, ImageData]:
+    """The training and the evaluated images (the same object under train+test).
+
+    ``data``: in-memory data from the caller (e.g. the estimator) used instead of reading
+    ``cfg.data.name``: one :class:`ImageData` / :class:`FeatureData` (trained and evaluated)
+    or a (train, eval) pair. ``cfg.data.name`` then only names the data in the records.
+    """
     d = cfg.data
-    train = load_dataset(d.name, d.train_split, d.data_dir, d.image_size)
-    evald = train if d.eval_split == d.train_split else load_dataset(d.name, d.eval_split, d.data_dir, d.image_size)
+    if data is not None:
+        train, evald = (data, data) if isinstance(data, ImageData) else data
+        if not (isinstance(train, ImageData) and isinstance(evald, ImageData)):
+            raise DataError("in-memory data must be an ImageData or FeatureData, or a (train, eval) pair of them")
+    else:
+        train = load_dataset(d.name, d.train_split, d.data_dir, d.image_size)
+        evald = train if d.eval_split == d.train_split else load_dataset(d.name, d.eval_split, d.data_dir, d.image_size)
     if train.n_samples == 0:
         raise DataError(f"dataset '{d.name}' split '{d.train_split}' holds no images")
     return train, evald
@@ -53,6 +75,8 @@ def load_data(cfg: Config) -> tuple[ImageData, ImageData]:
 
 def data_info(cfg: Config, train: ImageData, evald: ImageData) -> DataInfo:
     """Image size, channel statistics and the number of clusters, checked against the data."""
+    if isinstance(train, FeatureData) or isinstance(evald, FeatureData):
+        return _feature_info(cfg, train, evald)
     size = cfg.data.image_size or int(train.images.shape[-1])
     c = train.n_channels
     if cfg.data.mean is None or cfg.data.std is None:
@@ -64,6 +88,35 @@ def data_info(cfg: Config, train: ImageData, evald: ImageData) -> DataInfo:
         mean, std = list(cfg.data.mean), list(cfg.data.std)
     if len(mean) != c or len(std) != c:
         raise ConfigError(f"data.mean/std have {len(mean)} values but the images have {c} channel(s)")
+    k = _n_clusters(cfg, train, evald)
+    return DataInfo(n_samples=train.n_samples, n_channels=c, image_size=size, mean=mean, std=std, n_clusters=k)
+
+
+def _feature_info(cfg: Config, train: ImageData, evald: ImageData) -> DataInfo:
+    """Feature mode: per-dimension mean/std of the training features (``data.mean``/``std``
+    override them with D values each). The std is floored at 1% of its mean over dimensions,
+    so near-constant dimensions are not blown up into noise."""
+    if not (isinstance(train, FeatureData) and isinstance(evald, FeatureData)) or train.n_features != evald.n_features:
+        raise DataError("the trained and the evaluated data must both be feature vectors of the same length D")
+    dim = train.n_features
+    if cfg.data.mean is None or cfg.data.std is None:
+        sample = train.images[torch.randperm(train.n_samples, generator=torch.Generator().manual_seed(0))[:10000]]
+        x = sample.double()
+        std = x.std(0) if len(x) > 1 else torch.ones(dim, dtype=torch.float64)
+        mean, std = x.mean(0).tolist(), std.clamp_min(max(1e-2 * float(std.mean()), 1e-6)).tolist()
+    else:
+        mean, std = list(cfg.data.mean), list(cfg.data.std)
+    if len(mean) != dim or len(std) != dim:
+        raise ConfigError(f"data.mean/std have {len(mean)} values but the feature vectors have {dim} dimensions")
+    k = _n_clusters(cfg, train, evald)
+    return DataInfo(
+        n_samples=train.n_samples, n_channels=1, image_size=1, mean=[0.0], std=[1.0], n_clusters=k,
+        n_features=dim, feature_mean=mean, feature_std=std,
+    )
+
+
+def _n_clusters(cfg: Config, train: ImageData, evald: ImageData) -> int:
+    """``cfg.n_clusters``, or the number of classes of the evaluated data; checked against N."""
     k = cfg.n_clusters
     if k is None:
         if not evald.has_labels:
@@ -73,24 +126,28 @@ def data_info(cfg: Config, train: ImageData, evald: ImageData) -> DataInfo:
         raise DataError(f"n_clusters={k} is larger than the number of training images ({train.n_samples}); choose fewer clusters")
     if k < 2:
         raise ConfigError(f"n_clusters must be at least 2, got {k}")
-    return DataInfo(n_samples=train.n_samples, n_channels=c, image_size=size, mean=mean, std=std, n_clusters=k)
+    return k
 
 
-def build_optimizer(cfg: Config, method: ClusteringMethod) -> torch.optim.Optimizer:
+def build_optimizer(cfg: Config, method: ClusteringMethod, device: torch.device | None = None) -> torch.optim.Optimizer:
+    """The configured optimiser over ``method.param_groups()``, fused where ``optim.fused`` allows
+    (``device``: where the parameters live; default: that of the first parameter)."""
     o = cfg.optim
     groups = method.param_groups()
     for g in groups:
         g.setdefault("lr", o.lr)
         g["base_lr"] = g["lr"]
+    if device is None:
+        device = next((p.device for g in groups for p in g["params"]), torch.device("cpu"))
     if o.name == "sgd":
-        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov)
-    cls = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW
-    return cls(groups, lr=o.lr, weight_decay=o.weight_decay)
+        kwargs = {"momentum": o.momentum, "weight_decay": o.weight_decay, "nesterov": o.nesterov}
+        return make_optimizer("sgd", groups, device, o.fused, lr=o.lr, **kwargs)
+    return make_optimizer(o.name, groups, device, o.fused, lr=o.lr, weight_decay=o.weight_decay)
 
 
 def resolve_auto_model(cfg: Config, info: DataInfo) -> None:
     """Replace ``auto`` backbone/stem by the concrete choice, so the saved config says it."""
-    name, stem = auto_backbone(info.image_size, info.n_channels)
+    name, stem = auto_backbone(info.image_size, info.n_channels, info.n_features)
     if cfg.model.backbone == "auto":
         cfg.model.backbone = name
     if cfg.model.stem == "auto":
@@ -120,26 +177,65 @@ def load_backbone(method: ClusteringMethod, source: str) -> None:
 class Trainer:
     """Train ``cfg.method`` on ``cfg.data`` and write the run directory."""
 
-    def __init__(self, cfg: Config, resume: bool = False) -> None:
+    def __init__(
+        self, cfg: Config, resume: bool = False, data: ImageData | tuple[ImageData, ImageData] | None = None
+    ) -> None:
         self.cfg = cfg
         self.resume = resume
         self.out = Path(cfg.train.out) if cfg.train.out else default_run_dir(cfg)
         self._check_run_dir()
         seed_everything(cfg.train.seed)
-        self.device = resolve_device(cfg.train.device)
+        # torchrun: join the process group; the device becomes cuda:LOCAL_RANK (no-op otherwise)
+        self.dist, self.device = init_distributed(resolve_device(cfg.train.device))
         self.amp = amp_dtype(cfg.train.amp, self.device)
-        self.train_data, self.eval_data = load_data(cfg)
+        self.train_data, self.eval_data = load_data(cfg, data)  # data: in-memory, instead of cfg.data.name
         self.info = data_info(cfg, self.train_data, self.eval_data)
         resolve_auto_model(cfg, self.info)
         self.method = create_method(cfg, self.info)
         if cfg.model.init and not resume:
             load_backbone(self.method, cfg.model.init)
         self.method.to(self.device)
+        self._setup_distributed()  # before the fast paths: SyncBatchNorm goes in before torch.compile
+        self.fast = apply_fast_paths(self.method, cfg, self.device, self.train_data.n_samples, self.train_data.images.nbytes)
         self.optimizer = build_optimizer(cfg, self.method)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         self.start_epoch = 0
-        if resume:
-            self._load(io.load_checkpoint(self.out / io.CHECKPOINT, map_location=self.device))
+        ckpt = io.load_checkpoint(self.out / io.CHECKPOINT, map_location=self.device) if resume else None
+        if ckpt is not None:
+            self._load(ckpt)
+        self._seed_rank(ckpt)
+
+    # ----- torchrun ------------------------------------------------------------------------------
+    def _setup_distributed(self) -> None:
+        """Under torchrun: check the global batch splits evenly, optionally synchronise
+        BatchNorm and give the method its gather handle."""
+        d, cfg = self.dist, self.cfg
+        if not d.enabled:
+            return
+        bs = cfg.train.batch_size
+        if bs % d.world:
+            raise ConfigError(
+                f"train.batch_size={bs} is the global batch and must split evenly over the {d.world} processes; "
+                f"use a multiple of {d.world}"
+            )
+        if cfg.train.sync_bn:
+            convert_sync_batchnorm(self.method, d)
+        self.method.dist = d
+        log.info("distributed: %d processes (%s), global batch %d = %d per process, sync_bn=%s",
+                 d.world, d.backend, bs, bs // d.world, cfg.train.sync_bn)
+
+    def _seed_rank(self, ckpt: dict[str, Any] | None) -> None:
+        """Under torchrun every process draws its own augmentations: its stream from the
+        checkpoint when it was written by as many processes, else one derived from the seed, the
+        rank and the epoch (rank 0 keeps the single-process stream)."""
+        d = self.dist
+        if not d.enabled:
+            return
+        states = (ckpt or {}).get("rng_ranks")
+        if states is not None and len(states) == d.world:
+            set_rng_state(states[d.rank])
+        elif d.rank > 0:
+            seed_everything(self.cfg.train.seed * 1_000_003 + 7919 * d.rank + 104_729 * self.start_epoch)
 
     # ----- run directory and checkpoints ----------------------------------------------------
     def _check_run_dir(self) -> None:
@@ -165,6 +261,15 @@ class Trainer:
         }
 
     def _save(self, epoch: int, extra: dict[str, Any] | None = None) -> None:
+        """Rank 0 writes the checkpoint. Under torchrun every process calls this: the RNG states
+        of all processes are stored too, so a resume with as many processes is exact; the rest
+        of the state is replicated, so any number of processes can resume it."""
+        d = self.dist
+        rngs = d.gather_object(rng_state()) if d.enabled else None
+        if not d.is_main:
+            return
+        if rngs is not None:
+            extra = {**(extra or {}), "rng_ranks": rngs, "world_size": d.world}
         io.save_checkpoint(self._state(epoch, extra), self.out / io.CHECKPOINT)
 
     def _load(self, ckpt: dict[str, Any]) -> None:
@@ -185,18 +290,26 @@ class Trainer:
         log.info("resuming %s from epoch %d", self.out, self.start_epoch)
 
     # ----- evaluation ------------------------------------------------------------------------
-    def evaluate(self, epoch: int) -> tuple[dict[str, Any], Prediction]:
+    def evaluate(self, epoch: int) -> tuple[dict[str, Any] | None, Prediction | None]:
+        """The result record and prediction. Under torchrun every process infers its shard of the
+        images and rank 0 clusters and scores them; the other processes get (None, None)."""
         pred = predict(
-            self.method, self.cfg, self.info.n_clusters, self.train_data, self.eval_data, self.device, self.amp
+            self.method, self.cfg, self.info.n_clusters, self.train_data, self.eval_data, self.device, self.amp,
+            dist=self.dist,
         )
+        if pred is None:
+            return None, None
         record = make_record(self.cfg, pred, self.eval_data, self.info.n_clusters, epoch, self.device)
+        if self.dist.enabled:
+            record["distributed"] = {"world_size": self.dist.world, "backend": self.dist.backend, "sync_bn": self.cfg.train.sync_bn}
         return add_extras(record, self.method, pred, self.eval_data), pred
 
     # ----- the loop ----------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
-        cfg, method, opt = self.cfg, self.method, self.optimizer
-        self.out.mkdir(parents=True, exist_ok=True)
-        save_config(self.cfg, self.out / io.CONFIG)
+        cfg, method, main = self.cfg, self.method, self.dist.is_main
+        if main:  # under torchrun only rank 0 writes the run directory
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_config(self.cfg, self.out / io.CONFIG)
         images = self.train_data.images.to(self.device)
         n, bs, epochs = self.train_data.n_samples, cfg.train.batch_size, cfg.train.epochs
         iters = n // bs if cfg.train.drop_last else math.ceil(n / bs)
@@ -204,9 +317,10 @@ class Trainer:
             raise DataError(f"batch size {bs} is larger than the {n} training images with drop_last; lower train.batch_size")
         if self.start_epoch == 0:
             method.setup(images)
+        broadcast_state(method, self.dist)  # torchrun: one model on every process (no-op otherwise)
         t0 = time.time()
         record: dict[str, Any] | None = None
-        bar = tqdm(range(self.start_epoch, epochs), desc=f"{cfg.method}", disable=not cfg.train.progress, initial=self.start_epoch, total=epochs)
+        bar = tqdm(range(self.start_epoch, epochs), desc=f"{cfg.method}", disable=not (cfg.train.progress and main), initial=self.start_epoch, total=epochs)
         done = self.start_epoch
         boundary: dict[str, Any] | None = None
         try:
@@ -219,12 +333,13 @@ class Trainer:
                     bar.set_postfix_str(msg)
                     if cfg.train.eval_every and done % cfg.train.eval_every == 0 and done < epochs:
                         record, _ = self.evaluate(done)
-                        io.append_jsonl({**_short(record), "train": logs}, self.out / io.METRICS)
-                        log.info("epoch %d: %s", done, _fmt(record))
+                        if record is not None:
+                            io.append_jsonl({**_short(record), "train": logs}, self.out / io.METRICS)
+                            log.info("epoch %d: %s", done, _fmt(record))
                     if done % cfg.train.checkpoint_every == 0 or done == epochs:
                         self._save(done)
                         boundary = None
-                    else:
+                    elif main:
                         # Keep the epoch-boundary state in host memory, so that Ctrl-C during the
                         # next epoch saves a checkpoint that resumes exactly (not a half epoch).
                         boundary = _to_cpu(self._state(done))
@@ -236,18 +351,24 @@ class Trainer:
                 f"'{self.out}': continue with 'deepclust resume {self.out}'"
             ) from None
         record, pred = self.evaluate(done)
-        record["wall_time_s"] = round(time.time() - t0, 2)
-        record["train_images_per_s"] = round((done - self.start_epoch) * n / max(record["wall_time_s"], 1e-9), 1)
-        io.append_jsonl(_short(record), self.out / io.METRICS)
-        self._save(done, {"centers": pred.centers, "n_clusters": self.info.n_clusters})
-        record["checkpoint_hash"] = io.file_hash(self.out / io.CHECKPOINT)
-        io.write_json(record, self.out / io.RESULTS)
-        log.info("done: %s -> %s", _fmt(record), self.out)
-        return record
+        if record is not None and pred is not None:
+            record["wall_time_s"] = round(time.time() - t0, 2)
+            record["train_images_per_s"] = round((done - self.start_epoch) * n / max(record["wall_time_s"], 1e-9), 1)
+            io.append_jsonl(_short(record), self.out / io.METRICS)
+        self._save(done, {"centers": pred.centers, "n_clusters": self.info.n_clusters} if pred is not None else None)
+        if record is not None:
+            record["checkpoint_hash"] = io.file_hash(self.out / io.CHECKPOINT)
+            io.write_json(record, self.out / io.RESULTS)
+            log.info("done: %s -> %s", _fmt(record), self.out)
+        return self.dist.broadcast_object(record)  # every process returns rank 0's record
 
     def _train_epoch(self, images: torch.Tensor, epoch: int, iters: int) -> dict[str, float]:
-        cfg, method, opt = self.cfg, self.method, self.optimizer
+        cfg, method, opt, d = self.cfg, self.method, self.optimizer, self.dist
         n, bs = len(images), cfg.train.batch_size
+        params = [p for p in method.parameters() if p.requires_grad]
+        # Under torchrun each process takes its rows of every global batch; BatchNorm needs two
+        # rows per process unless it is synchronised (a too-small last batch is skipped by all).
+        min_rows = 1 if cfg.train.sync_bn else 2
         method.train()
         method.on_epoch_start(epoch)
         g = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + epoch)
@@ -258,13 +379,21 @@ class Trainer:
             idx = perm[it * bs : (it + 1) * bs]
             if len(idx) < 2:  # BatchNorm cannot train on one sample
                 continue
+            if d.enabled:
+                rows = d.split(len(idx))  # also sets d.loss_weight for an uneven last batch
+                if min(d.batch_sizes or [0]) < min_rows:
+                    log.debug("skipping a last batch of %d images: too few for %d processes", len(idx), d.world)
+                    continue
+                idx = idx[rows]
             f = method.lr_scale(epoch, it, iters, lr_factor(cfg.optim, epoch, it, iters, cfg.train.epochs))
             for group in opt.param_groups:
                 group["lr"] = group["base_lr"] * (f if group.get("scheduled", True) else 1.0)
             with autocast(self.device, self.amp):
                 out = method.training_step(images[idx], idx, epoch)
+            loss = out.loss if d.loss_weight == 1.0 else out.loss * d.loss_weight
             opt.zero_grad(set_to_none=True)
-            self.scaler.scale(out.loss).backward()
+            self.scaler.scale(loss).backward()
+            average_gradients(params, d)  # torchrun: the mean over the processes, as DDP (no-op otherwise)
             self.scaler.step(opt)
             self.scaler.update()
             method.after_optimizer_step(out)
@@ -272,6 +401,13 @@ class Trainer:
             for k, v in {"loss": out.loss.detach(), **out.logs}.items():
                 sums[k] = sums.get(k, 0) + v.float()
             steps += 1
+        if d.enabled:
+            # Epoch means over the processes; one set of BatchNorm statistics for evaluation.
+            keys = sorted(sums)
+            if keys:
+                total = d.all_reduce(torch.stack([torch.as_tensor(sums[k], device=self.device).float().reshape(()) for k in keys]), "mean")
+                sums = dict(zip(keys, total.unbind()))
+            average_batchnorm_stats(method, d)
         logs = {k: float(v) / max(steps, 1) for k, v in sums.items()}
         if not all(math.isfinite(v) for v in logs.values()):
             raise DeepClustError(
@@ -311,5 +447,9 @@ def _fmt(record: dict[str, Any]) -> str:
 
 
 def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
-    """Train and evaluate; returns the final result record."""
-    return Trainer(cfg, resume=resume).fit()
+    """Train and evaluate; returns the final result record (under torchrun: on every process)."""
+    trainer = Trainer(cfg, resume=resume)
+    try:
+        return trainer.fit()
+    finally:
+        close_distributed(trainer.dist)

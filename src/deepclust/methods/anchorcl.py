@@ -44,6 +44,10 @@ Options (``method_args``), each defaulting to the released code's behaviour:
   changes nothing but the centres.
 - ``init_n_init`` (10): k-means restarts for the initial centres.
 
+Under torchrun (engine/distributed.py) NT-Xent and the DEC target use the global batch gathered
+with gradient; the anchor losses are means over each process's rows; :meth:`setup` runs on
+every process on all training images (same centres everywhere).
+
 The projector's output size is ``model.feature_dim`` (128). A pretrained warm start (the
 spec's ``init_from``) is the engine's ``model.init``: the backbone is loaded before
 :meth:`setup`, so the centres are k-means on the pretrained features. Not implemented: the
@@ -178,9 +182,12 @@ class AnchorCL(ClusteringMethod):
             h, hi, hj = self.backbone(x), self.backbone(xi), self.backbone(xj)
         else:
             h, hi, hj = self.backbone(torch.cat([x, xi, xj])).chunk(3)
-        l_ins = nt_xent_loss(self.projector(hi).float(), self.projector(hj).float(), o.instance_temperature)
+        # Under torchrun NT-Xent and the DEC target see the global batch (gathered with
+        # gradient); the anchor losses are per-sample means over this process's rows.
+        gather = self.dist.gather_with_grad
+        l_ins = nt_xent_loss(gather(self.projector(hi).float()), gather(self.projector(hj).float()), o.instance_temperature)
         q, qi, qj = self._assign(h), self._assign(hi), self._assign(hj)
-        l_clu = dec_loss(q)
+        l_clu = dec_loss(gather(q))
         l_anc = anchor_loss(q, qi) + anchor_loss(q, qj)
         loss = o.instance_weight * l_ins + o.cluster_weight * l_clu + o.anchor_weight * l_anc
         logs = {

@@ -15,8 +15,10 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from deepclust.augment import Augment, EvalTransform
+from deepclust.augment import Augment, EvalTransform, FeatureAugment, FeatureEvalTransform
+from deepclust.collectives import SINGLE_PROCESS, Collectives
 from deepclust.config import Config
+from deepclust.errors import ConfigError
 from deepclust.models import auto_backbone, create_backbone
 
 
@@ -32,7 +34,12 @@ class StepOutput:
 
 @dataclass
 class DataInfo:
-    """What a method needs to know about its training data."""
+    """What a method needs to know about its training data.
+
+    Feature mode (precomputed vectors instead of images): ``n_features`` = D > 0,
+    ``feature_mean`` / ``feature_std`` the per-dimension training statistics; the image
+    fields then hold placeholders (1 channel, size 1, mean 0, std 1).
+    """
 
     n_samples: int
     n_channels: int
@@ -40,15 +47,28 @@ class DataInfo:
     mean: list[float]
     std: list[float]
     n_clusters: int
+    n_features: int = 0  # 0: images
+    feature_mean: list[float] | None = None
+    feature_std: list[float] | None = None
 
 
 class ClusteringMethod(nn.Module):
     """Base class. Subclasses set ``name``, ``prediction`` and ``Options`` and implement
-    :meth:`training_step` and :meth:`infer`."""
+    :meth:`training_step` and :meth:`infer`.
+
+    Feature mode (``info.n_features`` > 0): every :class:`Augment` a method assigns to an
+    attribute becomes a :class:`FeatureAugment` (noise + dropout on standardised features) and
+    every :class:`EvalTransform` a :class:`FeatureEvalTransform` (standardisation), and the
+    backbone is the MLP, so the methods run on feature vectors unchanged. Image-specific view
+    settings (SeCu's per-view blur/solarize, AnchorCL's un-normalised input) do not apply there.
+    """
 
     name: ClassVar[str] = ""
     #: "kmeans" (k-means on :meth:`infer` features) or "head_argmax" (argmax of its probabilities)
     prediction: ClassVar[str] = "kmeans"
+    # ----- distributed (torchrun): global-batch gathers; the trainer sets its handle here ---------
+    #: single process by default, whose gathers return their input (see deepclust/collectives.py)
+    dist: Collectives = SINGLE_PROCESS
 
     @dataclass
     class Options:
@@ -68,24 +88,48 @@ class ClusteringMethod(nn.Module):
         self.augment = Augment(cfg.augment, size, info.mean, info.std)
         self.eval_transform = EvalTransform(size, info.mean, info.std)
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Feature mode: swap image pipelines for their feature-space versions at assignment,
+        # so a method that builds its own views (SeCu, AnchorCL) needs no feature branch.
+        info = self.__dict__.get("info")
+        if info is not None and info.n_features and isinstance(value, (Augment, EvalTransform)):
+            value = self._feature_pipeline(value)
+        super().__setattr__(name, value)
+
+    def _feature_pipeline(self, pipeline: nn.Module) -> nn.Module:
+        mean, std = self.info.feature_mean, self.info.feature_std
+        if mean is None or std is None:
+            raise ConfigError("feature mode needs DataInfo.feature_mean and feature_std (the training statistics)")
+        return FeatureAugment(mean, std) if isinstance(pipeline, Augment) else FeatureEvalTransform(mean, std)
+
     # ----- construction helpers -------------------------------------------------------------
     def build_backbone(self) -> nn.Module:
+        info = self.info
         name, stem = self.cfg.model.backbone, self.cfg.model.stem
-        auto_name, auto_stem = auto_backbone(self.info.image_size, self.info.n_channels)
+        auto_name, auto_stem = auto_backbone(info.image_size, info.n_channels, info.n_features)
         name = auto_name if name == "auto" else name
+        if info.n_features and name != "mlp":
+            raise ConfigError(
+                f"backbone '{name}' needs images but the data are feature vectors of length {info.n_features}; "
+                "use backbone 'mlp' (or 'auto')"
+            )
+        # The MLP reads feature vectors, or flattened images (C x H x W) when chosen for images.
+        in_dim = info.n_features or info.n_channels * info.image_size * info.image_size
         return create_backbone(
-            name, self.info.n_channels, auto_stem if stem == "auto" else stem, width=self.cfg.model.width
+            name, info.n_channels, auto_stem if stem == "auto" else stem, in_dim=in_dim, width=self.cfg.model.width
         )
 
     # ----- hooks the trainer calls ----------------------------------------------------------
     def setup(self, train_images: torch.Tensor) -> None:
-        """Called once before the first epoch with the uint8 training images on the device."""
+        """Called once before the first epoch with the uint8 training images (float (N, D) features
+        in feature mode) on the device."""
 
     def on_epoch_start(self, epoch: int) -> None:
         """Called at the start of every epoch (0-based)."""
 
     def training_step(self, images: torch.Tensor, indices: torch.Tensor, epoch: int) -> StepOutput:
-        """One step on uint8 images (B, C, H, W) on the device with their instance indices."""
+        """One step on uint8 images (B, C, H, W) (float (B, D) in feature mode) on the device with
+        their instance indices."""
         raise NotImplementedError
 
     def after_optimizer_step(self, out: StepOutput) -> None:

@@ -53,8 +53,9 @@ paper's values once read):
   checkpoint with the same backbone; the CLI flag ``--init``): scratch for the small
   datasets, an SSL checkpoint for ImageNet-1k.
 
-Not implemented: gathering across GPUs (DDP all-reduce of Sinkhorn sums / all-gather of the
-contrastive batch): the engine is single-process.
+Under torchrun (engine/distributed.py) the contrastive loss and the entropy term use the
+global batch gathered with gradient, Sinkhorn balances the gathered scores, and the queue
+receives the global batch, so N processes compute what one process on the global batch does.
 """
 
 from __future__ import annotations
@@ -208,29 +209,36 @@ class CDC(ClusteringMethod):
         l1, l2 = logits[:b], logits[b:]
         z1, z2 = out["z"][:b], out["z"][b:]
         p1, p2 = F.softmax(l1 / o.t_c, dim=1), F.softmax(l2 / o.t_c, dim=1)
+        # Under torchrun the contrastive loss, the entropy and Sinkhorn see the global batch
+        # (gathered, with gradient where the loss needs it); with one process these are no-ops.
+        gather = self.dist.gather_with_grad
+        mine = self.dist.local_rows(b)
         q_scores = self._queue_scores(epoch)
         zero = logits.new_zeros(())
         l_eq = zero
         if o.equipartition == "sinkhorn" and o.sinkhorn_mode == "similarity":
             # The balanced Q stands in for p inside s(a, b); gradients run through the iterations.
             extra = [] if q_scores is None else [q_scores]
-            c1 = cdc_sinkhorn_soft(torch.cat([l1, *extra]), o.sinkhorn_iters, o.sinkhorn_eps)[:b]
-            c2 = cdc_sinkhorn_soft(torch.cat([l2, *extra]), o.sinkhorn_iters, o.sinkhorn_eps)[:b]
+            g1, g2 = gather(l1), gather(l2)
+            c1 = cdc_sinkhorn_soft(torch.cat([g1, *extra]), o.sinkhorn_iters, o.sinkhorn_eps)[: g1.shape[0]]
+            c2 = cdc_sinkhorn_soft(torch.cat([g2, *extra]), o.sinkhorn_iters, o.sinkhorn_eps)[: g2.shape[0]]
         else:
-            c1, c2 = p1, p2
+            c1, c2 = gather(p1), gather(p2)
             if o.equipartition == "sinkhorn":
-                q1, q2 = self.sinkhorn_targets(l1, q_scores), self.sinkhorn_targets(l2, q_scores)
+                # Sinkhorn balances the global batch's scores; each process keeps its rows.
+                q1 = self.sinkhorn_targets(self.dist.gather(l1.detach()), q_scores)[mine]
+                q2 = self.sinkhorn_targets(self.dist.gather(l2.detach()), q_scores)[mine]
                 l_eq = cdc_swapped_prediction_loss(
                     F.log_softmax(l1 / o.t_c, dim=1), F.log_softmax(l2 / o.t_c, dim=1), q1, q2
                 )
             elif o.equipartition == "entropy":
-                l_eq = o.entropy_weight * cdc_entropy_loss(p1, p2)
+                l_eq = o.entropy_weight * cdc_entropy_loss(c1, c2)
         neg_p = neg_z = None
         if o.queue_negatives and q_scores is not None:
             neg_p = F.softmax(q_scores / o.t_c, dim=1)
             neg_z = self.queue_z[: int(self.queue_len)]
         l_con = cdc_contrastive_loss(
-            c1, z1, c2, z2, o.tau_p, o.tau_z, combine=o.combine, eps=o.mult_eps, neg_p=neg_p, neg_z=neg_z
+            c1, gather(z1), c2, gather(z2), o.tau_p, o.tau_z, combine=o.combine, eps=o.mult_eps, neg_p=neg_p, neg_z=neg_z
         )
         loss = l_con + o.lambda_eq * l_eq
         logs = {
@@ -238,7 +246,8 @@ class CDC(ClusteringMethod):
             "loss_eq": l_eq.detach(),
             "p_max": p1.detach().max(dim=1).values.mean(),  # confidence of the cluster head
         }
-        state = {"u": out["u"][:b].detach(), "z": z1.detach()} if o.queue_size > 0 else {}
+        # The queue receives the global batch (view 1), in rank order = the one-process order.
+        state = {"u": self.dist.gather(out["u"][:b].detach()), "z": self.dist.gather(z1.detach())} if o.queue_size > 0 else {}
         return StepOutput(loss, logs, state)
 
     @torch.no_grad()

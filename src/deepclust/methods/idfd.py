@@ -12,6 +12,10 @@ The memory bank M (N x d) starts Uniform(-s, s), s = 1/sqrt(d/3), and never gets
 the loss always sees the bank as it was before this batch's update. Clusters are k-means
 (n_init 20) on clean features (eval transform, eval mode) or, for parity with the official
 code, on the memory bank (``eval.features=memory``).
+
+Under torchrun (engine/distributed.py) L_ID is a mean over each process's rows, L_FD sees the
+global batch gathered with gradient (pitfall 4), and every process applies the memory update
+for the gathered features and indices, so all of them hold the same bank.
 """
 
 from __future__ import annotations
@@ -64,10 +68,15 @@ class IDFD(ClusteringMethod):
 
     def training_step(self, images: torch.Tensor, indices: torch.Tensor, epoch: int) -> StepOutput:
         v = self(self.augment(images))
+        # L_ID is a mean over this process's rows (the trainer's gradient average makes it the
+        # global mean); FD normalises columns over the batch, so it sees the global batch
+        # (pitfall 4), and the memory update uses every process's features and indices.
         l_id = instance_discrimination_loss(v, self.memory, indices, self.opts.temperature)
-        l_fd = feature_decorrelation_loss(v, self.opts.fd_temperature)
+        v_all = self.dist.gather_with_grad(v)
+        l_fd = feature_decorrelation_loss(v_all, self.opts.fd_temperature)
         loss = l_id + self.opts.fd_weight * l_fd
-        return StepOutput(loss, {"loss_id": l_id.detach(), "loss_fd": l_fd.detach()}, {"v": v.detach(), "idx": indices})
+        state = {"v": v_all.detach(), "idx": self.dist.gather(indices)}
+        return StepOutput(loss, {"loss_id": l_id.detach(), "loss_fd": l_fd.detach()}, state)
 
     @torch.no_grad()
     def after_optimizer_step(self, out: StepOutput) -> None:

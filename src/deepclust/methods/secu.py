@@ -44,6 +44,10 @@ Options (spec defaults; CIFAR-10 size variant):
   ``augment.blur_p`` / ``augment.solarize_p`` (the rest of ``augment`` is shared). The blur is
   the library's batched Gaussian blur, an approximation of PIL's GaussianBlur(radius = sigma).
 
+Under torchrun (engine/distributed.py) the assignment runs on the gathered features and
+indices of the global batch, so labels, duals and counts update as with one process (and stay
+identical on every process); the losses are means over each process's rows.
+
 Not done: LARS (the ImageNet config uses SGD) and the ImageNet + entropy centre-lr ramp
 (the trainer keeps unscheduled groups constant). Cluster sizes: at the start of every epoch
 the min/max size of each head's stored assignment (the previous epoch's labels) is logged,
@@ -302,13 +306,20 @@ class SeCu(ClusteringMethod):
         x2, q2 = self._branches(self.augment2(images))
         detach_neg = o.center_loss == "secu"
         loss_c = loss_x = x1.new_zeros((), dtype=torch.float32)
+        # Under torchrun the assignment runs on the global batch (gathered features and
+        # indices), so labels, duals and counts update as with one process; the losses then
+        # use this process's rows of the global labels.
+        branches = [x1, x2] if q1 is None else [x1, x2, q1, q2]
+        gathered = [self.dist.gather(b.detach().float()) for b in branches]
+        all_idx = self.dist.gather(indices)
+        mine = self.dist.local_rows(images.shape[0])
         for h in range(o.n_heads):
             w = self.centers[h]
             with torch.no_grad(), torch.autocast(images.device.type, enabled=False):
                 c = F.normalize(w.detach().float(), dim=1)
-                branches = [x1, x2] if q1 is None else [x1, x2, q1, q2]
-                sim = sum(b.detach().float() @ c.t() for b in branches) / len(branches)
-                y, y_prev = self._assign(h, sim, indices)
+                sim = sum(b @ c.t() for b in gathered) / len(gathered)
+                y_all, y_prev_all = self._assign(h, sim, all_idx)
+                y, y_prev = y_all[mine], y_prev_all[mine]
             prev = self._buf("prev_centers", h)
             lc = 0.5 * (
                 secu_center_loss(x1, w, y, o.temperature_w, detach_negatives=detach_neg)

@@ -105,8 +105,13 @@ def list_backbones() -> list[str]:
     return sorted([*_RESNETS, "small_cnn", "mlp"])
 
 
-def auto_backbone(image_size: int, channels: int) -> tuple[str, str]:
-    """The default (backbone, stem) for an image size: small CNN for small grayscale images."""
+def auto_backbone(image_size: int, channels: int, n_features: int = 0) -> tuple[str, str]:
+    """The default (backbone, stem) for an image size: small CNN for small grayscale images.
+
+    ``n_features`` > 0 means feature vectors of that length instead of images: the MLP
+    (stem "none": an MLP has no stem)."""
+    if n_features > 0:
+        return "mlp", "none"
     if channels == 1 and image_size <= 32:
         return "small_cnn", "cifar"
     if image_size <= 48:
@@ -119,7 +124,8 @@ def auto_backbone(image_size: int, channels: int) -> tuple[str, str]:
 def create_backbone(
     name: str, in_channels: int, stem: str = "cifar", in_dim: int | None = None, width: int = 32
 ) -> nn.Module:
-    """Build a backbone by name (see :func:`list_backbones`)."""
+    """Build a backbone by name (see :func:`list_backbones`). ``in_dim``: the input length of
+    the MLP (feature dimension D, or C x H x W for flattened images)."""
     if name in _RESNETS:
         return ResNetBackbone(name, stem, in_channels)
     if name == "small_cnn":

@@ -1,0 +1,69 @@
+"""The README's copy-paste examples run as written (epochs made small, paths in a temporary folder)."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from deepclust.cli import main
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def block(name: str) -> str:
+    """The fenced code block that follows ``<!-- readme-test: name -->``."""
+    m = re.search(rf"<!-- readme-test: {name} -->\s*```\w*\n(.*?)```", README.read_text(), re.S)
+    assert m, f"README has no block marked readme-test: {name}"
+    return m.group(1)
+
+
+def run_commands(text: str, short: dict[str, str]) -> None:
+    for line in text.strip().splitlines():
+        for old, new in short.items():
+            line = line.replace(old, new)
+        argv = shlex.split(line.split("#")[0])
+        assert argv[0] == "deepclust", line
+        assert main(argv[1:] + []) == 0, line
+
+
+def make_photos(folder: Path, n_per_kind: int = 12) -> None:
+    """A folder of small RGB images of three kinds (mixed sizes), as a user's photos would be."""
+    rng = np.random.default_rng(0)
+    colours = [(220, 40, 40), (40, 200, 60), (40, 60, 220)]
+    folder.mkdir()
+    for k, c in enumerate(colours):
+        for i in range(n_per_kind):
+            size = int(rng.integers(14, 24))
+            img = np.clip(np.array(c) + rng.normal(0, 25, (size, size, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(img).save(folder / f"img_{k}_{i}.png")
+
+
+def test_folder_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    make_photos(tmp_path / "photos")
+    run_commands(block("folder"), {"--epochs 30": "--epochs 1", "--k 3,5,8": "--k 2,3", "--n-clusters 5": "--n-clusters 3"})
+    rows = (tmp_path / "clusters.csv").read_text().strip().splitlines()
+    assert rows[0] == "path,cluster,confidence" and len(rows) == 1 + 36
+    report = tmp_path / "runs/photos/report/report.html"
+    assert report.is_file() and report.stat().st_size > 0
+    assert (tmp_path / "runs/sweep/sweep.csv").is_file()
+
+
+def test_python_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    code = block("python").replace("epochs=10", "epochs=1")
+    exec(compile(code, "README.md", "exec"), {})
+    assert (tmp_path / "idfd_digits.pt").is_file()
+
+
+def test_research_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    run_commands(block("research"), {"train.epochs=20": "train.epochs=1 train.device=cpu", "train.epochs=40": "train.epochs=2"})
+    import json
+
+    assert json.loads((tmp_path / "runs/idfd_digits/results.json").read_text())["epoch"] == 2
