@@ -106,3 +106,12 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(tmp_path: Path, monkeypa
     a, b = io.load_checkpoint(straight)["model"], io.load_checkpoint(out)["model"]
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=f"{k} differs after Ctrl-C and resume")
+
+
+def test_metrics_has_one_training_line_per_epoch(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    train(tiny_cfg(out, epochs=3, eval_every=2))
+    lines = [json.loads(x) for x in (out / io.METRICS).read_text().strip().splitlines()]
+    assert [x["epoch"] for x in lines] == [1, 2, 3]
+    assert all("loss" in x["train"] for x in lines)
+    assert "acc" not in lines[0] and "acc" in lines[1] and "acc" in lines[2]

@@ -275,7 +275,8 @@ class Trainer:
     def _load(self, ckpt: dict[str, Any]) -> None:
         if ckpt["method"] != self.cfg.method:
             raise CheckpointError(
-                f"the checkpoint in '{self.out}' is from method '{ckpt['method']}', not '{self.cfg.method}'"
+                f"the checkpoint in '{self.out}' is from method '{ckpt['method']}', not '{self.cfg.method}'; "
+                f"resume it with method={ckpt['method']}, or train a new run with another --out"
             )
         try:
             self.method.load_state_dict(ckpt["model"])
@@ -323,6 +324,7 @@ class Trainer:
         bar = tqdm(range(self.start_epoch, epochs), desc=f"{cfg.method}", disable=not (cfg.train.progress and main), initial=self.start_epoch, total=epochs)
         done = self.start_epoch
         boundary: dict[str, Any] | None = None
+        logs: dict[str, float] = {}
         try:
             with logging_redirect_tqdm():
                 for epoch in bar:
@@ -336,6 +338,8 @@ class Trainer:
                         if record is not None:
                             io.append_jsonl({**_short(record), "train": logs}, self.out / io.METRICS)
                             log.info("epoch %d: %s", done, _fmt(record))
+                    elif main and done < epochs:  # training curves: one line per epoch
+                        io.append_jsonl({"epoch": done, "train": logs}, self.out / io.METRICS)
                     if done % cfg.train.checkpoint_every == 0 or done == epochs:
                         self._save(done)
                         boundary = None
@@ -354,7 +358,7 @@ class Trainer:
         if record is not None and pred is not None:
             record["wall_time_s"] = round(time.time() - t0, 2)
             record["train_images_per_s"] = round((done - self.start_epoch) * n / max(record["wall_time_s"], 1e-9), 1)
-            io.append_jsonl(_short(record), self.out / io.METRICS)
+            io.append_jsonl({**_short(record), **({"train": logs} if logs else {})}, self.out / io.METRICS)
         self._save(done, {"centers": pred.centers, "n_clusters": self.info.n_clusters} if pred is not None else None)
         if record is not None:
             record["checkpoint_hash"] = io.file_hash(self.out / io.CHECKPOINT)
