@@ -11,7 +11,7 @@ from sklearn.cluster import KMeans
 from sklearn.datasets import make_blobs
 
 from deepclust.cluster import KMeansResult, assign_to_centers, kmeans, sinkhorn
-from deepclust.cluster.kmeans import _assign_pass, _lloyd, _relocate_empty
+from deepclust.cluster.kmeans import _assign_pass, _full_sums, _lloyd, _move_changed, _relocate_empty
 from deepclust.errors import DataError
 
 # --------------------------------------------------------------------------------------------
@@ -244,6 +244,25 @@ def test_cluster_sums_paths_agree(monkeypatch):
         for c in range(4):
             assert np.allclose(onehot.sums[j, c].numpy(), x[lab == c].sum(0), rtol=1e-5, atol=1e-3)
             assert int(onehot.counts[j, c]) == int((lab == c).sum())
+
+
+@pytest.mark.parametrize("onehot_columns", [256, 0])
+def test_incremental_sums_follow_moved_points(monkeypatch, onehot_columns):
+    # sums updated from the moved points only equal the sums recomputed from scratch
+    monkeypatch.setattr(importlib.import_module("deepclust.cluster.kmeans"), "_ONEHOT_COLUMNS", onehot_columns)
+    rng = np.random.default_rng(3)
+    x = torch.from_numpy(rng.normal(size=(500, 5))).float()
+    prev = torch.from_numpy(rng.integers(0, 6, size=(2, 500)))
+    labels = prev.clone()
+    moved = torch.from_numpy(rng.random((2, 500)) < 0.1)
+    labels[moved] = torch.from_numpy(rng.integers(0, 6, size=int(moved.sum())))
+    sums, counts = _full_sums(x, prev, 6, None)
+    _move_changed(x, prev, labels, labels != prev, sums, counts)
+    for j in range(2):
+        for c in range(6):
+            members = x.double().numpy()[labels[j].numpy() == c]
+            assert int(counts[j, c]) == len(members)
+            assert np.allclose(sums[j, c].numpy(), members.sum(0), atol=1e-4)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

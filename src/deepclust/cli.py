@@ -266,6 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
     sl.add_argument("--device", default="auto")
     sl.set_defaults(func=cmd_selflabel)
 
+    from deepclust.bench import add_bench_parser
+
+    add_bench_parser(sub)  # sets func=run_bench: training throughput vs a reference loop, k-means vs scikit-learn
+
     ls = sub.add_parser("list", help="list methods, datasets and backbones")
     ls.set_defaults(func=cmd_list)
     return p

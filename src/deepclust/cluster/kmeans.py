@@ -145,22 +145,71 @@ def _assign_pass(
         md, lab = d.min(dim=1)  # (A, rows): the reduction runs along contiguous rows
         labels[:, s:e] = lab
         dist[:, s:e] = md.add_(x_sq[s:e]).clamp_(min=0.0)
-        if not with_sums:
-            continue
-        gl = lab + offsets  # (A, rows) global column of every assignment
-        if onehot:
-            oh = torch.zeros(a * k, e - s, dtype=x.dtype, device=dev)
-            oh.scatter_(0, gl, 1.0)
-            sums += (oh @ xb).to(acc)  # float32 block sums, accumulated across blocks in acc
-        else:
-            block = torch.zeros(a * k, dim, dtype=x.dtype, device=dev)
-            for j in range(a):
-                block.index_add_(0, gl[j], xb)
-            sums += block.to(acc)
-        counts += torch.bincount(gl.reshape(-1), minlength=a * k)
+        if with_sums:
+            _add_block_sums(sums, counts, lab + offsets, xb, onehot)
     if with_sums:
         return _Pass(labels, dist, sums.view(a, k, dim), counts.view(a, k))
     return _Pass(labels, dist)
+
+
+def _add_block_sums(sums: torch.Tensor, counts: torch.Tensor, cols: torch.Tensor, xb: torch.Tensor,
+                    onehot: bool) -> None:
+    """Add the rows ``xb`` (m, D) to ``sums`` (A*K, D) and ``counts`` (A*K,) at the columns ``cols``
+    (A, m): restart j puts row i in column ``cols[j, i]``."""
+    if onehot:
+        oh = torch.zeros(sums.shape[0], xb.shape[0], dtype=xb.dtype, device=xb.device)
+        oh.scatter_(0, cols, 1.0)
+        sums += (oh @ xb).to(sums.dtype)  # float32 block sums, accumulated across blocks in acc
+    else:
+        block = torch.zeros(sums.shape[0], xb.shape[1], dtype=xb.dtype, device=xb.device)
+        for j in range(cols.shape[0]):
+            block.index_add_(0, cols[j], xb)
+        sums += block.to(sums.dtype)
+    counts += torch.bincount(cols.reshape(-1), minlength=sums.shape[0])
+
+
+def _full_sums(x: torch.Tensor, labels: torch.Tensor, k: int, chunk_size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cluster sums (A, K, D) in the accumulation dtype and counts (A, K) of labels (A, N)."""
+    a, n = labels.shape
+    dev = x.device
+    sums = torch.zeros(a * k, x.shape[1], dtype=_acc_dtype(dev), device=dev)
+    counts = torch.zeros(a * k, dtype=torch.long, device=dev)
+    offsets = (torch.arange(a, device=dev) * k).unsqueeze(1)
+    onehot = dev.type == "cpu" and a * k <= _ONEHOT_COLUMNS
+    rows = _rows_per_block(n, a * k, chunk_size, dev)
+    for s in range(0, n, rows):
+        e = min(s + rows, n)
+        _add_block_sums(sums, counts, labels[:, s:e] + offsets, x[s:e], onehot)
+    return sums.view(a, k, -1), counts.view(a, k)
+
+
+def _move_changed(x: torch.Tensor, prev: torch.Tensor, labels: torch.Tensor, changed: torch.Tensor,
+                  sums: torch.Tensor, counts: torch.Tensor) -> None:
+    """Update sums (A, K, D) and counts (A, K) in place for the points whose label changed from
+    ``prev`` to ``labels`` (both (A, N)): + x to the new cluster, - x to the old one. Costs
+    O(changed points), so late Lloyd iterations, where few points move, are nearly free."""
+    a, k, dim = sums.shape
+    ai, pi = changed.nonzero(as_tuple=True)
+    m = pi.numel()
+    if m == 0:
+        return
+    new_col = ai * k + labels[ai, pi]
+    old_col = ai * k + prev[ai, pi]
+    xm = x.index_select(0, pi)
+    if x.device.type == "cpu" and a * k <= _ONEHOT_COLUMNS:
+        # a signed one-hot matrix: one matmul instead of a slow scatter of rows
+        sign = torch.zeros(a * k, m, dtype=x.dtype, device=x.device)
+        ar = torch.arange(m, device=x.device)
+        sign[new_col, ar] = 1.0
+        sign[old_col, ar] = -1.0
+        delta = sign @ xm
+    else:
+        delta = torch.zeros(a * k, dim, dtype=x.dtype, device=x.device)
+        delta.index_add_(0, new_col, xm)
+        delta.index_add_(0, old_col, -xm)
+    sums.view(a * k, dim).add_(delta.to(sums.dtype))
+    moves = torch.bincount(new_col, minlength=a * k) - torch.bincount(old_col, minlength=a * k)
+    counts.view(-1).add_(moves)
 
 
 def _assign(
@@ -301,7 +350,7 @@ def _lloyd(
 
     Iteration t is one pass over x: every point goes to its nearest centre of C_t and, in the
     same pass, the cluster sums give C_{t+1} (empty clusters take the points farthest from
-    their centres). A restart stops when its labels equal the previous iteration's (strict
+    their centres); once few points move, the sums are updated from the moved points only. A restart stops when its labels equal the previous iteration's (strict
     convergence; result: those labels and C_{t+1}), or when its total squared centre shift
     ``||C_{t+1} - C_t||^2 <= tol_abs`` or t = ``max_iter``: then one more assignment to
     C_{t+1} gives its labels (done in the next pass, beside the running restarts).
@@ -309,23 +358,40 @@ def _lloyd(
     Returns, per restart, (labels, centers, inertia from the expanded distances, n_iter).
     """
     r, k, dim = centers.shape
+    n = x.shape[0]
     dev = x.device
     acc = _acc_dtype(dev)
     ids = list(range(r))  # restart id of each running row
     n_iter = [0] * r  # per running row: Lloyd iterations done
     final = [False] * r  # per running row: this pass is the closing assignment
     prev: torch.Tensor | None = None  # previous labels of the running rows
+    sums: torch.Tensor | None = None  # cluster sums (A, K, D) and counts (A, K) of ``prev``
+    counts: torch.Tensor | None = None
+    # Once few points move (<= 1/4 of them), the sums follow the moved points only instead of
+    # being recomputed in the pass: that halves the cost of the late iterations.
+    incremental = False
     results: list = [None] * r
     while ids:
         a = len(ids)
-        p = _assign_pass(x, x_sq, centers, chunk_size, with_sums=not all(final))
+        need = not all(final)
+        p = _assign_pass(x, x_sq, centers, chunk_size, with_sums=need and not incremental)
+        changed = None if prev is None else p.labels != prev
+        moved = a * n if changed is None else int(changed.sum())
         keep: list[int] = []
         new = centers
         shifts = [0.0] * a
         relocated = [False] * a
-        same = [False] * a
-        if p.sums is not None and p.counts is not None:
-            sums, counts = p.sums, p.counts
+        same = [False] * a if changed is None else (~changed.any(dim=1)).tolist()
+        if need:
+            if p.sums is not None and p.counts is not None:
+                sums, counts = p.sums, p.counts
+            elif moved <= a * n // 4:
+                assert prev is not None and changed is not None and sums is not None and counts is not None
+                _move_changed(x, prev, p.labels, changed, sums, counts)
+            else:  # many moved after all: recompute
+                sums, counts = _full_sums(x, p.labels, k, chunk_size)
+            assert sums is not None and counts is not None
+            incremental = moved <= a * n // 4
             if bool((counts == 0).any()):
                 for j in range(a):
                     if not final[j]:
@@ -333,8 +399,6 @@ def _lloyd(
             mean = sums / counts.clamp(min=1).unsqueeze(2).to(acc)
             new = torch.where((counts > 0).unsqueeze(2), mean.to(x.dtype), centers)
             shifts = ((new.to(acc) - centers.to(acc)) ** 2).sum(dim=(1, 2)).tolist()
-            if prev is not None:
-                same = (p.labels == prev).all(dim=1).tolist()
         inertia = p.dist.sum(dim=1, dtype=acc)
         for j in range(a):
             if final[j]:  # labels of the final centres
@@ -351,6 +415,8 @@ def _lloyd(
         kt = torch.tensor(keep, device=dev)
         centers = new.index_select(0, kt)
         prev = p.labels.index_select(0, kt)
+        if sums is not None and counts is not None:
+            sums, counts = sums.index_select(0, kt), counts.index_select(0, kt)
         ids = [ids[j] for j in keep]
         n_iter = [n_iter[j] for j in keep]
         final = [final[j] for j in keep]
