@@ -115,3 +115,19 @@ def test_metrics_has_one_training_line_per_epoch(tmp_path: Path) -> None:
     assert [x["epoch"] for x in lines] == [1, 2, 3]
     assert all("loss" in x["train"] for x in lines)
     assert "acc" not in lines[0] and "acc" in lines[1] and "acc" in lines[2]
+
+
+def test_streaming_from_host_memory_trains_the_same_weights(tmp_path: Path) -> None:
+    # train.data_on_device=false: batches come through engine.loader.BatchStream's DataLoader
+    # instead of indexing a resident tensor; the batches, so the weights, must be the same.
+    from deepclust.engine.trainer import Trainer
+
+    resident = tmp_path / "resident"
+    train(tiny_cfg(resident, epochs=2, data_on_device=True))
+    streamed = tmp_path / "streamed"
+    t = Trainer(tiny_cfg(streamed, epochs=2, data_on_device=False))
+    t.fit()
+    assert t.stream is not None
+    a, b = io.load_checkpoint(resident)["model"], io.load_checkpoint(streamed)["model"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=f"{k} differs when streamed")

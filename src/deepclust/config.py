@@ -79,7 +79,7 @@ class TrainConfig:
     # fast paths (engine/fastpath.py): "auto" or true/false
     channels_last: bool | str = "auto"  # auto: on for conv backbones on CUDA and the CPU
     compile: bool | str = "auto"  # torch.compile of the backbone; auto: CUDA with Triton and >= 5,000 steps
-    data_on_device: bool | str = "auto"  # resolved and recorded; the trainer does not stream yet (engine/loader.py)
+    data_on_device: bool | str = "auto"  # auto: resident when it fits, else streamed from host memory (engine/loader.py)
     sync_bn: bool = False  # torchrun: BatchNorm statistics of the global batch (no effect with one process)
 
 

@@ -56,7 +56,12 @@ class _OrderSampler(Sampler):
     def __len__(self) -> int:
         return -(-len(self.order) // self.batch_size)
 
+        self.index_batches: list[torch.Tensor] | None = None  # explicit batches, if set
+
     def __iter__(self) -> Iterator[torch.Tensor]:
+        if self.index_batches is not None:
+            yield from self.index_batches
+            return
         order, bs = self.order, self.batch_size
         for s in range(0, len(order), bs):
             yield order[s : s + bs]
@@ -103,6 +108,9 @@ class BatchStream:
             pin_memory=self.pin_memory,
             persistent_workers=workers,
             prefetch_factor=prefetch_factor if workers else None,
+            # its own generator: a DataLoader draws a seed per epoch, which must not advance the
+            # global RNG that drives augmentation (streamed and resident runs stay identical)
+            generator=torch.Generator().manual_seed(0),
         )
 
     def __len__(self) -> int:
@@ -112,6 +120,15 @@ class BatchStream:
         """``(images[idx] on the device, idx on the device)`` for consecutive ``batch_size``
         slices ``idx`` of ``order`` (the last one may be shorter)."""
         self._sampler.order = order.detach().to("cpu", torch.long)
+        self._sampler.index_batches = None
+        yield from self._stream()
+
+    def batches_of(self, index_batches: list[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The same for explicit index batches of any sizes (the trainer's per-process rows)."""
+        self._sampler.index_batches = [i.detach().to("cpu", torch.long) for i in index_batches]
+        yield from self._stream()
+
+    def _stream(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         non_blocking = self.pin_memory and self.device.type == "cuda"
         for batch, idx in self._loader:
             yield batch.to(self.device, non_blocking=non_blocking), idx.to(self.device, non_blocking=non_blocking)

@@ -37,6 +37,7 @@ from deepclust.engine.distributed import (
     init_distributed,
 )
 from deepclust.engine.fastpath import apply_fast_paths, make_optimizer
+from deepclust.engine.loader import BatchStream
 from deepclust.engine.evaluate import Prediction, add_extras, make_record, predict
 from deepclust.engine.schedule import lr_factor
 from deepclust.errors import CheckpointError, ConfigError, DataError, DeepClustError
@@ -311,7 +312,11 @@ class Trainer:
         if main:  # under torchrun only rank 0 writes the run directory
             self.out.mkdir(parents=True, exist_ok=True)
             save_config(self.cfg, self.out / io.CONFIG)
-        images = self.train_data.images.to(self.device)
+        if self.fast.data_on_device:
+            images, self.stream = self.train_data.images.to(self.device), None
+        else:  # too big for the device: batches stream from host memory (engine/loader.py)
+            images = self.train_data.images
+            self.stream = BatchStream(images, self.device, max(1, cfg.train.batch_size // self.dist.world))
         n, bs, epochs = self.train_data.n_samples, cfg.train.batch_size, cfg.train.epochs
         iters = n // bs if cfg.train.drop_last else math.ceil(n / bs)
         if iters == 0:
@@ -376,24 +381,32 @@ class Trainer:
         method.train()
         method.on_epoch_start(epoch)
         g = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + epoch)
-        perm = torch.randperm(n, generator=g).to(self.device)
+        stream = getattr(self, "stream", None)
+        perm = torch.randperm(n, generator=g).to(images.device if stream is not None else self.device)
         sums: dict[str, torch.Tensor] = {}
         steps = 0
+        # The plan of the epoch: (step, global batch size, this process's indices).
+        plan: list[tuple[int, int, torch.Tensor]] = []
         for it in range(iters):
             idx = perm[it * bs : (it + 1) * bs]
             if len(idx) < 2:  # BatchNorm cannot train on one sample
                 continue
             if d.enabled:
-                rows = d.split(len(idx))  # also sets d.loss_weight for an uneven last batch
+                rows = d.split(len(idx))
                 if min(d.batch_sizes or [0]) < min_rows:
                     log.debug("skipping a last batch of %d images: too few for %d processes", len(idx), d.world)
                     continue
                 idx = idx[rows]
+            plan.append((it, len(perm[it * bs : (it + 1) * bs]), idx))
+        batches = stream.batches_of([p[2] for p in plan]) if stream is not None else ((images[p[2]], p[2]) for p in plan)
+        for (it, n_global, _), (batch, idx) in zip(plan, batches):
+            if d.enabled:
+                d.split(n_global)  # sets d.loss_weight / batch sizes for this step (uneven last batch)
             f = method.lr_scale(epoch, it, iters, lr_factor(cfg.optim, epoch, it, iters, cfg.train.epochs))
             for group in opt.param_groups:
                 group["lr"] = group["base_lr"] * (f if group.get("scheduled", True) else 1.0)
             with autocast(self.device, self.amp):
-                out = method.training_step(images[idx], idx, epoch)
+                out = method.training_step(batch, idx, epoch)
             loss = out.loss if d.loss_weight == 1.0 else out.loss * d.loss_weight
             opt.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()

@@ -147,7 +147,7 @@ class AnchorCL(ClusteringMethod):
             chunks = torch.tensor_split(perm, max(1, n // o.init_batch_size))
             feats: torch.Tensor | None = None
             for idx in chunks:
-                h = self.backbone(self.eval_transform(train_images[idx])).float()
+                h = self.backbone(self.eval_transform(train_images[idx].to(self.centers.device))).float()
                 if feats is None:
                     feats = torch.empty(n, h.shape[1], device=h.device)
                 feats[idx] = h
