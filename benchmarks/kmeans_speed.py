@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from deepclust.bench import print_kmeans, bench_kmeans, kmeans_features, machine_info, write_record
+from deepclust.bench import print_kmeans, bench_kmeans, kmeans_features, machine_info, stamp_record, write_record
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -49,10 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     date = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     rec = {"benchmark": "kmeans", "features": desc,
            **bench_kmeans(x, a.k, a.n_init, a.max_iter, a.tol, a.seed, a.repeats, device)}
-    load_start = start.pop("loadavg")
-    rec["machine"] = {**start, "loadavg_start": load_start, "loadavg_end": machine_info()["loadavg"]}
-    rec["command"] = " ".join(["python", "benchmarks/kmeans_speed.py", *(argv if argv is not None else sys.argv[1:])])
-    rec["date"] = date
+    stamp_record(rec, start, "benchmarks/kmeans_speed.py", argv if argv is not None else sys.argv[1:], date)
     kind = re.sub(r"[^A-Za-z0-9-]+", "-", Path(a.features).stem)
     name = f"kmeans_{kind}_{rec['n']}x{rec['dim']}_k{a.k}_{device.split(':')[0]}"
     path = write_record(rec, RESULTS / f"{name}{'_' + a.tag if a.tag else ''}.json")

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from deepclust.bench import print_throughput, bench_config, bench_throughput, machine_info, write_record
+from deepclust.bench import print_throughput, bench_config, bench_throughput, machine_info, stamp_record, write_record
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -59,12 +59,9 @@ def main(argv: list[str] | None = None) -> int:
                                           ("cpu" if a.device == "auto" else a.device)))
         date = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         rec = bench_throughput(cfg, a.warmup, a.windows, a.steps, a.workers, rounds=a.rounds)
-        load_start = start.pop("loadavg")
-        rec["machine"] = {**start, "device": rec["device"], "device_name": rec["device_name"],
-                          "loadavg_start": load_start, "loadavg_end": machine_info()["loadavg"]}
+        stamp_record(rec, start, "benchmarks/throughput.py", argv if argv is not None else sys.argv[1:], date,
+                     device=rec["device"], device_name=rec["device_name"])
         rec["overrides"] = a.overrides
-        rec["command"] = " ".join(["python", "benchmarks/throughput.py", *(argv if argv is not None else sys.argv[1:])])
-        rec["date"] = date
         split = rec["split"].replace("+", "")  # train+test -> traintest
         name = f"throughput_{method}_{rec['dataset']}-{split}_{rec['backbone']}_{rec['machine']['device']}"
         path = write_record(rec, RESULTS / f"{name}{'_' + a.tag if a.tag else ''}.json")

@@ -118,6 +118,17 @@ def _loadavg() -> list[float] | None:
         return None
 
 
+def stamp_record(record: dict[str, Any], start: dict[str, Any], script: str, argv: list[str], date: str,
+                 **machine_extra: Any) -> None:
+    """Add the machine (``start`` = :func:`machine_info` before the run, with the load average at
+    start and now), the command line and the date to a benchmark record, in place."""
+    start = dict(start)
+    load_start = start.pop("loadavg")
+    record["machine"] = {**start, **machine_extra, "loadavg_start": load_start, "loadavg_end": machine_info()["loadavg"]}
+    record["command"] = " ".join(["python", script, *argv])
+    record["date"] = date
+
+
 def write_record(record: dict[str, Any], path: str | Path) -> Path:
     """Write a result record as indented JSON (atomically: a temporary file, then rename)."""
     p = Path(path)
