@@ -125,6 +125,28 @@ def test_every_method_trains_in_feature_mode(method: str, tmp_path: Path) -> Non
     assert (tmp_path / "results.json").is_file()
 
 
+@pytest.mark.parametrize("method", list_methods())
+def test_feature_noise_and_dropout_come_from_the_config(method: str, tmp_path: Path) -> None:
+    cfg = resolve_config({
+        "method": method, "n_clusters": 3, "data": {"name": "blobs"},
+        "augment": {"feature_noise": 0.3, "feature_dropout": 0.0},
+        "train": {"epochs": 1, "batch_size": 60, "out": str(tmp_path), "device": "cpu", "progress": False},
+    })
+    m = Trainer(cfg, data=_blobs()).method
+    augs = [mod for mod in m.modules() if isinstance(mod, FeatureAugment)]
+    assert augs and all(a.noise_std == 0.3 and a.dropout == 0.0 for a in augs)
+    # the view really is standardise + N(0, 0.3^2) noise, no masking
+    x = torch.randn(4000, m.augment.n_features)
+    eps = (m.augment(x, generator=torch.Generator().manual_seed(1)) - m.eval_transform(x)).flatten()
+    assert abs(float(eps.std()) - 0.3) < 0.01 and bool((eps != 0).all())
+
+
+@pytest.mark.parametrize("bad", [{"feature_noise": -0.1}, {"feature_dropout": 1.0}, {"feature_dropout": "x"}])
+def test_bad_feature_view_settings_are_config_errors(bad: dict) -> None:
+    with pytest.raises(ConfigError, match="augment.feature_"):
+        resolve_config({"method": "idfd", "augment": bad})
+
+
 def test_image_backbone_on_features_is_a_clear_error(tmp_path: Path) -> None:
     cfg = resolve_config({"method": "idfd", "n_clusters": 3, "model": {"backbone": "resnet18"},
                           "train": {"out": str(tmp_path), "device": "cpu"}})

@@ -5,7 +5,9 @@ meaning. Each method's augmented views become
 
     x~ = m * ((x - mu) / sigma + noise_std * eps),   eps ~ N(0, I),  m_j ~ Bernoulli(1 - dropout)
 
-and its clean view is the standardisation z = (x - mu) / sigma alone, with mu, sigma the
+(``noise_std`` and ``dropout``: the config's ``augment.feature_noise`` and
+``augment.feature_dropout``, 0.5 and 0.5 by default) and its clean view is the
+standardisation z = (x - mu) / sigma alone, with mu, sigma the
 per-dimension mean and standard deviation of the training features. Dropped dimensions are
 set to 0, i.e. to the training mean (no 1 / (1 - p) rescaling: a masked feature reads as
 "unknown", as in masked-feature corruption for tabular self-supervision, not as a louder one).
@@ -23,12 +25,7 @@ from torch import Tensor, nn
 
 from deepclust.errors import ConfigError
 
-__all__ = ["FEATURE_DROPOUT", "FEATURE_NOISE", "FeatureAugment", "FeatureEvalTransform"]
-
-#: Default noise standard deviation (in units of each feature's training std).
-FEATURE_NOISE = 0.5
-#: Default probability of masking each feature of each sample.
-FEATURE_DROPOUT = 0.5
+__all__ = ["FeatureAugment", "FeatureEvalTransform"]
 
 
 class FeatureEvalTransform(nn.Module):
@@ -73,8 +70,8 @@ class FeatureAugment(FeatureEvalTransform):
         self,
         mean: Sequence[float],
         std: Sequence[float],
-        noise_std: float = FEATURE_NOISE,
-        dropout: float = FEATURE_DROPOUT,
+        noise_std: float = 0.5,
+        dropout: float = 0.5,
     ) -> None:
         super().__init__(mean, std)
         if not (math.isfinite(noise_std) and noise_std >= 0):

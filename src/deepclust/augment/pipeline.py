@@ -61,7 +61,10 @@ class AugmentConfig:
 
     ``jitter`` is (brightness, contrast, saturation, hue) as in ``ColorJitter``; each
     probability applies per sample. ``blur_kernel`` None: ``2 * ceil(3 * sigma_max) + 1``.
-    ``solarize_threshold`` is on [0, 1] images (0.5 = PIL's 128).
+    ``solarize_threshold`` is on [0, 1] images (0.5 = PIL's 128). ``feature_noise`` and
+    ``feature_dropout`` are used in feature mode only (precomputed vectors, where the image
+    operations have no meaning): the noise standard deviation, in units of each feature's
+    training std, and the probability of masking each value (:mod:`deepclust.augment.features`).
     """
 
     crop_scale: tuple[float, float] = (0.2, 1.0)
@@ -75,6 +78,8 @@ class AugmentConfig:
     blur_kernel: int | None = None
     solarize_p: float = 0.0
     solarize_threshold: float = 0.5
+    feature_noise: float = 0.5
+    feature_dropout: float = 0.5
 
     def __post_init__(self) -> None:
         # YAML gives lists; store tuples so configs compare and hash the same either way.
@@ -95,6 +100,12 @@ class AugmentConfig:
         if not _is_number(t) or not 0.0 <= t <= 1.0:
             raise ConfigError(f"augment.solarize_threshold must be in [0, 1], got {t!r}")
         self.solarize_threshold = float(t)
+        if not _is_number(self.feature_noise) or self.feature_noise < 0:
+            raise ConfigError(f"augment.feature_noise must be a number >= 0, got {self.feature_noise!r}")
+        self.feature_noise = float(self.feature_noise)
+        if not _is_number(self.feature_dropout) or not 0.0 <= self.feature_dropout < 1.0:
+            raise ConfigError(f"augment.feature_dropout must be in [0, 1), got {self.feature_dropout!r}")
+        self.feature_dropout = float(self.feature_dropout)
 
 
 class _Normalizing(nn.Module):

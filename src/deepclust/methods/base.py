@@ -100,7 +100,10 @@ class ClusteringMethod(nn.Module):
         mean, std = self.info.feature_mean, self.info.feature_std
         if mean is None or std is None:
             raise ConfigError("feature mode needs DataInfo.feature_mean and feature_std (the training statistics)")
-        return FeatureAugment(mean, std) if isinstance(pipeline, Augment) else FeatureEvalTransform(mean, std)
+        if isinstance(pipeline, Augment):
+            aug = self.cfg.augment
+            return FeatureAugment(mean, std, noise_std=aug.feature_noise, dropout=aug.feature_dropout)
+        return FeatureEvalTransform(mean, std)
 
     # ----- construction helpers -------------------------------------------------------------
     def build_backbone(self) -> nn.Module:
