@@ -16,35 +16,20 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
-
-import deepclust
-from deepclust.cli import packaged_config
+from deepclust.bench import bench_config, machine_info, stamp_record, write_record
 from deepclust.cluster import kmeans
-from deepclust.config import deep_merge, load_yaml, parse_override, resolve_config
 from deepclust.data import load_dataset
 from deepclust.engine.evaluate import infer_images
 from deepclust.engine.trainer import Trainer
 from deepclust.metrics import evaluate
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def machine() -> dict:
-    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "python": platform.python_version(), "torch": torch.__version__, "deepclust": deepclust.__version__}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,17 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*")
     a = p.parse_args(argv)
 
-    raw = load_yaml(packaged_config(f"{a.method}/{a.data}"))
-    over = {"data": {"data_dir": a.data_dir, "train_split": a.split, "eval_split": a.split},
-            "train": {"seed": a.seed, "device": a.device, "progress": False}}
-    if a.epochs:
-        over["train"]["epochs"] = a.epochs
-    raw = deep_merge(raw, over)
-    for o in a.overrides:
-        raw = deep_merge(raw, parse_override(o))
+    over = [f"data.train_split={a.split}", f"data.eval_split={a.split}", f"train.seed={a.seed}",
+            *([f"train.epochs={a.epochs}"] if a.epochs else []), *a.overrides]
+    start = machine_info()
+    date = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     with tempfile.TemporaryDirectory() as tmp:
-        raw = deep_merge(raw, {"train": {"out": str(Path(tmp) / "run")}})
-        cfg = resolve_config(raw)
+        cfg = bench_config(a.method, a.data, a.data_dir, device=a.device, overrides=over)
+        cfg.train.out = str(Path(tmp) / "run")
         data = load_dataset(cfg.data.name, a.split, a.data_dir)
         t0 = time.time()
         pixels = data.images.flatten(1).float() / 255.0
@@ -93,9 +74,6 @@ def main(argv: list[str] | None = None) -> int:
         "dataset": data.name,
         "split": a.split,
         "protocol": f"train+test on the {data.n_samples} {a.split} images",
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
-        "machine": machine(),
         "device": device,
         "kmeans_raw_pixels": {k: base[k] for k in ("acc", "nmi", "ari", "wall_time_s")} | {"n_init": cfg.eval.n_init},
         "method_result": {k: rec.get(k) for k in ("acc", "nmi", "ari", "epoch", "wall_time_s", "train_images_per_s", "n_init", "prediction", "cluster_sizes", "extras")},
@@ -103,10 +81,9 @@ def main(argv: list[str] | None = None) -> int:
         **({"kmeans_on_method_features": feat_km} if feat_km is not None else {}),
         "config": cfg.to_dict(),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp_record(out, start, "benchmarks/quality.py", argv if argv is not None else sys.argv[1:], date, device=device)
     dev = "gpu" if device.startswith("cuda") else "cpu"
-    path = RESULTS / f"{a.method}_{a.data}_{a.split}_{dev}{a.tag}.json"
-    path.write_text(json.dumps(out, indent=2, default=str))
+    path = write_record(out, RESULTS / f"{a.method}_{a.data}_{a.split}_{dev}{a.tag}.json")
     print(f"k-means raw pixels: ACC {base['acc']:.4f} NMI {base['nmi']:.4f} ARI {base['ari']:.4f}")
     if feat_km is not None:
         print(f"k-means on {a.method}'s features: ACC {feat_km['acc']:.4f} NMI {feat_km['nmi']:.4f} ARI {feat_km['ari']:.4f}")
