@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--tag", default="")
+    p.add_argument("--out-dir", default=str(RESULTS), help="where the record goes")
     p.add_argument("overrides", nargs="*")
     a = p.parse_args(argv)
 
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     stamp_record(out, start, "benchmarks/quality.py", argv if argv is not None else sys.argv[1:], date, device=device)
     dev = "gpu" if device.startswith("cuda") else "cpu"
-    path = write_record(out, RESULTS / f"{a.method}_{a.data}_{a.split}_{dev}{a.tag}.json")
+    path = write_record(out, Path(a.out_dir) / f"{a.method}_{a.data}_{a.split}_{dev}{a.tag}.json")
     print(f"k-means raw pixels: ACC {base['acc']:.4f} NMI {base['nmi']:.4f} ARI {base['ari']:.4f}")
     if feat_km is not None:
         print(f"k-means on {a.method}'s features: ACC {feat_km['acc']:.4f} NMI {feat_km['nmi']:.4f} ARI {feat_km['ari']:.4f}")
