@@ -1,4 +1,4 @@
-"""Tests of ``deepclust bench`` (src/deepclust/bench.py): records, the reference pipeline, k-means."""
+"""Tests of ``deepclust bench`` (src/deepclust/bench/): records, the reference pipeline, k-means."""
 
 from __future__ import annotations
 
