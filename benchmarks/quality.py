@@ -25,7 +25,6 @@ from pathlib import Path
 from deepclust.bench import bench_config, machine_info, stamp_record, write_record
 from deepclust.cluster import kmeans
 from deepclust.data import load_dataset
-from deepclust.engine.evaluate import infer_images
 from deepclust.engine.trainer import Trainer
 from deepclust.metrics import evaluate
 
@@ -61,12 +60,13 @@ def main(argv: list[str] | None = None) -> int:
         trainer = Trainer(cfg)
         rec = trainer.fit()
         feat_km = None
-        if trainer.method.prediction == "head_argmax":
+        pred = trainer.prediction
+        if pred is not None and pred.centers is None:  # head argmax: k-means on the final evaluation's features
             t1 = time.time()
-            feats = infer_images(trainer.method, data.images, cfg.eval.batch_size, trainer.device, trainer.amp)[0]
+            feats = pred.features
             km_f = kmeans(feats, cfg.n_clusters or data.n_classes, n_init=cfg.eval.n_init, seed=cfg.eval.kmeans_seed)
             feat_km = {**{k: v for k, v in evaluate(data.labels.numpy(), km_f.labels.numpy()).items() if k in ("acc", "nmi", "ari")},
-                       "features": f"{trainer.method.name} infer() features, clean (eval transform, eval mode)",
+                       "features": f"{trainer.method.name} infer() features of the final evaluation, clean (eval transform, eval mode)",
                        "dim": feats.shape[1], "n_init": cfg.eval.n_init, "wall_time_s": round(time.time() - t1, 2)}
     device = rec["device"]
     out = {

@@ -337,14 +337,14 @@ class DeepClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         trainer = Trainer(cfg, data=data)
         record = trainer.fit()
         method = trainer.method.eval()
-        ckpt = io.load_checkpoint(trainer.out / io.CHECKPOINT, map_location=trainer.device)
-        centers = ckpt.get("centers")
-        feats, probs = self._infer(method, data, trainer.device)
-        if method.prediction == "head_argmax" and probs is not None:
-            labels = probs.argmax(1)
-            centers = _cluster_means(feats, labels, trainer.info.n_clusters)
-        else:
-            labels = assign_to_centers(feats, centers)[0]
+        # The trainer's final evaluation already inferred the clean features of these images.
+        pred = trainer.prediction
+        assert pred is not None  # one process: the final evaluation always predicts
+        if pred.centers is None:  # head argmax
+            labels = pred.labels
+            centers = _cluster_means(pred.features, labels, trainer.info.n_clusters)
+        else:  # clean features to the k-means centres (also when they came from IDFD's memory bank)
+            labels, centers = assign_to_centers(pred.features, pred.centers)[0], pred.centers
         self.method_ = method
         self.config_ = cfg
         self.seed_ = cfg.train.seed

@@ -201,6 +201,9 @@ class Trainer:
         self.optimizer = build_optimizer(cfg, self.method)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         self.start_epoch = 0
+        # The final evaluation's prediction (features, labels, centres), for callers that need
+        # more than the record; None before fit() ends and on torchrun ranks other than 0.
+        self.prediction: Prediction | None = None
         ckpt = io.load_checkpoint(self.out / io.CHECKPOINT, map_location=self.device) if resume else None
         if ckpt is not None:
             self._load(ckpt)
@@ -360,6 +363,7 @@ class Trainer:
                 f"'{self.out}': continue with 'deepclust resume {self.out}'"
             ) from None
         record, pred = self.evaluate(done)
+        self.prediction = pred
         if record is not None and pred is not None:
             record["wall_time_s"] = round(time.time() - t0, 2)
             record["train_images_per_s"] = round((done - self.start_epoch) * n / max(record["wall_time_s"], 1e-9), 1)
