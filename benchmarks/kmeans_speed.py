@@ -20,9 +20,8 @@ import re
 import sys
 from pathlib import Path
 
-import torch
-
 from deepclust.bench import print_kmeans, bench_kmeans, kmeans_features, machine_info, stamp_record, write_record
+from deepclust.engine.device import resolve_device
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -43,9 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tag", default="")
     a = p.parse_args(argv)
 
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
+    dev = resolve_device(a.device)
+    device = str(dev)
     x, desc = kmeans_features(a.features, a.n, a.dim, a.k, a.seed, a.data_dir)
-    start = machine_info(torch.device(device))
+    start = machine_info(dev)
     date = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     rec = {"benchmark": "kmeans", "features": desc,
            **bench_kmeans(x, a.k, a.n_init, a.max_iter, a.tol, a.seed, a.repeats, device)}

@@ -23,9 +23,8 @@ import os
 import sys
 from pathlib import Path
 
-import torch
-
 from deepclust.bench import print_throughput, bench_config, bench_throughput, machine_info, stamp_record, write_record
+from deepclust.engine.device import resolve_device
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -55,8 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         if a.split:
             over += [f"data.train_split={a.split}", f"data.eval_split={a.split}"]
         cfg = bench_config(method, a.data, a.data_dir, a.backbone, a.batch_size, a.device, over)
-        start = machine_info(torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
-                                          ("cpu" if a.device == "auto" else a.device)))
+        start = machine_info(resolve_device(a.device))
         date = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         rec = bench_throughput(cfg, a.warmup, a.windows, a.steps, a.workers, rounds=a.rounds)
         stamp_record(rec, start, "benchmarks/throughput.py", argv if argv is not None else sys.argv[1:], date,
