@@ -261,20 +261,10 @@ def resolve_config(raw: dict[str, Any]) -> Config:
 
 
 def _validate(cfg: Config) -> None:
-    if cfg.train.epochs < 1:
-        raise ConfigError("train.epochs must be at least 1")
-    if cfg.train.batch_size < 2:
-        raise ConfigError("train.batch_size must be at least 2")
-    if cfg.n_clusters is not None and cfg.n_clusters < 2:
-        raise ConfigError(f"n_clusters must be at least 2, got {cfg.n_clusters}")
-    if cfg.eval.features not in ("clean", "memory"):
-        raise ConfigError(f"eval.features must be 'clean' or 'memory', got '{cfg.eval.features}'")
-    if cfg.train.amp not in ("auto", "bf16", "fp16", "off"):
-        raise ConfigError(f"train.amp must be auto, bf16, fp16 or off, got '{cfg.train.amp}'")
-    if cfg.optim.schedule not in ("constant", "step", "cosine"):
-        raise ConfigError(f"optim.schedule must be constant, step or cosine, got '{cfg.optim.schedule}'")
-    if cfg.optim.name not in ("sgd", "adam", "adamw"):
-        raise ConfigError(f"optim.name must be sgd, adam or adamw, got '{cfg.optim.name}'")
+    """Every field against its rule (deepclust/config_rules.py): one line naming field, value and what is allowed."""
+    from deepclust.config_rules import validate  # local: the rules import models and engine lazily too
+
+    validate(cfg)
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
