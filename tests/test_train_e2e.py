@@ -11,7 +11,7 @@ import yaml
 
 from deepclust.config import resolve_config
 from deepclust.engine import io, train
-from deepclust.errors import CheckpointError
+from deepclust.errors import CheckpointError, StorageError
 
 REQUIRED = {"method", "dataset", "protocol", "split", "seed", "epoch", "n_init", "acc", "nmi", "ari"}
 
@@ -75,7 +75,7 @@ def test_crash_during_save_keeps_last_checkpoint(tmp_path: Path, monkeypatch: py
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(OSError):
+    with pytest.raises(StorageError, match="previous 'checkpoint.pt' is unchanged"):  # one line, not a traceback
         io.save_checkpoint({"method": "idfd", "model": {}, "epoch": 2}, path)
     monkeypatch.undo()
     assert io.load_checkpoint(path)["epoch"] == 1

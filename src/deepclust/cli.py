@@ -75,7 +75,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     raw = _config_from_args(args.config, vars(args))
     cfg = resolve_config(raw)
-    record = train(cfg, resume=args.resume)
+    if args.resume and args.overwrite:
+        raise ConfigError("--resume continues a run and --overwrite starts it again: pass one of them")
+    record = train(cfg, resume=args.resume, overwrite=args.overwrite)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one process reports
         _print_record(record)
     return 0
@@ -96,7 +98,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"'{run}' holds a run of method '{method}'; it cannot be resumed as {raw.get('method')}: train a new run with --method"
         )
-    raw = deep_merge(raw, {"train": {"out": str(run)}})
+    raw = deep_merge(raw, {"train": {"out": str(run), **({"device": args.device} if args.device else {})}})
     record = train(resolve_config(raw), resume=True)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one process reports
         _print_record(record)
@@ -209,11 +211,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_flags(t, out_help="run directory")
     t.add_argument("--n-clusters", type=int)
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    t.add_argument("--overwrite", action="store_true",
+                   help="start again in an --out that holds a run (its checkpoint, metrics, results and config are removed)")
     t.set_defaults(func=cmd_train)
 
     r = sub.add_parser("resume", help="continue a run from its last checkpoint")
     r.add_argument("run_dir")
     r.add_argument("overrides", nargs="*", help="key=value, e.g. train.epochs=100 to train longer")
+    r.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps: continue on another device (a GPU run on a CPU and back)")
     r.set_defaults(func=cmd_resume)
 
     e = sub.add_parser("eval", help="evaluate a run's checkpoint again")

@@ -22,3 +22,11 @@ class DataError(DeepClustError, ValueError):
 
 class CheckpointError(DeepClustError):
     """A checkpoint or run directory is missing or belongs to something else."""
+
+
+class StorageError(DeepClustError):
+    """A file of a run could not be written (disk full, quota, permissions, read-only disk)."""
+
+
+class DataTypeError(DataError, TypeError):
+    """The input is not numeric at all (e.g. an object array of dicts): a TypeError, as scikit-learn expects."""

@@ -20,13 +20,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from deepclust.config import Config, save_config
+from deepclust.config import Config
+from deepclust.config_rules import validate
 from deepclust.data import ImageData, load_dataset
 from deepclust.data.base import FeatureData
-from deepclust.engine import io
+from deepclust.engine import io, rundir
 from deepclust.engine.device import amp_dtype, autocast, resolve_device, rng_state, seed_everything, set_rng_state
 from deepclust.engine.distributed import (
     average_batchnorm_stats,
@@ -179,10 +181,15 @@ class Trainer:
     """Train ``cfg.method`` on ``cfg.data`` and write the run directory."""
 
     def __init__(
-        self, cfg: Config, resume: bool = False, data: ImageData | tuple[ImageData, ImageData] | None = None
+        self, cfg: Config, resume: bool = False, data: ImageData | tuple[ImageData, ImageData] | None = None,
+        overwrite: bool = False,
     ) -> None:
+        validate(cfg)  # a hand-built Config too: before any data is read
         self.cfg = cfg
         self.resume = resume
+        self.overwrite = overwrite and not resume  # --overwrite: start again in a directory that holds a run
+        self.saved_epoch: int | None = None  # the epoch of the checkpoint in the run directory
+        self.last_logs: dict[str, float] = {}  # the training logs of the last finished epoch
         self.out = Path(cfg.train.out) if cfg.train.out else default_run_dir(cfg)
         self._check_run_dir()
         seed_everything(cfg.train.seed)
@@ -204,7 +211,8 @@ class Trainer:
         # The final evaluation's prediction (features, labels, centres), for callers that need
         # more than the record; None before fit() ends and on torchrun ranks other than 0.
         self.prediction: Prediction | None = None
-        ckpt = io.load_checkpoint(self.out / io.CHECKPOINT, map_location=self.device) if resume else None
+        # on the CPU: load_state_dict copies onto this run's device, whichever wrote it (resume --device)
+        ckpt = io.load_checkpoint(self.out / io.CHECKPOINT, map_location="cpu") if resume else None
         if ckpt is not None:
             self._load(ckpt)
         self._seed_rank(ckpt)
@@ -243,13 +251,7 @@ class Trainer:
 
     # ----- run directory and checkpoints ----------------------------------------------------
     def _check_run_dir(self) -> None:
-        ckpt = self.out / io.CHECKPOINT
-        if self.resume and not ckpt.is_file():
-            raise CheckpointError(f"nothing to resume: no checkpoint in '{self.out}'")
-        if not self.resume and (ckpt.is_file() or (self.out / io.RESULTS).is_file()):
-            raise CheckpointError(
-                f"'{self.out}' already holds a run; pass --resume to continue it, or choose another --out"
-            )
+        rundir.check(self.out, resume=self.resume, overwrite=self.overwrite)
 
     def _state(self, epoch: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         return {
@@ -261,6 +263,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "rng": rng_state(),
             "data_info": dataclasses.asdict(self.info),
+            "train_logs": dict(self.last_logs),  # the metrics line of this epoch, if a resume must write it again
             **(extra or {}),
         }
 
@@ -275,6 +278,7 @@ class Trainer:
         if rngs is not None:
             extra = {**(extra or {}), "rng_ranks": rngs, "world_size": d.world}
         io.save_checkpoint(self._state(epoch, extra), self.out / io.CHECKPOINT)
+        self.saved_epoch = epoch
 
     def _load(self, ckpt: dict[str, Any]) -> None:
         if ckpt["method"] != self.cfg.method:
@@ -291,7 +295,13 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
-        self.start_epoch = int(ckpt["epoch"])
+        self.start_epoch = self.saved_epoch = int(ckpt["epoch"])
+        self.last_logs = dict(ckpt.get("train_logs") or {})
+        if self.start_epoch > self.cfg.train.epochs:
+            raise ConfigError(
+                f"'{self.out}' has already trained {self.start_epoch} epochs, more than train.epochs={self.cfg.train.epochs}; "
+                f"resume with train.epochs={self.start_epoch} or more (or train a new run with another --out)"
+            )
         log.info("resuming %s from epoch %d", self.out, self.start_epoch)
 
     # ----- evaluation ------------------------------------------------------------------------
@@ -314,7 +324,11 @@ class Trainer:
         cfg, method, main = self.cfg, self.method, self.dist.is_main
         if main:  # under torchrun only rank 0 writes the run directory
             self.out.mkdir(parents=True, exist_ok=True)
-            save_config(self.cfg, self.out / io.CONFIG)
+            if self.overwrite:
+                rundir.clear(self.out)
+            if self.resume:  # the lines of epochs after the checkpoint belong to a run that died
+                rundir.truncate_metrics(self.out, self.start_epoch)
+            io.write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False), self.out / io.CONFIG)
         if self.fast.data_on_device:
             images, self.stream = self.train_data.images.to(self.device), None
         else:  # too big for the device: batches stream from host memory (engine/loader.py)
@@ -332,11 +346,12 @@ class Trainer:
         bar = tqdm(range(self.start_epoch, epochs), desc=f"{cfg.method}", disable=not (cfg.train.progress and main), initial=self.start_epoch, total=epochs)
         done = self.start_epoch
         boundary: dict[str, Any] | None = None
-        logs: dict[str, float] = {}
+        logs: dict[str, float] = dict(self.last_logs)
         try:
             with logging_redirect_tqdm():
                 for epoch in bar:
                     logs = self._train_epoch(images, epoch, iters)
+                    self.last_logs = logs
                     done = epoch + 1
                     msg = " ".join(f"{k}={v:.4f}" for k, v in logs.items())
                     log.info("epoch %d/%d %s", done, epochs, msg)
@@ -344,10 +359,10 @@ class Trainer:
                     if cfg.train.eval_every and done % cfg.train.eval_every == 0 and done < epochs:
                         record, _ = self.evaluate(done)
                         if record is not None:
-                            io.append_jsonl({**_short(record), "train": logs}, self.out / io.METRICS)
+                            rundir.log_metrics(self.out, {**_short(record), "train": logs})
                             log.info("epoch %d: %s", done, _fmt(record))
                     elif main and done < epochs:  # training curves: one line per epoch
-                        io.append_jsonl({"epoch": done, "train": logs}, self.out / io.METRICS)
+                        rundir.log_metrics(self.out, {"epoch": done, "train": logs})
                     if done % cfg.train.checkpoint_every == 0 or done == epochs:
                         self._save(done)
                         boundary = None
@@ -356,24 +371,39 @@ class Trainer:
                         # next epoch saves a checkpoint that resumes exactly (not a half epoch).
                         boundary = _to_cpu(self._state(done))
         except KeyboardInterrupt:
-            if boundary is not None:
+            if boundary is not None and main:
                 io.save_checkpoint(boundary, self.out / io.CHECKPOINT)
-            raise DeepClustError(
-                f"interrupted during epoch {done + 1}; the checkpoint of epoch {_saved_epoch(self.out)} is in "
-                f"'{self.out}': continue with 'deepclust resume {self.out}'"
-            ) from None
-        record, pred = self.evaluate(done)
+                self.saved_epoch = int(boundary["epoch"])
+            raise self._interrupted(f"during epoch {done + 1}") from None
+        try:
+            record, pred = self.evaluate(done)
+        except KeyboardInterrupt:
+            raise self._interrupted("during the final evaluation") from None
         self.prediction = pred
         if record is not None and pred is not None:
             record["wall_time_s"] = round(time.time() - t0, 2)
             record["train_images_per_s"] = round((done - self.start_epoch) * n / max(record["wall_time_s"], 1e-9), 1)
-            io.append_jsonl({**_short(record), **({"train": logs} if logs else {})}, self.out / io.METRICS)
+            rundir.log_metrics(self.out, {**_short(record), **({"train": logs} if logs else {})})
         self._save(done, {"centers": pred.centers, "n_clusters": self.info.n_clusters} if pred is not None else None)
         if record is not None:
             record["checkpoint_hash"] = io.file_hash(self.out / io.CHECKPOINT)
             io.write_json(record, self.out / io.RESULTS)
             log.info("done: %s -> %s", _fmt(record), self.out)
         return self.dist.broadcast_object(record)  # every process returns rank 0's record
+
+    def _interrupted(self, when: str) -> DeepClustError:
+        """The Ctrl-C line: where the last checkpoint is, or that nothing was saved."""
+        if self.saved_epoch is None:
+            if self.dist.is_main and not self.resume:
+                rundir.forget_unsaved(self.out)
+            return DeepClustError(
+                f"interrupted {when}, before the first checkpoint: nothing was saved; "
+                "start again with the same 'deepclust train' command"
+            )
+        return DeepClustError(
+            f"interrupted {when}; the checkpoint of epoch {self.saved_epoch} is in '{self.out}': "
+            f"continue with 'deepclust resume {self.out}'"
+        )
 
     def _train_epoch(self, images: torch.Tensor, epoch: int, iters: int) -> dict[str, float]:
         cfg, method, opt, d = self.cfg, self.method, self.optimizer, self.dist
@@ -431,9 +461,10 @@ class Trainer:
             average_batchnorm_stats(method, d)
         logs = {k: float(v) / max(steps, 1) for k, v in sums.items()}
         if not all(math.isfinite(v) for v in logs.values()):
+            kept = (f"the checkpoint of epoch {self.saved_epoch} stays in '{self.out}'" if self.saved_epoch is not None
+                    else "no checkpoint was saved")
             raise DeepClustError(
-                f"the loss became {logs.get('loss')} in epoch {epoch + 1}; lower optim.lr or use train.amp=off "
-                f"(the last good checkpoint stays in '{self.out}')"
+                f"the loss became {logs.get('loss')} in epoch {epoch + 1}; lower optim.lr or use train.amp=off ({kept})"
             )
         return logs
 
@@ -449,13 +480,6 @@ def _to_cpu(state: Any) -> Any:
     return copy.deepcopy(state)
 
 
-def _saved_epoch(out: Path) -> int | str:
-    try:
-        return int(torch.load(out / io.CHECKPOINT, map_location="cpu", weights_only=False)["epoch"])
-    except Exception:  # noqa: BLE001
-        return "none"
-
-
 def _short(record: dict[str, Any]) -> dict[str, Any]:
     keys = ("epoch", "acc", "nmi", "ari", "protocol", "split", "cluster_sizes")
     return {k: record[k] for k in keys if k in record}
@@ -467,9 +491,10 @@ def _fmt(record: dict[str, Any]) -> str:
     return f"{record['n_clusters']} clusters (no labels to score)"
 
 
-def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
-    """Train and evaluate; returns the final result record (under torchrun: on every process)."""
-    trainer = Trainer(cfg, resume=resume)
+def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+    """Train and evaluate; returns the final result record (under torchrun: on every process).
+    ``overwrite``: start again in a run directory that already holds a run (its files are removed)."""
+    trainer = Trainer(cfg, resume=resume, overwrite=overwrite)
     try:
         return trainer.fit()
     finally:
