@@ -13,7 +13,6 @@ from sklearn.base import clone
 from sklearn.cluster import KMeans
 from sklearn.datasets import make_blobs
 from sklearn.exceptions import NotFittedError
-from sklearn.utils import estimator_checks as ec
 
 from deepclust import DeepClusterer
 from deepclust.api import as_data, default_epochs
@@ -35,27 +34,50 @@ def _images(n: int = 48, seed: int = 0, shape: tuple[int, ...] = (10, 10)) -> np
 
 
 # ----- the scikit-learn contract ----------------------------------------------------------------------
-# scikit-learn's own checks that apply to a clusterer with n_clusters >= 2 (the checks that set
-# n_clusters = 1 are re-done below with 2 clusters; object arrays holding dicts, which must
-# raise TypeError, are the one input rule we do not follow: they raise DataError).
-SKLEARN_CHECKS = [
-    "check_estimator_cloneable", "check_estimator_repr", "check_no_attributes_set_in_init",
-    "check_fit_score_takes_y", "check_estimators_overwrite_params", "check_estimators_fit_returns_self",
-    "check_estimators_unfitted", "check_do_not_raise_errors_in_init_or_set_params",
-    "check_n_features_in_after_fitting", "check_mixin_order", "check_estimators_dtypes",
-    "check_complex_data", "check_estimators_empty_data_messages", "check_pipeline_consistency",
-    "check_estimators_nan_inf", "check_estimator_sparse_array", "check_estimator_sparse_matrix",
-    "check_estimators_pickle", "check_f_contiguous_array_estimator", "check_transformer_data_not_an_array",
-    "check_transformer_general", "check_transformers_unfitted", "check_clusterer_compute_labels_predict",
-    "check_clustering", "check_parameters_default_constructible", "check_methods_sample_order_invariance",
-    "check_get_params_invariance", "check_set_params", "check_dict_unchanged", "check_fit_idempotent",
-    "check_fit_check_is_fitted", "check_n_features_in", "check_fit1d", "check_readonly_memmap_input",
-]
+# scikit-learn's check_estimator, whole: the checks that cannot apply (they set n_clusters=1) are
+# declared with their reason in deepclust.api.SKLEARN_EXPECTED_FAILED_CHECKS; any other failure,
+# or a declared one that starts passing, fails this test.
+def test_sklearn_check_estimator_whole() -> None:
+    from sklearn.utils.estimator_checks import check_estimator
+
+    from deepclust.api import SKLEARN_EXPECTED_FAILED_CHECKS
+
+    results = check_estimator(DeepClusterer(n_clusters=3, **FAST), on_fail=None, on_skip=None,
+                              expected_failed_checks=SKLEARN_EXPECTED_FAILED_CHECKS)
+    status = {r["check_name"]: r["status"] for r in results}
+    failed = {k: repr(r["exception"])[:200] for r in results if r["status"] == "failed" for k in [r["check_name"]]}
+    assert not failed, failed
+    assert {k for k, v in status.items() if v == "xfail"} == set(SKLEARN_EXPECTED_FAILED_CHECKS)
+    skipped = {k for k, v in status.items() if v == "skipped"}
+    assert skipped <= {"check_array_api_input"}, skipped  # needs SCIPY_ARRAY_API=1 in the environment
+    assert len(status) >= 45 and "check_dtype_object" in status and "check_fit2d_1sample" in status
 
 
-@pytest.mark.parametrize("check", SKLEARN_CHECKS)
-def test_sklearn_check(check: str) -> None:
-    getattr(ec, check)("DeepClusterer", DeepClusterer(n_clusters=3, **FAST))
+def test_image_fitted_estimator_pickles() -> None:
+    import pickle
+
+    x = _images(40, shape=(8, 8))
+    est = DeepClusterer("idfd", n_clusters=3, epochs=1, batch_size=16, device="cpu").fit(x)
+    back = pickle.loads(pickle.dumps(est))  # channels-last pre-hook: a module-level function
+    np.testing.assert_array_equal(back.predict(x), est.predict(x))
+
+
+def test_predict_on_another_image_size_warns_and_resizes() -> None:
+    x = _images(40, shape=(8, 8))
+    est = DeepClusterer("idfd", n_clusters=3, epochs=1, batch_size=16, device="cpu").fit(x)
+    big = torch.nn.functional.interpolate(torch.from_numpy(x[:, None]).float(), size=(12, 12), mode="bilinear",
+                                          antialias=True).round().clamp(0, 255).to(torch.uint8)[:, 0].numpy()
+    with pytest.warns(UserWarning, match="12x12 images but the model was fitted on 8x8; they are resized to 8x8"):
+        labels = est.predict(big)
+    assert labels.shape == (40,) and set(labels) <= {0, 1, 2}
+
+
+def test_nan_loss_message_names_no_deleted_directory() -> None:
+    x, _ = _features()
+    with pytest.raises(DeepClustError) as e:
+        DeepClusterer("idfd", n_clusters=3, lr=1e6, **FAST).fit(x)
+    msg = str(e.value)
+    assert "lower optim.lr" in msg and "deepclust-" not in msg and "no checkpoint was saved" in msg, msg
 
 
 def test_clone_and_params_round_trip() -> None:
@@ -193,6 +215,8 @@ BAD = {
     "4 channels": (dict(), np.zeros((10, 5, 5, 4), np.uint8), DataError, "channels"),
     "too many clusters": (dict(n_clusters=11), np.zeros((10, 3)), DataError, "larger than the number of samples"),
     "one cluster": (dict(n_clusters=1), np.zeros((10, 3)), ConfigError, "at least 2"),
+    "one sample": (dict(), np.zeros((1, 3)), DataError, "n_samples=1"),
+    "object array of dicts": (dict(), np.array([[{"a": 1}] * 3] * 10, dtype=object), TypeError, "not a numeric array"),
     "unknown method": (dict(method="idfdd"), np.zeros((10, 3)), ConfigError, "did you mean 'idfd'"),
     "bad option": (dict(method_options={"tempreature": 1.0}), np.zeros((10, 3)), ConfigError, "temperature"),
     "bad epochs": (dict(epochs=0), np.zeros((10, 3)), ConfigError, "epochs"),

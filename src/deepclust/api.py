@@ -35,6 +35,7 @@ import logging
 import math
 import numbers
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -53,12 +54,12 @@ from deepclust.engine import io
 from deepclust.engine.device import amp_dtype, resolve_device, rng_state, set_rng_state
 from deepclust.engine.evaluate import infer_images
 from deepclust.engine.trainer import Trainer
-from deepclust.errors import CheckpointError, ConfigError, DataError
+from deepclust.errors import CheckpointError, ConfigError, DataError, DataTypeError
 from deepclust.methods import ClusteringMethod, DataInfo, create_method, get_method_class
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DeepClusterer", "as_data", "default_epochs"]
+__all__ = ["SKLEARN_EXPECTED_FAILED_CHECKS", "DeepClusterer", "as_data", "default_epochs"]
 
 FORMAT = "deepclust.DeepClusterer"
 FORMAT_VERSION = 1
@@ -134,9 +135,9 @@ def as_data(X: Any, y: Any = None, name: str = "array") -> ImageData:
         arr = np.asarray(X)
         if arr.dtype == object:  # e.g. numbers from a DataFrame of mixed columns
             arr = arr.astype(np.float64)
-    except (TypeError, ValueError):
-        raise DataError(
-            f"X of type {type(X).__name__} is not a numeric array; pass a NumPy array, tensor or ImageData "
+    except (TypeError, ValueError) as exc:
+        raise DataTypeError(
+            f"X of type {type(X).__name__} is not a numeric array ({str(exc).splitlines()[0]}); pass a NumPy array, tensor or ImageData "
             "of equal-sized images or feature vectors"
         ) from None
     if np.iscomplexobj(arr):
@@ -198,6 +199,20 @@ def _seed(random_state: Any) -> int:
 def _plain(obj: Any) -> Any:
     """JSON-like copy (dicts, lists, str, numbers, None) so ``torch.load(weights_only=True)`` reads it."""
     return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+
+
+# scikit-learn's checks that cannot pass, each with the reason; pass it to
+# ``sklearn.utils.estimator_checks.check_estimator(est, expected_failed_checks=...)``. Each of
+# these sets n_clusters=1, which DeepClusterer rejects: one cluster needs no training, and the
+# methods' losses (instance discrimination against other clusters, Sinkhorn balance, Student-t
+# assignment) have nothing to separate. The suite runs check_estimator whole with this list.
+_K1 = "sets n_clusters=1; deep clustering needs K >= 2 (one cluster needs no network) and rejects it with a ConfigError"
+SKLEARN_EXPECTED_FAILED_CHECKS: dict[str, str] = {
+    "check_dont_overwrite_parameters": _K1,
+    "check_methods_subset_invariance": _K1,
+    "check_fit2d_1feature": _K1,
+    "check_fit2d_predict1d": _K1,
+}
 
 
 # ----- the estimator ---------------------------------------------------------------------------
@@ -275,6 +290,8 @@ class DeepClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
 
     def _check_params(self, n_samples: int) -> None:
         k = self.n_clusters
+        if n_samples < 2:  # before the n_clusters rule: the data, not K, is what is wrong here
+            raise DataError(f"X has n_samples={n_samples}; clustering needs at least 2 samples")
         if not isinstance(k, numbers.Integral) or isinstance(k, bool):
             raise ConfigError(f"n_clusters must be an integer, got {k!r}")
         if k < 2:
@@ -387,6 +404,14 @@ class DeepClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
             raise DataError(
                 f"X has {data.n_channels} channel(s) but the model was fitted on {self.input_shape_[0]}; convert the images"
             )
+        if not self.feature_mode_ and tuple(data.images.shape[2:]) != tuple(self.input_shape_[1:]):
+            # As 'deepclust predict' does: the evaluation transform resizes to the trained size.
+            size = self.method_.info.image_size
+            warnings.warn(
+                f"X holds {data.images.shape[2]}x{data.images.shape[3]} images but the model was fitted on "
+                f"{self.input_shape_[1]}x{self.input_shape_[2]}; they are resized to {size}x{size} (bilinear, antialiased)",
+                UserWarning, stacklevel=3,
+            )
         return data
 
     def predict(self, X: Any) -> np.ndarray:
@@ -442,6 +467,8 @@ class DeepClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
                 f"'{p}' is not a saved DeepClusterer (a training checkpoint, another program's file or a truncated "
                 "copy); write one with DeepClusterer.save(path)"
             )
+        io.verify_checksum(state, p)
+        state.pop(io.CHECKSUM_KEY, None)
         if int(state.get("format_version", 0)) > FORMAT_VERSION:
             raise CheckpointError(f"'{p}' was written by a newer deepclust; upgrade deepclust to load it")
         est = cls(**state["params"])

@@ -168,17 +168,18 @@ def make_optimizer(name: str, groups: list[dict[str, Any]], device: torch.device
     return cls(groups, **kwargs)
 
 
+def _nhwc_input(_: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Forward pre-hook: 4-D inputs in channels-last (module level, so the module pickles)."""
+    x = args[0]
+    if isinstance(x, torch.Tensor) and x.dim() == 4:
+        return (x.contiguous(memory_format=torch.channels_last), *args[1:])
+    return args
+
+
 def _to_channels_last(module: nn.Module) -> None:
     """NHWC weights, and NHWC inputs through a pre-hook (the first conv sees NHWC too)."""
     module.to(memory_format=torch.channels_last)
-
-    def hook(_: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
-        x = args[0]
-        if isinstance(x, torch.Tensor) and x.dim() == 4:
-            return (x.contiguous(memory_format=torch.channels_last), *args[1:])
-        return args
-
-    module.register_forward_pre_hook(hook)
+    module.register_forward_pre_hook(_nhwc_input)
 
 
 def apply_fast_paths(method: nn.Module, cfg: Any, device: torch.device, n_samples: int,
