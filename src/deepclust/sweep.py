@@ -83,7 +83,7 @@ def _train_or_reuse(raw: dict[str, Any], k: int, run: Path) -> str:
     cfg = resolve_config(deep_merge(copy.deepcopy(raw), {"n_clusters": k, "train": {"out": str(run)}}))
     resume = (run / io.CHECKPOINT).is_file()
     log.info("K=%d: %s %s", k, "resuming" if resume else "training", run)
-    train(cfg, resume=resume)
+    train(cfg, resume=resume, overwrite=not resume)  # no checkpoint: the logs of a dead run are replaced
     return "resumed" if resume else "trained"
 
 
