@@ -59,7 +59,6 @@ CROSS = {
     "memory features of another method": ({"method": "cdc", "eval": {"features": "memory"}}, "IDFD"),
     "memory features train->test": ({"data": {"train_split": "train", "eval_split": "test"},
                                      "eval": {"features": "memory"}}, "eval_split"),
-    "warm-up longer than the run": ({"train": {"epochs": 3}, "optim": {"warmup_epochs": 5}}, "warmup_epochs"),
 }
 
 

@@ -82,9 +82,9 @@ def test_sweep_trains_reuses_and_resumes(tmp_path: Path, capsys, monkeypatch) ->
     calls: list[bool] = []
     real = deepclust.engine.train
 
-    def spy(cfg, resume=False):
+    def spy(cfg, resume=False, overwrite=False):
         calls.append(resume)
-        return real(cfg, resume=resume)
+        return real(cfg, resume=resume, overwrite=overwrite)
 
     monkeypatch.setattr(deepclust.engine, "train", spy)
     rows = sweep_k({"method": "idfd", "data": {"name": f"npz:{data}"},

@@ -190,14 +190,7 @@ def _cross_memory(cfg: Any) -> str | None:
     return None
 
 
-def _cross_warmup(cfg: Any) -> str | None:
-    if cfg.optim.warmup_epochs > cfg.train.epochs:
-        return (f"optim.warmup_epochs={cfg.optim.warmup_epochs} is longer than train.epochs={cfg.train.epochs}; "
-                "use at most train.epochs")
-    return None
-
-
-CROSS: list[Callable[[Any], str | None]] = [_cross_world, _cross_stats, _cross_milestones, _cross_memory, _cross_warmup]
+CROSS: list[Callable[[Any], str | None]] = [_cross_world, _cross_stats, _cross_milestones, _cross_memory]
 
 
 def _fields(obj: Any, prefix: str = "") -> list[tuple[str, Any]]:
