@@ -214,7 +214,10 @@ def _cli(args: list[str], env_extra: dict[str, str] | None = None, sigint_when: 
     """Run the CLI (or a Python snippet); ``sigint_when``: Ctrl-C once that file appears (training started)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1", **(env_extra or {})}
     cmd = [sys.executable, "-c", python] if python else [sys.executable, "-m", "deepclust", "-q", *args]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # a job started in the background inherits SIGINT ignored, and Python then keeps it ignored:
+    # give the child the default, so Python installs its KeyboardInterrupt handler
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     if sigint_when is not None:
         while not sigint_when.exists() and proc.poll() is None:
             time.sleep(0.01)
