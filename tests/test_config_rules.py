@@ -36,7 +36,7 @@ BAD = {
     "eval.n_init=0": "at least 1",
     "data.image_size=0": "at least 1",
     "optim.fused=maybe": "auto, true or false",
-    "model.init=/no/such/run": "existing run directory",
+    "model.init=''": "non-empty string",
     "data.std=[0.0]": "> 0",
 }
 

@@ -17,7 +17,6 @@ import math
 import numbers
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 from deepclust.errors import ConfigError
@@ -88,10 +87,6 @@ def _backbone() -> Rule:
     return Rule(lambda v: v in names, "one of " + ", ".join(names))
 
 
-def _existing_path(v: Any) -> bool:
-    return v is None or (isinstance(v, str) and Path(v).exists())
-
-
 # The optimiser names the engine knows; a new optimiser adds its name here.
 OPTIMIZERS = ("sgd", "adam", "adamw")
 
@@ -109,7 +104,8 @@ RULES: dict[str, Rule | Callable[[], Rule]] = {
     "model.stem": choice("auto", "cifar", "stl", "imagenet", "none"),
     "model.feature_dim": integer(1),
     "model.width": integer(1),
-    "model.init": Rule(_existing_path, "null or an existing run directory or checkpoint file"),
+    # the source itself (a path, an SSL checkpoint, torchvision:NAME.WEIGHTS) is checked where it is read
+    "model.init": optional(TEXT, "random initialisation"),
     "optim.name": choice(*OPTIMIZERS),
     "optim.lr": number(0.0, low_open=True),
     "optim.momentum": number(0.0, 1.0, high_open=True),
