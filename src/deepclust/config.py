@@ -218,13 +218,24 @@ def parse_override(text: str) -> dict[str, Any]:
         value = yaml.safe_load(raw) if raw != "" else None
     except yaml.YAMLError:
         value = raw
+    return nest(key.strip(), value)
+
+
+def nest(key: str, value: Any) -> dict[str, Any]:
+    """``("train.epochs", 10)`` -> ``{"train": {"epochs": 10}}`` (the value as given, unparsed)."""
     out: dict[str, Any] = {}
     node = out
-    parts = key.strip().split(".")
+    parts = key.split(".")
     for p in parts[:-1]:
         node = node.setdefault(p, {})
     node[parts[-1]] = value
     return out
+
+
+def packaged_config(name: str) -> Path | None:
+    """``idfd/cifar10`` -> the config shipped in the package, if there is one."""
+    p = Path(__file__).parent / "configs" / (name if name.endswith(".yaml") else f"{name}.yaml")
+    return p if p.is_file() else None
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

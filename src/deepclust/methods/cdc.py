@@ -62,14 +62,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from deepclust.cluster import sinkhorn
-from deepclust.config import Config
 from deepclust.errors import ConfigError
 from deepclust.losses.cdc import (
     cdc_contrastive_loss,
@@ -79,6 +78,9 @@ from deepclust.losses.cdc import (
 )
 from deepclust.methods.base import ClusteringMethod, DataInfo, StepOutput
 from deepclust.models import mlp_projector
+
+if TYPE_CHECKING:  # type hints only: config resolution imports the methods, not the reverse
+    from deepclust.config import Config
 
 log = logging.getLogger(__name__)
 
