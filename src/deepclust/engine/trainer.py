@@ -37,6 +37,7 @@ from deepclust.engine.distributed import (
     init_distributed,
 )
 from deepclust.engine.fastpath import apply_fast_paths, make_optimizer
+from deepclust.engine.lars import LARS
 from deepclust.engine.loader import BatchStream
 from deepclust.engine.evaluate import Prediction, add_extras, make_record, predict
 from deepclust.engine.schedule import lr_factor
@@ -143,6 +144,8 @@ def build_optimizer(cfg: Config, method: ClusteringMethod, device: torch.device 
     if o.name == "sgd":
         kwargs = {"momentum": o.momentum, "weight_decay": o.weight_decay, "nesterov": o.nesterov}
         return make_optimizer("sgd", groups, device, o.fused, lr=o.lr, **kwargs)
+    if o.name == "lars":  # no fused kernel: optim.fused=true fails in apply_fast_paths
+        return LARS(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, trust_coefficient=o.trust_coefficient)
     return make_optimizer(o.name, groups, device, o.fused, lr=o.lr, weight_decay=o.weight_decay)
 
 
