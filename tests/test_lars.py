@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from deepclust.config import load_yaml, resolve_config
+from deepclust.config import resolve_config
 from deepclust.engine.fastpath import apply_fast_paths
 from deepclust.engine.lars import LARS
 from deepclust.engine.trainer import build_optimizer
@@ -114,11 +114,3 @@ def test_fused_true_with_lars_is_one_line() -> None:
     cfg, method = _secu_method({"name": "lars", "fused": True})
     with pytest.raises(ConfigError, match="fused"):
         apply_fast_paths(method, cfg, torch.device("cpu"), 20)
-
-
-def test_secu_imagenet_config_uses_lars_as_the_spec() -> None:
-    from deepclust.cli import packaged_config
-
-    o = resolve_config(load_yaml(packaged_config("secu/imagenet"))).optim
-    assert (o.name, o.lr, o.momentum, o.weight_decay, o.trust_coefficient) == ("lars", 1.6, 0.9, 1e-6, 0.001)
-    assert (o.schedule, o.warmup_epochs) == ("cosine", 10)
