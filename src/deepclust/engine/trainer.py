@@ -44,6 +44,7 @@ from deepclust.engine.schedule import lr_factor
 from deepclust.errors import CheckpointError, ConfigError, DataError, DeepClustError
 from deepclust.methods import ClusteringMethod, DataInfo, create_method
 from deepclust.models import auto_backbone
+from deepclust.models.init import init_backbone
 
 log = logging.getLogger(__name__)
 
@@ -158,26 +159,6 @@ def resolve_auto_model(cfg: Config, info: DataInfo) -> None:
         cfg.model.stem = stem
 
 
-def load_backbone(method: ClusteringMethod, source: str) -> None:
-    """Initialise ``method.backbone`` from another deepclust run or checkpoint (any method)."""
-    ckpt = io.load_checkpoint(source)
-    prefix = "backbone."
-    weights = {k[len(prefix):]: v for k, v in ckpt["model"].items() if k.startswith(prefix)}
-    if not weights:
-        raise CheckpointError(f"'{source}' holds no backbone weights")
-    own = method.backbone.state_dict()
-    bad = [k for k, v in weights.items() if k not in own or own[k].shape != v.shape]
-    missing = [k for k in own if k not in weights]
-    if bad or missing:
-        first = (bad or missing)[0]
-        raise CheckpointError(
-            f"the backbone in '{source}' ({ckpt['config']['model']['backbone']}) does not match this model's "
-            f"({method.cfg.model.backbone}): first mismatch at '{first}'; use the same model.backbone and stem"
-        )
-    method.backbone.load_state_dict(weights)
-    log.info("backbone initialised from %s (%s, epoch %s)", source, ckpt["method"], ckpt.get("epoch"))
-
-
 class Trainer:
     """Train ``cfg.method`` on ``cfg.data`` and write the run directory."""
 
@@ -196,8 +177,10 @@ class Trainer:
         self.info = data_info(cfg, self.train_data, self.eval_data)
         resolve_auto_model(cfg, self.info)
         self.method = create_method(cfg, self.info)
+        # Where the initial weights came from (results.json, checkpoints); on resume: the checkpoint's.
+        self.init_record: dict[str, str] | None = None
         if cfg.model.init and not resume:
-            load_backbone(self.method, cfg.model.init)
+            self.init_record = init_backbone(self.method.backbone, cfg.model.init, cfg.model.backbone, cfg.model.stem)
         self.method.to(self.device)
         self._setup_distributed()  # before the fast paths: SyncBatchNorm goes in before torch.compile
         self.fast = apply_fast_paths(self.method, cfg, self.device, self.train_data.n_samples, self.train_data.images.nbytes)
@@ -264,6 +247,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "rng": rng_state(),
             "data_info": dataclasses.asdict(self.info),
+            "init": self.init_record,
             **(extra or {}),
         }
 
@@ -294,6 +278,7 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
+        self.init_record = ckpt.get("init")
         self.start_epoch = int(ckpt["epoch"])
         log.info("resuming %s from epoch %d", self.out, self.start_epoch)
 
@@ -374,6 +359,7 @@ class Trainer:
         self._save(done, {"centers": pred.centers, "n_clusters": self.info.n_clusters} if pred is not None else None)
         if record is not None:
             record["checkpoint_hash"] = io.file_hash(self.out / io.CHECKPOINT)
+            record["init"] = self.init_record
             io.write_json(record, self.out / io.RESULTS)
             log.info("done: %s -> %s", _fmt(record), self.out)
         return self.dist.broadcast_object(record)  # every process returns rank 0's record
