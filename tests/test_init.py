@@ -287,3 +287,15 @@ def test_the_run_records_its_initial_weights(tmp_path: Path) -> None:
     assert record["init"] == want
     assert json.loads((out / io.RESULTS).read_text())["init"] == want
     assert io.load_checkpoint(out)["init"] == want
+
+
+def test_cdc_imagenet_config_asks_for_its_checkpoint_before_reading_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from deepclust.cli import packaged_config
+    from deepclust.config import deep_merge, load_yaml
+    from deepclust.engine import Trainer
+
+    monkeypatch.chdir(tmp_path)  # no checkpoint here, and no ImageNet either: the init error comes first
+    raw = deep_merge(load_yaml(packaged_config("cdc/imagenet")), {"data": {"data_dir": str(tmp_path / "none")}, "train": {"out": str(tmp_path / "run")}})
+    with pytest.raises(CheckpointError) as exc:
+        Trainer(resolve_config(raw))
+    _one_line(exc, "moco_v2_800ep_pretrain.pth.tar", "--init PATH", "MoCo v2")

@@ -44,7 +44,7 @@ from deepclust.engine.schedule import lr_factor
 from deepclust.errors import CheckpointError, ConfigError, DataError, DeepClustError
 from deepclust.methods import ClusteringMethod, DataInfo, create_method
 from deepclust.models import auto_backbone
-from deepclust.models.init import init_backbone
+from deepclust.models.init import check_source, init_backbone
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +169,8 @@ class Trainer:
         self.resume = resume
         self.out = Path(cfg.train.out) if cfg.train.out else default_run_dir(cfg)
         self._check_run_dir()
+        if cfg.model.init and not resume:
+            check_source(cfg.model.init)  # a missing file fails now, not after loading the data
         seed_everything(cfg.train.seed)
         # torchrun: join the process group; the device becomes cuda:LOCAL_RANK (no-op otherwise)
         self.dist, self.device = init_distributed(resolve_device(cfg.train.device))

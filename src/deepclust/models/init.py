@@ -40,7 +40,7 @@ from deepclust.models.backbones import ResNetBackbone
 
 log = logging.getLogger(__name__)
 
-__all__ = ["KINDS", "init_backbone", "map_resnet_keys", "read_source"]
+__all__ = ["KINDS", "check_source", "init_backbone", "map_resnet_keys", "read_source"]
 
 KINDS = ("a deepclust run, a torchvision ResNet state dict, a MoCo v2/v3, DINO or SwAV ResNet checkpoint, "
          "or torchvision:NAME.WEIGHTS")
@@ -114,10 +114,13 @@ def _read_file(path: Path) -> Any:
         raise CheckpointError(f"model.init '{path}' cannot be read ({type(exc).__name__}); it may be truncated or not a torch checkpoint") from None
 
 
-def read_source(source: str) -> tuple[Any, Path]:
-    """The loaded object and the file it came from (a run directory means its checkpoint)."""
-    if source.startswith(TORCHVISION):
-        return _torchvision_weights(source[len(TORCHVISION):])
+def check_source(source: str) -> None:
+    """Fail early (before a long data stage) when a file or run-directory source does not exist."""
+    if not source.startswith(TORCHVISION):
+        _source_path(source)
+
+
+def _source_path(source: str) -> Path:
     path = Path(source)
     if path.is_dir():
         path = path / CHECKPOINT
@@ -126,6 +129,14 @@ def read_source(source: str) -> tuple[Any, Path]:
             f"model.init: no file or run directory at '{path}'; pass the checkpoint to start from "
             f"(--init PATH or model.init=PATH): {KINDS}"
         )
+    return path
+
+
+def read_source(source: str) -> tuple[Any, Path]:
+    """The loaded object and the file it came from (a run directory means its checkpoint)."""
+    if source.startswith(TORCHVISION):
+        return _torchvision_weights(source[len(TORCHVISION):])
+    path = _source_path(source)
     return _read_file(path), path
 
 
