@@ -261,8 +261,12 @@ def test_torchvision_names_through_torchvisions_cache(tmp_path: Path, monkeypatc
     with pytest.raises(CheckpointError) as exc:
         init_backbone(backbone, "torchvision:resnet18.IMAGENET9K", "resnet18", "imagenet")
     _one_line(exc, "IMAGENET1K_V1")
-    sd = _tv().state_dict()
     cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_bytes(b"truncated")
+    with pytest.raises(CheckpointError) as exc:
+        init_backbone(backbone, "torchvision:resnet18.IMAGENET1K_V1", "resnet18", "imagenet")
+    _one_line(exc, "cannot be read", "delete it")
+    sd = _tv().state_dict()
     torch.save(sd, cached)  # where torchvision's get_state_dict looks before downloading
     record = init_backbone(backbone, "torchvision:resnet18.IMAGENET1K_V1", "resnet18", "imagenet")
     _assert_loaded(backbone, _encoder(sd))

@@ -85,13 +85,19 @@ def _torchvision_weights(spec: str) -> tuple[dict[str, torch.Tensor], Path]:
         names = ", ".join(w.name for w in enum)
         raise CheckpointError(f"--init {TORCHVISION}{spec}: {arch} has no weights '{name}'; choose one of {names} or DEFAULT") from None
     cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(weights.url).path)
-    if not cached.is_file():
+    was_cached = cached.is_file()
+    if not was_cached:
         log.info("downloading %s to torchvision's cache %s", weights.url, cached)
     try:
         # torch.hub prints 'Downloading: ...' itself; keep the CLI's output to its one error line.
         with contextlib.redirect_stdout(_io.StringIO()), contextlib.redirect_stderr(_io.StringIO()):
-            state = weights.get_state_dict(progress=False)
+            state = weights.get_state_dict(progress=False, check_hash=True)  # the hash prefix in the file name
     except Exception as exc:  # noqa: BLE001 - no network, a proxy, a bad hash: all mean "not available"
+        if was_cached:
+            raise CheckpointError(
+                f"torchvision's cached file {cached} cannot be read ({type(exc).__name__}); delete it so that it is "
+                f"downloaded again, or pass a file: --init PATH"
+            ) from None
         raise CheckpointError(
             f"torchvision weights '{arch}.{weights.name}' are not in torchvision's cache ({cached}) and could not "
             f"be downloaded ({type(exc).__name__}); fetch {weights.url} into that folder, or pass the file: --init PATH"
