@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import hashlib
 import json
 import urllib.error
@@ -27,8 +28,9 @@ from deepclust.models.init import init_backbone
 _HEAD_ROOTS = ("fc", "projection_head", "prototypes", "head", "predictor")
 
 
-def _tv(arch: str = "resnet18", seed: int = 0, fc: nn.Module | None = None) -> nn.Module:
-    torch.manual_seed(seed)
+@functools.lru_cache(maxsize=None)
+def _tv_base(arch: str) -> dict:
+    torch.manual_seed(0)
     net = getattr(tvm, arch)(weights=None)
     with torch.no_grad():  # BN buffers and affine away from their defaults, so a missed copy shows
         for m in net.modules():
@@ -37,10 +39,16 @@ def _tv(arch: str = "resnet18", seed: int = 0, fc: nn.Module | None = None) -> n
                 m.running_var.uniform_(0.5, 2.0)
                 m.weight.normal_()
                 m.bias.normal_()
-                m.num_batches_tracked.fill_(seed + 7)
-    if fc is not None:
-        net.fc = fc
-    return net
+                m.num_batches_tracked.fill_(7)
+    return net.state_dict()
+
+
+def _tv(arch: str = "resnet18", fc: nn.Module | None = None) -> dict:
+    """The state dict of torchvision's ``arch`` (built once per test session), with ``fc``
+    replaced by ``fc`` as the SSL codes do (nn.Identity: no fc keys)."""
+    base = _tv_base(arch)
+    sd = {k: v.clone() for k, v in base.items() if fc is None or not k.startswith("fc.")}
+    return sd if fc is None else {**sd, **_prefixed(fc.state_dict(), "fc.")}
 
 
 def _mlp(d: int, out: int = 128) -> nn.Sequential:
@@ -63,7 +71,7 @@ def _encoder(sd: dict) -> dict:
 
 
 def _moco_v2() -> tuple[dict, dict]:
-    q = _tv(fc=_mlp(512)).state_dict()
+    q = _tv(fc=_mlp(512))
     k = _other(q)
     sd = {**_prefixed(q, "module.encoder_q."), **_prefixed(k, "module.encoder_k."),
           "module.queue": torch.randn(128, 64), "module.queue_ptr": torch.zeros(1, dtype=torch.long)}
@@ -75,7 +83,7 @@ def _moco_v3() -> tuple[dict, dict]:
         layers = [nn.Linear(d_in, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(), nn.Linear(hidden, out, bias=False)]
         return nn.Sequential(*layers, *([nn.BatchNorm1d(out, affine=False)] if last_bn else []))
 
-    base = _tv(fc=mlp(512, 64, 32)).state_dict()
+    base = _tv(fc=mlp(512, 64, 32))
     momentum = _other(base)
     sd = {**_prefixed(base, "module.base_encoder."), **_prefixed(momentum, "module.momentum_encoder."),
           **_prefixed(mlp(32, 64, 32, last_bn=False).state_dict(), "module.predictor.")}
@@ -88,7 +96,7 @@ def _dino_head() -> dict:
 
 
 def _dino_training() -> tuple[dict, dict]:
-    teacher = _tv(fc=nn.Identity()).state_dict()
+    teacher = _tv(fc=nn.Identity())
     student = _other(teacher)
     ckpt = {
         "student": {**_prefixed(student, "module.backbone."), **_prefixed(_dino_head(), "module.")},
@@ -100,17 +108,17 @@ def _dino_training() -> tuple[dict, dict]:
 
 
 def _dino_state_dict() -> tuple[dict, dict]:
-    net = _tv(fc=nn.Identity()).state_dict()
+    net = _tv(fc=nn.Identity())
     return {"state_dict": {**_prefixed(net, "module.backbone."), **_prefixed(_dino_head(), "module.")}}, net
 
 
 def _dino_bare() -> tuple[dict, dict]:
-    net = _tv(fc=nn.Identity()).state_dict()
+    net = _tv(fc=nn.Identity())
     return {**_prefixed(net, "backbone."), **_dino_head()}, net
 
 
 def _swav() -> tuple[dict, dict]:
-    net = _tv(fc=nn.Identity()).state_dict()
+    net = _tv(fc=nn.Identity())
     proj = nn.Sequential(nn.Linear(512, 64), nn.BatchNorm1d(64), nn.ReLU(), nn.Linear(64, 16)).state_dict()
     sd = {**_prefixed(net, "module."), **_prefixed(proj, "module.projection_head."),
           "module.prototypes.weight": torch.randn(30, 16)}
@@ -118,7 +126,7 @@ def _swav() -> tuple[dict, dict]:
 
 
 def _torchvision() -> tuple[dict, dict]:
-    sd = _tv().state_dict()
+    sd = _tv()
     return sd, _encoder(sd)
 
 
@@ -154,7 +162,7 @@ def test_ssl_layouts_map_into_the_deepclust_resnet(layout: str, tmp_path: Path) 
 
 
 def test_torchvision_resnet50_loads_into_deepclust_resnet50_imagenet_stem(tmp_path: Path) -> None:
-    sd = _tv("resnet50").state_dict()
+    sd = _tv("resnet50")
     path = tmp_path / "r50.pth"
     torch.save(sd, path)
     backbone = create_backbone("resnet50", 3, "imagenet")
@@ -163,7 +171,7 @@ def test_torchvision_resnet50_loads_into_deepclust_resnet50_imagenet_stem(tmp_pa
 
 
 def test_releases_without_num_batches_tracked_load(tmp_path: Path) -> None:
-    sd = {k: v for k, v in _tv().state_dict().items() if not k.endswith("num_batches_tracked")}
+    sd = {k: v for k, v in _tv().items() if not k.endswith("num_batches_tracked")}
     torch.save(sd, tmp_path / "old.pth")
     backbone = create_backbone("resnet18", 3, "imagenet")
     init_backbone(backbone, str(tmp_path / "old.pth"), "resnet18", "imagenet")
@@ -178,8 +186,8 @@ def _one_line(exc: pytest.ExceptionInfo, *needles: str) -> None:
 
 
 def test_mismatches_name_the_first_key_that_does_not_fit(tmp_path: Path) -> None:
-    torch.save(_tv("resnet50").state_dict(), tmp_path / "r50.pth")
-    torch.save(_tv("resnet18").state_dict(), tmp_path / "r18.pth")
+    torch.save(_tv("resnet50"), tmp_path / "r50.pth")
+    torch.save(_tv("resnet18"), tmp_path / "r18.pth")
     with pytest.raises(CheckpointError) as exc:
         init_backbone(create_backbone("resnet18", 3, "imagenet"), str(tmp_path / "r50.pth"), "resnet18", "imagenet")
     _one_line(exc, "'layer1.0.conv1.weight'", "(64, 64, 1, 1)", "model.backbone=resnet50")
@@ -189,7 +197,7 @@ def test_mismatches_name_the_first_key_that_does_not_fit(tmp_path: Path) -> None
     with pytest.raises(CheckpointError) as exc:
         init_backbone(create_backbone("small_cnn", 1, "cifar"), str(tmp_path / "r18.pth"), "small_cnn", "cifar")
     _one_line(exc, "model.backbone=resnet18")
-    partial = {k: v for k, v in _tv().state_dict().items() if not k.startswith("layer4.1.")}
+    partial = {k: v for k, v in _tv().items() if not k.startswith("layer4.1.")}
     torch.save(partial, tmp_path / "cut.pth")
     with pytest.raises(CheckpointError) as exc:
         init_backbone(create_backbone("resnet18", 3, "imagenet"), str(tmp_path / "cut.pth"), "resnet18", "imagenet")
@@ -266,7 +274,7 @@ def test_torchvision_names_through_torchvisions_cache(tmp_path: Path, monkeypatc
     with pytest.raises(CheckpointError) as exc:
         init_backbone(backbone, "torchvision:resnet18.IMAGENET1K_V1", "resnet18", "imagenet")
     _one_line(exc, "cannot be read", "delete it")
-    sd = _tv().state_dict()
+    sd = _tv()
     torch.save(sd, cached)  # where torchvision's get_state_dict looks before downloading
     record = init_backbone(backbone, "torchvision:resnet18.IMAGENET1K_V1", "resnet18", "imagenet")
     _assert_loaded(backbone, _encoder(sd))
