@@ -273,7 +273,8 @@ def _add_train_flags(t: argparse.ArgumentParser, out_help: str) -> None:
     t.add_argument("--backbone", help="auto | small_cnn | resnet18 | resnet34 | resnet50")
     t.add_argument("--train-split", help="train | test | train+test | ...")
     t.add_argument("--eval-split", help="train | test | train+test | ...")
-    t.add_argument("--init", help="a deepclust run directory or checkpoint whose backbone initialises this model")
+    t.add_argument("--init", help="initial backbone weights: a deepclust run or checkpoint, a torchvision ResNet state dict, "
+                   "a MoCo v2/v3, DINO or SwAV ResNet checkpoint, or torchvision:NAME.WEIGHTS")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
