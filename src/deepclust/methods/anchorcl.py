@@ -49,7 +49,7 @@ with gradient; the anchor losses are means over each process's rows; :meth:`setu
 every process on all training images (same centres everywhere).
 
 The projector's output size is ``model.feature_dim`` (128). A pretrained warm start (the
-spec's ``init_from``) is the engine's ``model.init``: the backbone is loaded before
+spec's ``init_from``) is the engine's ``model.init`` (any checkpoint kind of models/init.py): the backbone is loaded before
 :meth:`setup`, so the centres are k-means on the pretrained features. Not implemented: the
 spec's non-default ``target_mode="full"`` (full-dataset DEC target refreshed every T steps).
 """
