@@ -104,6 +104,7 @@ class Sizes:
     min_part_s: float  # a part with less time than this is skipped
     floor_s: float  # a part's allotment is at least this (while the budget lasts): start-up costs
     margin_s: float  # kept free at the end of the budget for the last record write
+    child_env: tuple[tuple[str, str], ...] = ()  # environment of every part
 
 
 GPU_SIZES = Sizes(
@@ -120,7 +121,11 @@ def smoke_sizes(npz: Path) -> Sizes:
     return Sizes(overrides=over,
                  bench_args=("--warmup", "1", "--windows", "2", "--steps", "2", "--rounds", "1", "--workers", "1"),
                  tta_target=0.99, tta_train_cap_s=2.0, tta_startup_s=5.0, min_part_s=4.0, floor_s=30.0,
-                 margin_s=1.0)
+                 margin_s=1.0,
+                 # one thread: on a loaded 2-core machine the main process's OpenMP threads spin
+                 # while they wait and starve the reference loop's DataLoader worker (seen: a
+                 # 4 s bench stalled past 30 s at 2 threads)
+                 child_env=(("OMP_NUM_THREADS", "1"), ("MKL_NUM_THREADS", "1")))
 
 
 def part_overrides(part: Part, sizes: Sizes, smoke: bool) -> list[str]:
@@ -194,12 +199,14 @@ def check_data_dir(data_dir: str | None) -> Path:
 # ----------------------------------------------------------------- child processes
 
 
-def run_child(cmd: list[str], timeout: float, log_path: Path) -> tuple[int | None, str]:
+def run_child(cmd: list[str], timeout: float, log_path: Path,
+              extra_env: dict[str, str] | None = None) -> tuple[int | None, str]:
     """Run ``cmd`` in its own process group, output to ``log_path``; kill the group at ``timeout``.
 
     Returns (exit status, or None when it timed out; the last lines of its output)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1",
-           "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH")) if p)}
+           "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH")) if p),
+           **(extra_env or {})}
     with open(log_path, "w") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT, env=env, start_new_session=True)
         try:
@@ -409,12 +416,13 @@ def run_suite(ctx: Context, parts: list[Part], budget_s: float, record: dict[str
             continue
         cmd, info = part_command(part, ctx, allot, scratch)
         info["out"] = str(ctx.out)
-        entry.update(status="running", command=" ".join(["python", *cmd[1:]]), loadavg_start=loadavg(), **({"time_limit_s": info["time_limit_s"]}
-                                                                      if "time_limit_s" in info else {}))
+        entry.update(status="running", command=" ".join(["python", *cmd[1:]]), loadavg_start=loadavg())
+        if "time_limit_s" in info:
+            entry["time_limit_s"] = info["time_limit_s"]
         write_record(record, record_path)  # a kill now still says which part was running
         start = time.perf_counter()
         try:
-            rc, out_tail = run_child(cmd, allot, ctx.logs / f"{part.name}.log")
+            rc, out_tail = run_child(cmd, allot, ctx.logs / f"{part.name}.log", dict(ctx.sizes.child_env))
         except (Stopped, KeyboardInterrupt):
             entry.update(status="failed", seconds=round(time.perf_counter() - start, 1),
                          error="the suite was stopped during this part", log_tail=tail(ctx.logs / f"{part.name}.log"))
@@ -503,7 +511,8 @@ def suite(a: argparse.Namespace, argv: list[str]) -> int:
             "device": str(device), "machine": machine(device), "git": git_commit(),
             "command": " ".join(["python", "benchmarks/gpu_suite.py", *argv]),
             "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "data_dir": data_dir, "overrides": a.overrides, "speedup_goal": SPEEDUP_GOAL,
+            "data_dir": data_dir, "overrides": a.overrides, "child_env": dict(sizes.child_env),
+            "speedup_goal": SPEEDUP_GOAL,
             "parts": {}, "total_s": 0.0,
         }
         ctx = Context(device, data_dir, out, slug, sizes, a.smoke, list(a.overrides), Path(tmp))
