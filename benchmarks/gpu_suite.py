@@ -54,6 +54,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+T_START = time.perf_counter()  # the budget counts from here, imports included
 ROOT = Path(__file__).resolve().parents[1]
 if (ROOT / "src" / "deepclust").is_dir():  # measure this checkout, installed or not
     sys.path.insert(0, str(ROOT / "src"))
@@ -210,7 +211,10 @@ def run_child(cmd: list[str], timeout: float, log_path: Path,
            "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH")) if p),
            **(extra_env or {})}
     with open(log_path, "w") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT, env=env, start_new_session=True)
+        # its own process group (not session): one kill ends it with its workers, and whoever
+        # ends the suite's session still ends it
+        group: dict[str, Any] = {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT, env=env, **group)
         try:
             rc: int | None = proc.wait(timeout=max(timeout, 0.1))
         except BaseException:  # the timeout, or the suite itself being stopped: the part goes too
@@ -398,7 +402,7 @@ def _on_term(signum: int, frame: Any) -> None:
 
 def run_suite(ctx: Context, parts: list[Part], budget_s: float, record: dict[str, Any], record_path: Path) -> bool:
     """Run the parts in order inside the budget; rewrite the record after each. True if all ok."""
-    t0 = time.perf_counter()
+    t0 = T_START
     deadline = t0 + budget_s - ctx.sizes.margin_s
     scratch = Path(tempfile.mkdtemp(prefix="deepclust-suite-"))
     all_ok = True
