@@ -10,15 +10,19 @@ On the GPU machine (carry ``data``; nothing needs installing: the script puts th
 
     python3 benchmarks/gpu_suite.py --data-dir data --budget-s 540 --out "$OUT"
 
-Without ``--out`` the records go to ``benchmarks/results/``. Parts, in order, each in a child
-process with a timeout (a crash or a hang in one part loses nothing of the others):
+``data`` is 18 MB of the 64 MiB that may travel; the suite writes 5 files (of the 8 that come back
+from ``$OUT``, which come back even when the command is killed: copy them to
+``benchmarks/results/`` here). Without ``--out`` the records go to ``benchmarks/results/``.
+Parts, in order, each in a child process with a timeout (a crash or a hang in one part loses
+nothing of the others):
 
 - ``train_<method>`` for idfd, secu, cdc, anchorcl: 1 epoch of ``cifar10-jpeg`` with the
   packaged ``<method>/cifar10`` config under the GPU defaults (bf16 autocast, channels_last,
   fused optimiser, data on the device) through the library's own trainer: status, final loss
   (finite), images/s of the epoch, the trainer's own ``train_images_per_s``, peak memory;
 - ``bench_idfd``, ``bench_secu``: ``deepclust bench`` against the published-style reference loop
-  (the goal is a speed-up of 3x or more);
+  (the goal is a speed-up of 3x or more; the configs' 2,000 epochs switch ``torch.compile`` on,
+  and its compile falls in the warm-up steps);
 - ``tta_idfd``: ``benchmarks/time_to_accuracy.py`` for IDFD on CIFAR-10 (train+test) in the
   time that is left, with its curve (JSON and PNG).
 
@@ -404,7 +408,6 @@ def run_suite(ctx: Context, parts: list[Part], budget_s: float, record: dict[str
     """Run the parts in order inside the budget; rewrite the record after each. True if all ok."""
     t0 = T_START
     deadline = t0 + budget_s - ctx.sizes.margin_s
-    scratch = Path(tempfile.mkdtemp(prefix="deepclust-suite-"))
     all_ok = True
     for i, part in enumerate(parts):
         left = deadline - time.perf_counter()
@@ -420,7 +423,7 @@ def run_suite(ctx: Context, parts: list[Part], budget_s: float, record: dict[str
             write_record(record, record_path)
             print(f"[{i + 1}/{len(parts)}] {summary(part, entry)}", flush=True)
             continue
-        cmd, info = part_command(part, ctx, allot, scratch)
+        cmd, info = part_command(part, ctx, allot, ctx.logs)
         info["out"] = str(ctx.out)
         entry.update(status="running", command=" ".join(["python", *cmd[1:]]), loadavg_start=loadavg())
         if "time_limit_s" in info:
