@@ -8,9 +8,10 @@ Trains with the packaged ``<method>/<data>`` config (train+test protocol on ``--
 as the method predicts) gives ACC / NMI / ARI. The run stops at the first evaluation with
 ACC >= ``--target``, when the training time passes ``--time-limit`` seconds, or at the config's
 last epoch (its schedule ends there). Training time excludes the evaluations; wall time
-includes them. Writes (to ``--out-dir``, default ``benchmarks/results/``) ``tta_<method>_<dataset>_<split>_<device>[_<tag>].json``
-(the curve of (train time, wall time, epoch, ACC, NMI, ARI), the outcome, the machine, the
-command, the date) and a PNG plot of ACC against training time beside it.
+includes them. Writes ``tta_<method>_<dataset>_<split>_<device>[_<tag>].json`` (``train+test``
+written ``traintest``) to ``--out-dir`` (default ``benchmarks/results/``): the curve of (train
+time, wall time, epoch, ACC, NMI, ARI), the outcome, the machine, the command, the date; and a
+PNG plot of ACC against training time beside it.
 """
 
 from __future__ import annotations
@@ -156,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(["python", "benchmarks/time_to_accuracy.py", *(argv if argv is not None else sys.argv[1:])]),
         "date": date,
     }
-    name = f"tta_{cfg.method}_{_file_part(rec['dataset'])}_{a.split}_{trainer.device.type}{'_' + a.tag if a.tag else ''}"
+    split = a.split.replace("+", "")  # train+test -> traintest: file names of letters, digits, . _ - only
+    name = f"tta_{cfg.method}_{_file_part(rec['dataset'])}_{split}_{trainer.device.type}{'_' + a.tag if a.tag else ''}"
     out_dir = Path(a.out_dir)
     path = write_record(rec, out_dir / f"{name}.json")
     if curve and "acc" in curve[0]:

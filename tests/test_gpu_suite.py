@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import re
 import signal
 import subprocess
 import sys
@@ -72,6 +73,8 @@ def test_smoke_runs_every_part_and_writes_a_complete_record(tmp_path: Path) -> N
     f = tta["figures"]
     assert f["curve"] and all(0.0 <= p["acc"] <= 1.0 for p in f["curve"])
     assert (tmp_path / f["record_file"]).is_file() and (tmp_path / f["plot_file"]).is_file()
+    # every file must come back from the GPU machine's $OUT: names of letters, digits, . _ - only
+    assert all(re.fullmatch(r"[A-Za-z0-9._-]+", p.name) for p in tmp_path.iterdir()), sorted(tmp_path.iterdir())
     assert f["outcome"] in ("target reached", "time limit")
     # the curve a killed run leaves in its log is read back the same way (the tail: its last epochs)
     from_log = _suite_module().tta_curve_from_log(tta["log_tail"])
