@@ -88,6 +88,7 @@ class AnchorCL(ClusteringMethod):
 
     name = "anchorcl"
     prediction = "head_argmax"
+    stem_init = "kaiming"  # every convolution Kaiming-normal (spec/anchor.md 2), the CIFAR stem too
 
     @dataclass
     class Options:

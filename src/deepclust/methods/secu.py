@@ -142,6 +142,7 @@ class SeCu(ClusteringMethod):
     """SeCu (see module docstring)."""
 
     name = "secu"
+    stem_init = "kaiming"  # SeCu's (SCAN's) ResNets Kaiming-initialise the stem too (secu.md 8)
     prediction = "head_argmax"
     eval_head = 0  # the head whose K equals n_clusters
 
