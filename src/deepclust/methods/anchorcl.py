@@ -75,7 +75,7 @@ from deepclust.cluster import kmeans
 from deepclust.config import Config
 from deepclust.errors import ConfigError
 from deepclust.losses.contrastive import nt_xent_loss
-from deepclust.losses.dec import anchor_loss, dec_loss, student_t_assignment
+from deepclust.losses.dec import anchor_loss, dec_loss, dec_target, student_t_assignment
 from deepclust.methods.base import ClusteringMethod, DataInfo, StepOutput
 from deepclust.metrics import evaluate
 from deepclust.models import mlp_projector
