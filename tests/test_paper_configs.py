@@ -151,3 +151,18 @@ def test_every_paper_config_is_in_the_table() -> None:
     # configs other sessions add may arrive before their row; list them to make that visible
     missing = shipped - adaptations - set(TABLE) - {"secu/cifar100"}
     assert not missing, f"paper configs without a row in TABLE: {sorted(missing)}"
+
+
+@pytest.mark.parametrize("name", [n for n in sorted(TABLE) if "train.amp" in TABLE[n]])
+def test_stated_precision_is_what_a_gpu_run_uses(name: str) -> None:
+    """``train.amp`` as the engine reads it on a CUDA device (no GPU needed to resolve it): fp16
+    (with the trainer's GradScaler) for SeCu, no autocast (fp32) for IDFD and AnchorCL, where
+    ``auto`` would have been bf16."""
+    import torch
+
+    from deepclust.engine.device import amp_dtype
+
+    amp = resolve_config(load_yaml(packaged_config(name))).train.amp
+    cuda = torch.device("cuda")
+    expected = {"fp16": torch.float16, "off": None}[TABLE[name]["train.amp"]]
+    assert amp_dtype(amp, cuda) is expected and amp_dtype("auto", cuda) is torch.bfloat16
