@@ -159,7 +159,7 @@ def cmd_selflabel(args: argparse.Namespace) -> int:
     from deepclust.selflabel import selflabel
 
     record = selflabel(args.run_dir, epochs=args.epochs, threshold=args.threshold, batch_size=args.batch_size,
-                       out=args.out, device=args.device, progress=not args.quiet)
+                       temperature=args.temperature, out=args.out, device=args.device, progress=not args.quiet)
     _print_record(record)
     return 0
 
@@ -243,8 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     sl = sub.add_parser("selflabel", help="second stage: self-label a finished run (SCAN settings)")
     sl.add_argument("run_dir")
-    sl.add_argument("--epochs", type=int, default=200)
+    sl.add_argument("--epochs", type=int, default=None, help="default: SCAN's 100 on STL-10, 200 elsewhere")
     sl.add_argument("--threshold", type=float, default=0.99)
+    sl.add_argument("--temperature", type=float, default=None,
+                    help="cosine-classifier temperature; it decides which samples can pass the threshold "
+                         "(default min(SeCu's t_w, 0.1), else 0.1)")
     sl.add_argument("--batch-size", type=int, default=1000)
     sl.add_argument("--out", default=None, help="output run directory (default RUN_DIR/selflabel)")
     sl.add_argument("--device", default="auto")

@@ -197,7 +197,8 @@ def make_record(
     device: torch.device,
     checkpoint_hash: str | None = None,
 ) -> dict[str, Any]:
-    """The result record of spec/evaluation.md 2.1, with acc/nmi/ari also at the top level."""
+    """The result record of spec/evaluation.md 2.1, with acc/nmi/ari/ami also at the top level
+    (AMI: scikit-learn's adjusted mutual information, arithmetic normalisation, float64)."""
     y_pred = pred.labels.cpu().numpy()
     record: dict[str, Any] = {
         "method": cfg.method,
@@ -221,12 +222,14 @@ def make_record(
         "config_hash": config_hash(cfg),
     }
     if eval_data.has_labels:
-        scores = evaluate(eval_data.labels.numpy(), y_pred)
-        record.update({"acc": scores["acc"], "nmi": scores["nmi"], "ari": scores["ari"]})
+        # extra=True: AMI beside ACC/NMI/ARI (anchor.md 7, cdc.md 4 and evaluation.md report it)
+        scores = evaluate(eval_data.labels.numpy(), y_pred, extra=True)
+        record.update({k: scores[k] for k in ("acc", "nmi", "ari", "ami")})
         record["n_eval"] = scores.get("n_eval", len(y_pred))
         record["n_excluded"] = scores.get("n_excluded", 0)
-        record["metrics"] = {k: scores[k] for k in ("acc", "nmi", "ari")}
-        record["metric_defs"] = {"acc": "hungarian_one_to_one", "nmi_average": "arithmetic"}
+        record["metrics"] = {k: scores[k] for k in ("acc", "nmi", "ari", "ami")}
+        record["metric_defs"] = {"acc": "hungarian_one_to_one", "nmi_average": "arithmetic",
+                                 "ami_average": "arithmetic"}
     else:
         record["n_eval"] = len(y_pred)
     return record

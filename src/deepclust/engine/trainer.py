@@ -448,7 +448,7 @@ def _saved_epoch(out: Path) -> int | str:
 
 
 def _short(record: dict[str, Any]) -> dict[str, Any]:
-    keys = ("epoch", "acc", "nmi", "ari", "protocol", "split", "cluster_sizes")
+    keys = ("epoch", "acc", "nmi", "ari", "ami", "protocol", "split", "cluster_sizes", "extras")
     return {k: record[k] for k in keys if k in record}
 
 

@@ -74,6 +74,9 @@ class ClusteringMethod(nn.Module):
     name: ClassVar[str] = ""
     #: "kmeans" (k-means on :meth:`infer` features) or "head_argmax" (argmax of its probabilities)
     prediction: ClassVar[str] = "kmeans"
+    #: initialisation of a ResNet's stem convolution: "default" (PyTorch's, IDFD's code) or
+    #: "kaiming" (normal, fan-out, as SCAN's and SeCu's ResNets)
+    stem_init: ClassVar[str] = "default"
     # ----- distributed (torchrun): global-batch gathers; the trainer sets its handle here ---------
     #: single process by default, whose gathers return their input (see deepclust/collectives.py)
     dist: Collectives = SINGLE_PROCESS
@@ -132,7 +135,8 @@ class ClusteringMethod(nn.Module):
         # The MLP reads feature vectors, or flattened images (C x H x W) when chosen for images.
         in_dim = info.n_features or info.n_channels * info.image_size * info.image_size
         return create_backbone(
-            name, info.n_channels, auto_stem if stem == "auto" else stem, in_dim=in_dim, width=self.cfg.model.width
+            name, info.n_channels, auto_stem if stem == "auto" else stem, in_dim=in_dim, width=self.cfg.model.width,
+            stem_init=self.stem_init,
         )
 
     # ----- hooks the trainer calls ----------------------------------------------------------

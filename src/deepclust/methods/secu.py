@@ -90,10 +90,14 @@ def secu_dual_update(dual: torch.Tensor, labels: torch.Tensor, lower_ratio: floa
     """Projected dual ascent for the lower bound n_k >= gamma N / K, from one (global) batch:
 
         rho_k <- max(0, rho_k + lr * (gamma / K - n_k / B)),   n_k = #{i : labels_i = k}.
+
+    The projection onto rho >= 0 applies when gamma < 1 (a lower bound's multiplier), as in the
+    official code; gamma >= 1 (an equality-like target) leaves the duals unclamped there too.
     """
     k = dual.numel()
     frac = torch.bincount(labels.view(-1), minlength=k).float() / labels.numel()
-    return (dual.float() + lr * (lower_ratio / k - frac)).clamp_min(0.0)
+    step = dual.float() + lr * (lower_ratio / k - frac)
+    return step.clamp_min(0.0) if lower_ratio < 1 else step
 
 
 def _xlogx(p: torch.Tensor) -> torch.Tensor:
@@ -144,6 +148,7 @@ class SeCu(ClusteringMethod):
     """SeCu (see module docstring)."""
 
     name = "secu"
+    stem_init = "kaiming"  # SeCu's (SCAN's) ResNets Kaiming-initialise the stem too (secu.md 8)
     prediction = "head_argmax"
     eval_head = 0  # the head whose K equals n_clusters
 
