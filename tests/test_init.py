@@ -302,7 +302,7 @@ def test_the_run_records_its_initial_weights(tmp_path: Path) -> None:
 
 
 def test_cdc_imagenet_config_asks_for_its_checkpoint_before_reading_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from deepclust.cli import packaged_config
+    from deepclust.config import packaged_config
     from deepclust.config import deep_merge, load_yaml
     from deepclust.engine import Trainer
 

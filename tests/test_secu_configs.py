@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from deepclust.cli import packaged_config
+from deepclust.config import packaged_config
 from deepclust.config import Config, load_yaml, resolve_config
 
 
