@@ -173,6 +173,10 @@ class AnchorCL(ClusteringMethod):
         with torch.autocast(h.device.type, enabled=False):
             return student_t_assignment(h.float(), self.centers.float(), self.opts.alpha)
 
+    def stream_views(self) -> list[nn.Module]:
+        # the clean "anchor" view is the plain resize of the whole image
+        return [self.eval_transform, self.augment, self.augment]
+
     def training_step(self, images: torch.Tensor, indices: torch.Tensor, epoch: int) -> StepOutput:
         if not bool(self.centers_initialized):
             raise RuntimeError("AnchorCL's centres are not initialised: call setup(train_images) before training")
