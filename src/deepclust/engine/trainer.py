@@ -324,12 +324,11 @@ class Trainer:
             record["distributed"] = {"world_size": self.dist.world, "backend": self.dist.backend, "sync_bn": self.cfg.train.sync_bn}
         return add_extras(record, self.method, pred, self.eval_data), pred
 
-    # ----- the loop ----------------------------------------------------------------------------
-    def fit(self) -> dict[str, Any]:
-        cfg, method, main = self.cfg, self.method, self.dist.is_main
-        if main:  # under torchrun only rank 0 writes the run directory
-            self.out.mkdir(parents=True, exist_ok=True)
-            save_config(self.cfg, self.out / io.CONFIG)
+    def place_data(self) -> Any:
+        """The training images where the loop reads them, and ``self.stream`` (None: resident):
+        streamed from disk (engine/stream_loader.py), resident on the device, or gathered from
+        host memory (engine/loader.py). Returns what :meth:`ClusteringMethod.setup` sees."""
+        cfg, method = self.cfg, self.method
         if isinstance(self.train_data, StreamData):  # decoded from disk by workers (engine/stream_loader.py)
             images = self.train_data.view(ViewSpec("plain"))  # what setup() sees: the whole images, resized
             self.stream = StreamLoader(self.train_data, method.stream_views(), self.device, cfg.train.seed,
@@ -339,6 +338,15 @@ class Trainer:
         else:  # too big for the device: batches stream from host memory (engine/loader.py)
             images = self.train_data.images
             self.stream = BatchStream(images, self.device, max(1, cfg.train.batch_size // self.dist.world))
+        return images
+
+    # ----- the loop ----------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        cfg, method, main = self.cfg, self.method, self.dist.is_main
+        if main:  # under torchrun only rank 0 writes the run directory
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_config(self.cfg, self.out / io.CONFIG)
+        images = self.place_data()
         n, bs, epochs = self.train_data.n_samples, cfg.train.batch_size, cfg.train.epochs
         iters = n // bs if cfg.train.drop_last else math.ceil(n / bs)
         if iters == 0:
