@@ -225,6 +225,26 @@ def test_imagenet_configs_train_on_an_imagenet_tree(tmp_path: Path, name: str, c
     assert len(warned) == 1 and "replaced" in warned[0]
 
 
+def test_anchorcl_trains_on_a_streamed_folder(tmp_path: Path) -> None:
+    # three views per image (the plain anchor and two crops) and setup() on the plain views
+    from deepclust.config import resolve_config
+    from deepclust.engine import train
+
+    for k in range(3):
+        for j in range(12):
+            _jpeg(tmp_path / "f" / f"c{k}" / f"{j}.jpg", 30 + 3 * j, 50 - j, k)
+    cfg = resolve_config({
+        "method": "anchorcl",
+        "data": {"name": f"folder:{tmp_path / 'f'}", "image_size": 16, "stream": True, "workers": 1},
+        "model": {"backbone": "small_cnn", "width": 8, "feature_dim": 16},
+        "train": {"epochs": 1, "batch_size": 12, "device": "cpu", "progress": False, "out": str(tmp_path / "run")},
+        "method_args": {"init_batch_size": 8, "init_n_init": 1},
+        "eval": {"n_init": 1},
+    })
+    rec = train(cfg)
+    assert rec["dataset"].startswith("folder:") and rec["n_eval"] == 36 and rec["protocol"] == "train+test"
+
+
 def test_streamed_resume_is_exact(tmp_path: Path) -> None:
     # IDFD: its in-memory resume is exact (tests/test_train_e2e.py); CDC's is not, streamed or not
     from deepclust.config import resolve_config

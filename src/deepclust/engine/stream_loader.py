@@ -98,8 +98,20 @@ class StreamLoader:
         from torchvision.io import ImageReadMode, decode_jpeg
 
         mode = ImageReadMode.RGB if self.data.n_channels == 3 else ImageReadMode.GRAY
-        images = decode_jpeg(raw, mode=mode, device=self.device)
-        per = [decode_views_tensor(None, self.specs, self.data.size, self.data.mode,
-                                   sample_rng(self.seed, self.epoch, int(i)), image=img)
+        try:
+            images: list[torch.Tensor | None] = list(decode_jpeg(raw, mode=mode, device=self.device))
+        except RuntimeError:  # one bad file fails the batched call: decode one by one
+            images = []
+            for r in raw:
+                try:
+                    images.append(decode_jpeg(r, mode=mode, device=self.device))
+                except RuntimeError:
+                    images.append(None)
+        s, c = self.data.size, self.data.n_channels
+        failed = [self.data.files[int(i)] for img, i in zip(images, idx.tolist()) if img is None]
+        if failed:
+            self.data.report_failed(failed, "not decodable on the GPU, shown as black images")
+        per = [decode_views_tensor(None, self.specs, s, self.data.mode, sample_rng(self.seed, self.epoch, int(i)), image=img)
+               if img is not None else [torch.zeros(c, s, s, dtype=torch.uint8, device=self.device)] * len(self.specs)
                for img, i in zip(images, idx.tolist())]
         return [torch.stack([p[k] for p in per]) for k in range(len(self.specs))]
