@@ -269,3 +269,23 @@ def test_streamed_resume_is_exact(tmp_path: Path) -> None:
     a, b = io.load_checkpoint(tmp_path / "straight")["model"], io.load_checkpoint(tmp_path / "split")["model"]
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=f"{k} differs after a streamed resume")
+
+
+@pytest.mark.parametrize("layout", ["none", "empty-wnid", "no-val"])
+def test_cli_bad_imagenet_is_one_line_exit_2(tmp_path: Path, layout: str, capsys) -> None:
+    from deepclust.cli import main
+
+    if layout != "none":
+        make_imagenet(tmp_path, n_cls=2, train=2, val=1)
+        if layout == "empty-wnid":
+            (tmp_path / "imagenet" / "train" / "n00000009").mkdir()
+        else:
+            for f in (tmp_path / "imagenet" / "val").rglob("*.JPEG"):
+                f.unlink()
+            for d in (tmp_path / "imagenet" / "val").iterdir():
+                d.rmdir()
+            (tmp_path / "imagenet" / "val").rmdir()
+    code = main(["-q", "train", "secu/imagenet", "--data-dir", str(tmp_path), "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    lines = [x for x in err.strip().splitlines() if not x.startswith(("WARNING", "INFO"))]
+    assert code == 2 and len(lines) == 1 and "imagenet" in lines[0] and "Traceback" not in err, err
