@@ -5,8 +5,8 @@ in-memory path on the same images, and peak resident memory.
 
 Makes (once) two folders of JPEGs under ``--root``: ``small`` (``--n`` images, 128-320 px, random
 aspect ratios, 8 classes) and ``large`` (``--n-large`` images, 48-96 px). Every measurement runs
-in a fresh child process so that its peak RSS (``ru_maxrss`` of the process, and the largest of
-its DataLoader workers) is its own:
+in a fresh child process; its peak memory is the PSS of the process plus its DataLoader workers,
+sampled every 50 ms:
 
 - ``loader``: the :class:`~deepclust.engine.stream_loader.StreamLoader` alone, ``--batches``
   batches of ``--batch-size`` random indices with IDFD's one view (and SeCu's two), for each
@@ -22,11 +22,9 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import gc
 import json
 import logging
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -58,10 +56,59 @@ def make_folder(root: Path, n: int, lo: int, hi: int, seed: int) -> Path:
     return root
 
 
+def _pss_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _children(pid: int) -> list[int]:
+    kids: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            kids += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return kids
+
+
+class PeakMemory:
+    """Peak proportional set size (PSS: shared pages split between the processes that map them)
+    of this process plus its DataLoader workers, sampled every 50 ms by a thread. ``ru_maxrss``
+    would not do: on Linux it carries the parent's peak over fork and exec."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.peak_kb = self.peak_self_kb = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        me = os.getpid()
+        while not self._stop.is_set():
+            own = _pss_kb(me)
+            self.peak_self_kb = max(self.peak_self_kb, own)
+            self.peak_kb = max(self.peak_kb, own + sum(_pss_kb(c) for c in _children(me)))
+            self._stop.wait(0.05)
+
+    def stop(self) -> dict[str, float]:
+        self._stop.set()
+        self._thread.join()
+        return {"peak_pss_mb_total": round(self.peak_kb / 1024, 1), "peak_pss_mb_main": round(self.peak_self_kb / 1024, 1)}
+
+
+MEM: PeakMemory | None = None
+
+
 def peak_rss() -> dict[str, float]:
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return {"peak_rss_mb": round(own, 1), "peak_worker_rss_mb": round(kids, 1)}
+    assert MEM is not None
+    return MEM.stop()
 
 
 def child_loader(a: argparse.Namespace) -> dict:
@@ -71,6 +118,7 @@ def child_loader(a: argparse.Namespace) -> dict:
     from deepclust.data import open_dataset
     from deepclust.engine.stream_loader import StreamLoader
 
+    base = _pss_kb(os.getpid()) / 1024  # after the imports, before any data
     t0 = time.perf_counter()
     data = open_dataset(f"folder:{a.folder}", "train", image_size=a.size, stream=True, decoder=a.decoder, workers=a.workers)
     open_s = time.perf_counter() - t0
@@ -86,8 +134,7 @@ def child_loader(a: argparse.Namespace) -> dict:
         t = now
     steady = sum(times[2:])  # the first two batches include the worker start
     n_workers = loader.workers
-    del loader  # joins the workers, so that their peak RSS is counted
-    gc.collect()
+    mem = peak_rss()  # before the workers are shut down
     n, c, s = data.n_samples, data.n_channels, data.size
     return {
         "kind": "loader", "decoder": a.decoder, "views": a.views, "n_files": n, "workers": n_workers,
@@ -95,7 +142,7 @@ def child_loader(a: argparse.Namespace) -> dict:
         "images_per_s": round(a.batches * a.batch_size / steady, 1),
         "open_s": round(open_s, 2), "file_list_mb": round(data.files.nbytes / 2**20, 2),
         "decoded_dataset_mb_at_size": round(n * c * s * s / 2**20, 1),
-        "decoded_dataset_mb_at_224": round(n * c * 224 * 224 / 2**20, 1), **peak_rss(),
+        "decoded_dataset_mb_at_224": round(n * c * 224 * 224 / 2**20, 1), "pss_mb_after_imports": round(base, 1), **mem,
     }
 
 
@@ -112,6 +159,7 @@ def child_epoch(a: argparse.Namespace) -> dict:
         "model": {"backbone": "resnet18", "stem": "cifar"},
         "train": {"epochs": 1, "batch_size": a.batch_size, "device": "cpu", "progress": False, "out": str(Path(a.root) / f"run_{a.stream}_{os.getpid()}")},
     })
+    base = _pss_kb(os.getpid()) / 1024  # after the imports, before any data
     tr = Trainer(cfg)
     images = tr.place_data()
     n = tr.train_data.n_samples
@@ -120,11 +168,11 @@ def child_epoch(a: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     logs = tr._train_epoch(images, 0, iters)
     wall = time.perf_counter() - t0
-    del tr, images  # joins the stream's workers, so that their peak RSS is counted
-    gc.collect()
+    mem = peak_rss()
     return {"kind": "epoch", "data": a.stream, "n_files": n, "size": a.size, "batch_size": a.batch_size,
             "workers": a.workers, "backbone": "resnet18", "method": "idfd", "epoch_s": round(wall, 2),
-            "images_per_s": round(n / wall, 1), "loss": round(logs["loss"], 4), **peak_rss()}
+            "images_per_s": round(n / wall, 1), "loss": round(logs["loss"], 4),
+            "decoded_dataset_mb_at_size": round(n * 3 * a.size * a.size / 2**20, 1), "pss_mb_after_imports": round(base, 1), **mem}
 
 
 def run_child(args: list[str]) -> dict:
@@ -155,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stream", default="stream", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.child:
+        global MEM
+        MEM = PeakMemory()  # started after the imports of this script, before deepclust's
         logging.basicConfig(level=logging.WARNING)
         print(json.dumps(child_loader(a) if a.child == "loader" else child_epoch(a)))
         return 0

@@ -37,7 +37,7 @@ class DataConfig:
     stored_size: int | None = None  # in memory: None keeps the native size (or the input size for folders)
     stream: bool | str = "auto"  # auto: folders stream when decoded they exceed memory_budget_gb; imagenet always
     memory_budget_gb: float | None = None  # None: a quarter of the physical memory
-    eval_crop: float | None = None  # streamed evaluation: centred fraction of the shorter side (None: 0.875 imagenet, 1 folders)
+    eval_crop: float | None = None  # streamed evaluation: centred fraction of the shorter side (None: 0.875 imagenet, whole image folders)
     decoder: str = "pil"  # streamed decoding: pil | torchvision (benchmarks/stream.py)
     workers: int | None = None  # streamed decoding processes (None: cores - 1, at most 8)
     gpu_decode: bool = False  # CUDA: decode the JPEGs of a streamed batch on the GPU (unmeasured)

@@ -90,7 +90,7 @@ def stream_imagenet(data_dir: Path, split: str, size: int, eval_crop: float = 0.
                       "imagenet", split, size, 3, eval_crop, decoder, workers)
 
 
-def stream_folder(root: Path, files: list[Path], split: str, size: int, n_channels: int, eval_crop: float = 1.0,
+def stream_folder(root: Path, files: list[Path], split: str, size: int, n_channels: int, eval_crop: float | None = None,
                   decoder: str = "pil", workers: int | None = None) -> StreamData:
     """``folder:PATH`` streamed: labels from the sub-folders when every image sits in one."""
     rel = [f.relative_to(root).as_posix() for f in files]

@@ -112,4 +112,4 @@ def _maybe_stream_folder(
         folder._warn_skipped(sorted(f.relative_to(root).as_posix() for f in bad), str(root))
         drop = set(bad)
         files = [f for f in files if f not in drop]
-    return stream_folder(root, files, split, size, channels, 1.0 if eval_crop is None else eval_crop, decoder, workers)
+    return stream_folder(root, files, split, size, channels, eval_crop, decoder, workers)

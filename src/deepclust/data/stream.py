@@ -47,7 +47,7 @@ class StreamData:
 
     ``files`` the images, ``labels`` int64 (N,) (-1 unknown), ``size`` the input size S every
     view is cut to, ``n_channels`` 1 or 3, ``eval_crop`` the centred fraction of the shorter side
-    that evaluation sees, ``decoder`` pil | torchvision, ``workers`` None: see
+    that evaluation sees (None: the whole image resized, as the in-memory folders store it), ``decoder`` pil | torchvision, ``workers`` None: see
     :func:`default_stream_workers`.
     """
 
@@ -58,7 +58,7 @@ class StreamData:
     split: str
     size: int
     n_channels: int = 3
-    eval_crop: float = 1.0
+    eval_crop: float | None = None
     decoder: str = "pil"
     workers: int | None = None
     reported: set[str] = field(default_factory=set, repr=False)
@@ -71,7 +71,7 @@ class StreamData:
             raise DataError(f"dataset {self.name!r} split {self.split!r} holds no images")
         if self.decoder not in DECODERS:
             raise DataError(f"data.decoder must be one of {', '.join(DECODERS)}, got {self.decoder!r}")
-        if not 0.0 < self.eval_crop <= 1.0:
+        if self.eval_crop is not None and not 0.0 < self.eval_crop <= 1.0:
             raise DataError(f"data.eval_crop must be in (0, 1], got {self.eval_crop!r}")
 
     # ----- the ImageData surface the engine uses ---------------------------------------------
@@ -107,7 +107,7 @@ class StreamData:
     @property
     def images(self) -> LazyImages:
         """The evaluation view of every image (decoded on use)."""
-        return self.view(ViewSpec("center", crop=self.eval_crop))
+        return self.view(ViewSpec("plain") if self.eval_crop is None else ViewSpec("center", crop=self.eval_crop))
 
     def view(self, spec: ViewSpec) -> LazyImages:
         return LazyImages(self, spec, np.arange(self.n_samples, dtype=np.int64))
