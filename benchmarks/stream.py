@@ -8,6 +8,8 @@ aspect ratios, 8 classes) and ``large`` (``--n-large`` images, 48-96 px). Every 
 in a fresh child process; its peak memory is the PSS of the process plus its DataLoader workers,
 sampled every 50 ms:
 
+- ``decode_one_core``: milliseconds per image of each decoder (pil, torchvision) in one
+  process, fastest of 3 passes over 150 files, at 64 and 224 px, one and two views;
 - ``loader``: the :class:`~deepclust.engine.stream_loader.StreamLoader` alone, ``--batches``
   batches of ``--batch-size`` random indices with IDFD's one view (and SeCu's two), for each
   decoder (pil, torchvision), on the small folder, and with pil on the large one;
@@ -42,16 +44,19 @@ def make_folder(root: Path, n: int, lo: int, hi: int, seed: int) -> Path:
     done = root / ".complete"
     if done.is_file() and done.read_text() == str(n):
         return root
-    rng = np.random.default_rng(seed)
     for i in range(n):
         k = i % 8
+        d = root / f"c{k}"
+        f = d / f"{i:07d}.jpg"
+        if f.is_file():  # a smaller run made it already
+            continue
+        rng = np.random.default_rng([seed, i])
         h, w = (int(v) for v in rng.integers(lo, hi + 1, 2))
         yy, xx = np.mgrid[0:h, 0:w]
         img = np.stack([(xx * 7 + k * 30) % 256, (yy * 5) % 256, np.full_like(xx, 32 * k)], -1)
         img = np.clip(img + rng.integers(0, 40, (h, w, 3)), 0, 255).astype(np.uint8)
-        d = root / f"c{k}"
         d.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(img).save(d / f"{i:07d}.jpg", quality=85)
+        Image.fromarray(img).save(f, quality=85)
     done.write_text(str(n))
     return root
 
@@ -156,7 +161,7 @@ def child_epoch(a: argparse.Namespace) -> dict:
         "method": "idfd", "n_clusters": 8,
         "data": {"name": f"folder:{a.folder}", "image_size": a.size, "stream": a.stream == "stream",
                  "workers": a.workers, "mean": [0.5] * 3, "std": [0.25] * 3},
-        "model": {"backbone": "resnet18", "stem": "cifar"},
+        "model": {"backbone": "resnet18", "stem": a.stem},
         "train": {"epochs": 1, "batch_size": a.batch_size, "device": "cpu", "progress": False, "out": str(Path(a.root) / f"run_{a.stream}_{os.getpid()}")},
     })
     base = _pss_kb(os.getpid()) / 1024  # after the imports, before any data
@@ -170,9 +175,31 @@ def child_epoch(a: argparse.Namespace) -> dict:
     wall = time.perf_counter() - t0
     mem = peak_rss()
     return {"kind": "epoch", "data": a.stream, "n_files": n, "size": a.size, "batch_size": a.batch_size,
-            "workers": a.workers, "backbone": "resnet18", "method": "idfd", "epoch_s": round(wall, 2),
+            "workers": a.workers, "backbone": "resnet18", "stem": tr.cfg.model.stem, "method": "idfd", "epoch_s": round(wall, 2),
             "images_per_s": round(n / wall, 1), "loss": round(logs["loss"], 4),
             "decoded_dataset_mb_at_size": round(n * 3 * a.size * a.size / 2**20, 1), "pss_mb_after_imports": round(base, 1), **mem}
+
+
+def decode_times(folder: Path, sizes: list[int], files: int = 150, repeats: int = 3) -> list[dict]:
+    """Milliseconds per image of each decoder on one core, in this process: the fastest of
+    ``repeats`` passes over the same files (the minimum is the figure least disturbed by load)."""
+    from deepclust.data.crops import ViewSpec, decode_views, sample_rng
+
+    paths = sorted(folder.rglob("*.jpg"))[:files]
+    out = []
+    for size in sizes:
+        for views in (1, 2):
+            specs = [ViewSpec("random", (0.2, 1.0))] * views
+            for dec in ("pil", "torchvision"):
+                best = float("inf")
+                for _ in range(repeats):
+                    t = time.perf_counter()
+                    for i, p in enumerate(paths):
+                        decode_views(p, specs, size, "RGB", sample_rng(0, 0, i), dec)
+                    best = min(best, time.perf_counter() - t)
+                out.append({"decoder": dec, "size": size, "views": views, "ms_per_image": round(1000 * best / len(paths), 3)})
+                logging.info("%s", out[-1])
+    return out
 
 
 def run_child(args: list[str]) -> dict:
@@ -194,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--batches", type=int, default=12)
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--stem", default="auto", help="ResNet-18 stem of the epochs (auto: the library's choice for the size)")
     p.add_argument("--skip-epochs", action="store_true")
     p.add_argument("--tag", default="")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -218,7 +246,12 @@ def main(argv: list[str] | None = None) -> int:
     small = make_folder(root / "small", a.n, 128, 320, 0)
     large = make_folder(root / "large", a.n_large, 48, 96, 1) if a.n_large else None
     logging.info("folders ready in %.0f s", time.perf_counter() - t)
-    common = ["--size", str(a.size), "--batch-size", str(a.batch_size), "--workers", str(a.workers), "--root", str(root)]
+    common = ["--size", str(a.size), "--batch-size", str(a.batch_size), "--workers", str(a.workers), "--root", str(root),
+              "--stem", a.stem]
+    import torch
+
+    torch.set_num_threads(1)  # one core, as in a loader worker
+    decoders = decode_times(small, [64, 224])
     loaders = []
     for dec in ("pil", "torchvision"):
         for views in (1, 2):
@@ -228,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         loaders.append(run_child(["loader", "--folder", str(large), "--decoder", "pil", "--views", "1",
                                   "--batches", str(a.batches), *common]))
     epochs = [] if a.skip_epochs else [run_child(["epoch", "--folder", str(small), "--stream", s, *common]) for s in ("stream", "memory")]
-    rec: dict = {"benchmark": "stream", "loaders": loaders, "epochs": epochs}
+    rec: dict = {"benchmark": "stream", "decode_one_core": decoders, "loaders": loaders, "epochs": epochs}
     one = {(r["decoder"], r["views"], r["n_files"]): r["images_per_s"] for r in loaders}
     if epochs:
         step = next(e for e in epochs if e["data"] == "memory")["images_per_s"]
