@@ -35,14 +35,8 @@ _FLAGS = {
 }
 
 
-def packaged_config(name: str) -> Path | None:
-    """``idfd/cifar10`` -> the config shipped in the package, if there is one."""
-    p = Path(__file__).parent / "configs" / (name if name.endswith(".yaml") else f"{name}.yaml")
-    return p if p.is_file() else None
-
-
 def _config_from_args(positional: Sequence[str], flags: dict[str, Any]) -> dict[str, Any]:
-    from deepclust.config import deep_merge, load_yaml, parse_override
+    from deepclust.config import deep_merge, load_yaml, nest, packaged_config, parse_override
 
     raw: dict[str, Any] = {}
     rest = list(positional)
@@ -55,18 +49,8 @@ def _config_from_args(positional: Sequence[str], flags: dict[str, Any]) -> dict[
     for flag, key in _FLAGS.items():
         value = flags.get(flag)
         if value is not None:
-            raw = deep_merge(raw, parse_override(f"{key}={value}") if not isinstance(value, str) else _nest(key, value))
+            raw = deep_merge(raw, parse_override(f"{key}={value}") if not isinstance(value, str) else nest(key, value))
     return raw
-
-
-def _nest(key: str, value: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    node = out
-    parts = key.split(".")
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
-    node[parts[-1]] = value
-    return out
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -289,7 +273,8 @@ def _add_train_flags(t: argparse.ArgumentParser, out_help: str) -> None:
     t.add_argument("--backbone", help="auto | small_cnn | resnet18 | resnet34 | resnet50")
     t.add_argument("--train-split", help="train | test | train+test | ...")
     t.add_argument("--eval-split", help="train | test | train+test | ...")
-    t.add_argument("--init", help="a deepclust run directory or checkpoint whose backbone initialises this model")
+    t.add_argument("--init", help="initial backbone weights: a deepclust run or checkpoint, a torchvision ResNet state dict, "
+                   "a MoCo v2/v3, DINO or SwAV ResNet checkpoint, or torchvision:NAME.WEIGHTS")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-import deepclust
+from deepclust._version import __version__
 from deepclust.cluster import assign_to_centers, kmeans, kmeans_distributed
 from deepclust.collectives import Collectives, split_sizes
 from deepclust.config import Config
@@ -221,7 +221,7 @@ def make_record(
         "n_classes": eval_data.n_classes if eval_data.has_labels else None,
         "backbone": cfg.model.backbone,
         "cluster_sizes": {k: v for k, v in cluster_size_stats(y_pred, n_clusters).items()},
-        "library_version": deepclust.__version__,
+        "library_version": __version__,
         "device": str(device),
         "config_hash": config_hash(cfg),
     }

@@ -49,7 +49,7 @@ with gradient; the anchor losses are means over each process's rows; :meth:`setu
 every process on all training images (same centres everywhere).
 
 The projector's output size is ``model.feature_dim`` (128). A pretrained warm start (the
-spec's ``init_from``) is the engine's ``model.init``: the backbone is loaded before
+spec's ``init_from``) is the engine's ``model.init`` (any checkpoint kind of models/init.py): the backbone is loaded before
 :meth:`setup`, so the centres are k-means on the pretrained features. Not implemented: the
 spec's non-default ``target_mode="full"`` (full-dataset DEC target refreshed every T steps).
 """
@@ -58,20 +58,22 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from deepclust.augment import Augment, EvalTransform
 from deepclust.cluster import kmeans
-from deepclust.config import Config
 from deepclust.errors import ConfigError
 from deepclust.losses.contrastive import nt_xent_loss
 from deepclust.losses.dec import anchor_loss, dec_loss, student_t_assignment
 from deepclust.methods.base import ClusteringMethod, DataInfo, StepOutput
 from deepclust.metrics import evaluate
 from deepclust.models import mlp_projector
+
+if TYPE_CHECKING:  # type hints only: config resolution imports the methods, not the reverse
+    from deepclust.config import Config
 
 log = logging.getLogger(__name__)
 

@@ -61,19 +61,21 @@ import dataclasses
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from deepclust.augment import Augment
-from deepclust.config import Config
 from deepclust.errors import ConfigError
 from deepclust.losses.secu import secu_center_loss, secu_representation_loss
 from deepclust.methods.base import ClusteringMethod, DataInfo, StepOutput
 from deepclust.metrics import acc_many_to_one, nmi
 from deepclust.models import mlp_projector
+
+if TYPE_CHECKING:  # type hints only: config resolution imports the methods, not the reverse
+    from deepclust.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -349,6 +351,9 @@ class SeCu(ClusteringMethod):
         feats = self(x).float()
         c = F.normalize(self.centers[self.eval_head].detach().float(), dim=1)
         return feats, F.softmax(feats @ c.t() / self.opts.temperature_w, dim=1)
+
+    def head_centers(self) -> tuple[torch.Tensor, float]:
+        return self.centers[self.eval_head].detach(), float(self.opts.temperature_w)
 
     @torch.no_grad()
     def evaluation_extras(self, features: torch.Tensor, y_true: torch.Tensor | None) -> dict[str, Any]:
