@@ -196,14 +196,13 @@ def test_stored_size_is_native_for_fixed_size_datasets() -> None:
 
 
 def _imagenet_cfg(name: str, data_dir: Path, out: Path, epochs: int = 1, **extra):
-    from deepclust.cli import packaged_config
-    from deepclust.config import deep_merge, load_yaml, resolve_config
+    from deepclust.config import deep_merge, load_yaml, packaged_config, resolve_config
 
     raw = load_yaml(packaged_config(name))
     small = {
         "n_clusters": 4,
         "data": {"data_dir": str(data_dir), "image_size": 16, "workers": 1},
-        "model": {"backbone": "small_cnn", "stem": "cifar", "width": 8},
+        "model": {"backbone": "small_cnn", "stem": "cifar", "width": 8, "init": None},  # no SSL checkpoint here
         "optim": {"warmup_epochs": 0},
         "train": {"epochs": epochs, "batch_size": 40, "device": "cpu", "progress": False, "out": str(out),
                   "eval_every": 0, "checkpoint_every": 1},
