@@ -292,3 +292,17 @@ def test_cli_bad_imagenet_is_one_line_exit_2(tmp_path: Path, layout: str, capsys
     err = capsys.readouterr().err
     lines = [x for x in err.strip().splitlines() if not x.startswith(("WARNING", "INFO"))]
     assert code == 2 and len(lines) == 1 and "imagenet" in lines[0] and "Traceback" not in err, err
+
+
+def test_report_thumbnails_decode_only_the_rows_shown(tmp_path: Path) -> None:
+    from deepclust.report.build import _thumbnail_images
+
+    for j in range(9):
+        _jpeg(tmp_path / "f" / f"{j}.jpg", 20 + j, 30, j)
+    data = open_dataset(f"folder:{tmp_path / 'f'}", "train", image_size=12, stream=True, workers=0)
+    everything = data.images[torch.arange(9)].numpy()
+    nearest = [np.array([7, 2]), np.array([], dtype=np.int64), np.array([2, 5, 0])]
+    shown, rows = _thumbnail_images(data.images, nearest)
+    assert len(shown) == 4  # rows 0, 2, 5, 7 only
+    for r, want in zip(rows, nearest):
+        np.testing.assert_array_equal(shown[r], everything[want])
