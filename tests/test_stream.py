@@ -306,3 +306,53 @@ def test_report_thumbnails_decode_only_the_rows_shown(tmp_path: Path) -> None:
     assert len(shown) == 4  # rows 0, 2, 5, 7 only
     for r, want in zip(rows, nearest):
         np.testing.assert_array_equal(shown[r], everything[want])
+
+
+def _stream_raw(data_dir: Path, out: Path) -> dict:
+    return {
+        "method": "idfd", "n_clusters": 4,
+        "data": {"name": "imagenet", "train_split": "train", "eval_split": "val", "data_dir": str(data_dir),
+                 "image_size": 12, "workers": 1, "mean": [0.5] * 3, "std": [0.25] * 3},
+        "model": {"backbone": "small_cnn", "width": 8, "feature_dim": 16},
+        "optim": {"schedule": "constant", "lr": 0.01},
+        "train": {"epochs": 1, "batch_size": 32, "device": "cpu", "progress": False, "out": str(out),
+                  "sync_bn": True, "seed": 3},
+        # the streamed crops do not depend on the process; the on-device steps are identities
+        "augment": {"crop_scale": [0.3, 1.0], "jitter": [0, 0, 0, 0], "jitter_p": 0.0, "grayscale_p": 0.0, "flip_p": 0.0},
+        "eval": {"n_init": 1},
+    }
+
+
+def _stream_worker(rank: int, port: int, raw: dict) -> None:
+    import os
+
+    from deepclust.config import resolve_config
+    from deepclust.engine import train
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
+                      LOCAL_RANK=str(rank), DEEPCLUST_DIST_TIMEOUT="120")
+    torch.set_num_threads(1)
+    train(resolve_config(raw))
+
+
+@pytest.mark.slow  # two spawned gloo processes: about 80 s at load 8 on 2 cores, like tests/test_distributed.py
+def test_two_processes_streaming_their_rows_equal_one_process(tmp_path: Path) -> None:
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from deepclust.config import resolve_config
+    from deepclust.engine import io, train
+
+    make_imagenet(tmp_path / "data", n_cls=4, train=18, val=2)  # 72 images: steps of 32, 32, 8 rows
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    mp.spawn(_stream_worker, args=(port, _stream_raw(tmp_path / "data", tmp_path / "two")), nprocs=2, join=True)
+    train(resolve_config(_stream_raw(tmp_path / "data", tmp_path / "one")))
+    a, b = io.load_checkpoint(tmp_path / "two")["model"], io.load_checkpoint(tmp_path / "one")["model"]
+    for k in a:
+        if a[k].is_floating_point():
+            torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=f"{k}: 2 streaming processes differ from 1")
+        else:
+            assert torch.equal(a[k], b[k]), k
