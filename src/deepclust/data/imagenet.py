@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from deepclust.data.filelist import FileList
 from deepclust.data.folder import IMAGE_EXTENSIONS, list_image_files
@@ -72,7 +73,7 @@ def stream_imagenet(data_dir: Path, split: str, size: int, eval_crop: float = 0.
     paths: list[str] = []
     labels: list[np.ndarray] = []
     empty = []
-    for w in present:
+    for w in tqdm(present, desc=f"listing imagenet/{split}", disable=len(present) < 50, leave=False):
         names = _images_in(part / w)
         if not names:
             empty.append(w)
