@@ -33,6 +33,14 @@ class DataConfig:
     image_size: int | None = None  # None: the dataset's native size
     mean: list[float] | None = None  # None: per-channel statistics of the training images
     std: list[float] | None = None
+    # Storage and streaming (data/open.py, data/stream.py)
+    stored_size: int | None = None  # in memory: None keeps the native size (or the input size for folders)
+    stream: bool | str = "auto"  # auto: folders stream when decoded they exceed memory_budget_gb; imagenet always
+    memory_budget_gb: float | None = None  # None: a quarter of the physical memory
+    eval_crop: float | None = None  # streamed evaluation: centred fraction of the shorter side (None: 0.875 imagenet, whole image folders)
+    decoder: str = "pil"  # streamed decoding: pil | torchvision (benchmarks/stream.py)
+    workers: int | None = None  # streamed decoding processes (None: cores - 1, at most 8)
+    gpu_decode: bool = False  # CUDA: decode the JPEGs of a streamed batch on the GPU (unmeasured)
 
 
 @dataclass

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from deepclust.augment import ops
+from deepclust.augment.views import ViewBatch
 from deepclust.errors import ConfigError
 
 __all__ = ["AugmentConfig", "Augment", "EvalTransform", "StrongAugment"]
@@ -158,11 +159,13 @@ class Augment(_Normalizing):
         self.cfg = cfg
         self.size = int(size)
 
-    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def forward(self, x: Tensor | ViewBatch, generator: torch.Generator | None = None) -> Tensor:
         cfg = self.cfg
-        x = ops.to_float(x)
+        cut = isinstance(x, ViewBatch)  # streamed: the loader cut this view from the file already
+        x = ops.to_float(x.take(self) if isinstance(x, ViewBatch) else x)
         self._check_channels(x)
-        x = ops.random_resized_crop(x, self.size, cfg.crop_scale, cfg.crop_ratio, generator)
+        if not cut:
+            x = ops.random_resized_crop(x, self.size, cfg.crop_scale, cfg.crop_ratio, generator)
         x = ops.color_jitter(x, *cfg.jitter, p=cfg.jitter_p, generator=generator)
         # zero-probability steps are skipped outright: they would be identities anyway
         if cfg.grayscale_p > 0:
@@ -193,8 +196,8 @@ class EvalTransform(_Normalizing):
         super().__init__(mean, std)
         self.size = int(size)
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = ops.to_float(x)
+    def forward(self, x: Tensor | ViewBatch) -> Tensor:
+        x = ops.to_float(x.take(self) if isinstance(x, ViewBatch) else x)
         self._check_channels(x)
         return self._normalize(_resize_if_needed(x, self.size))
 

@@ -51,8 +51,13 @@ def infer_images(
     method.eval()
     feats, probs = [], []
     try:
-        for start in tqdm(range(0, len(images), batch_size), desc="features", leave=False, disable=not progress):
-            x = method.eval_transform(images[start : start + batch_size].to(device, non_blocking=True))
+        if hasattr(images, "batches"):  # streamed (data/stream.py LazyImages): decoded by workers
+            chunks = images.batches(batch_size, device)
+        else:
+            chunks = (images[s : s + batch_size].to(device, non_blocking=True) for s in range(0, len(images), batch_size))
+        total = -(-len(images) // batch_size)
+        for chunk in tqdm(chunks, total=total, desc="features", leave=False, disable=not progress):
+            x = method.eval_transform(chunk)
             with autocast(device, amp):
                 f, p = method.infer(x)
             feats.append(f.float())

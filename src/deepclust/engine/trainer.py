@@ -24,8 +24,9 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from deepclust.config import Config, save_config
-from deepclust.data import ImageData, load_dataset
+from deepclust.data import ImageData, StreamData, open_dataset
 from deepclust.data.base import FeatureData
+from deepclust.data.crops import ViewSpec
 from deepclust.engine import io
 from deepclust.engine.device import amp_dtype, autocast, resolve_device, rng_state, seed_everything, set_rng_state
 from deepclust.engine.distributed import (
@@ -39,6 +40,7 @@ from deepclust.engine.distributed import (
 from deepclust.engine.fastpath import apply_fast_paths, make_optimizer
 from deepclust.engine.lars import LARS
 from deepclust.engine.loader import BatchStream
+from deepclust.engine.stream_loader import StreamLoader
 from deepclust.engine.evaluate import Prediction, add_extras, make_record, predict
 from deepclust.engine.schedule import lr_factor
 from deepclust.errors import CheckpointError, ConfigError, DataError, DeepClustError
@@ -54,9 +56,18 @@ def default_run_dir(cfg: Config) -> Path:
     return Path("runs") / f"{cfg.method}_{Path(name).stem or 'data'}_s{cfg.train.seed}"
 
 
+def open_split(cfg: Config, split: str) -> ImageData | StreamData:
+    """One split of ``cfg.data``: in memory at its stored size, or streamed (data/open.py)."""
+    d = cfg.data
+    return open_dataset(
+        d.name, split, d.data_dir, d.image_size, stored_size=d.stored_size, stream=d.stream,
+        memory_budget_gb=d.memory_budget_gb, eval_crop=d.eval_crop, decoder=d.decoder, workers=d.workers,
+    )
+
+
 def load_data(
     cfg: Config, data: ImageData | tuple[ImageData, ImageData] | None = None
-) -> tuple[ImageData, ImageData]:
+) -> tuple[ImageData | StreamData, ImageData | StreamData]:
     """The training and the evaluated images (the same object under train+test).
 
     ``data``: in-memory data from the caller (e.g. the estimator) used instead of reading
@@ -69,8 +80,8 @@ def load_data(
         if not (isinstance(train, ImageData) and isinstance(evald, ImageData)):
             raise DataError("in-memory data must be an ImageData or FeatureData, or a (train, eval) pair of them")
     else:
-        train = load_dataset(d.name, d.train_split, d.data_dir, d.image_size)
-        evald = train if d.eval_split == d.train_split else load_dataset(d.name, d.eval_split, d.data_dir, d.image_size)
+        train = open_split(cfg, d.train_split)
+        evald = train if d.eval_split == d.train_split else open_split(cfg, d.eval_split)
     if train.n_samples == 0:
         raise DataError(f"dataset '{d.name}' split '{d.train_split}' holds no images")
     return train, evald
@@ -82,7 +93,9 @@ def data_info(cfg: Config, train: ImageData, evald: ImageData) -> DataInfo:
         return _feature_info(cfg, train, evald)
     size = cfg.data.image_size or int(train.images.shape[-1])
     c = train.n_channels
-    if cfg.data.mean is None or cfg.data.std is None:
+    if isinstance(train, StreamData) and (cfg.data.mean is None or cfg.data.std is None):
+        mean, std = train.channel_stats(seed=cfg.train.seed)  # a seeded sample of files, decoded
+    elif cfg.data.mean is None or cfg.data.std is None:
         # Statistics of the training images, on a sample to keep this cheap for big sets.
         sample = train.images[torch.randperm(train.n_samples, generator=torch.Generator().manual_seed(0))[:10000]]
         x = sample.float().div_(255).transpose(0, 1).reshape(c, -1)
@@ -185,7 +198,9 @@ class Trainer:
             self.init_record = init_backbone(self.method.backbone, cfg.model.init, cfg.model.backbone, cfg.model.stem)
         self.method.to(self.device)
         self._setup_distributed()  # before the fast paths: SyncBatchNorm goes in before torch.compile
-        self.fast = apply_fast_paths(self.method, cfg, self.device, self.train_data.n_samples, self.train_data.images.nbytes)
+        streamed = isinstance(self.train_data, StreamData)  # only the file list is in memory
+        self.fast = apply_fast_paths(self.method, cfg, self.device, self.train_data.n_samples,
+                                     0 if streamed else self.train_data.images.nbytes)
         self.optimizer = build_optimizer(cfg, self.method)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         self.start_epoch = 0
@@ -299,17 +314,29 @@ class Trainer:
             record["distributed"] = {"world_size": self.dist.world, "backend": self.dist.backend, "sync_bn": self.cfg.train.sync_bn}
         return add_extras(record, self.method, pred, self.eval_data), pred
 
+    def place_data(self) -> Any:
+        """The training images where the loop reads them, and ``self.stream`` (None: resident):
+        streamed from disk (engine/stream_loader.py), resident on the device, or gathered from
+        host memory (engine/loader.py). Returns what :meth:`ClusteringMethod.setup` sees."""
+        cfg, method = self.cfg, self.method
+        if isinstance(self.train_data, StreamData):  # decoded from disk by workers (engine/stream_loader.py)
+            images = self.train_data.view(ViewSpec("plain"))  # what setup() sees: the whole images, resized
+            self.stream = StreamLoader(self.train_data, method.stream_views(), self.device, cfg.train.seed,
+                                       workers=cfg.data.workers, gpu_decode=cfg.data.gpu_decode)
+        elif self.fast.data_on_device:
+            images, self.stream = self.train_data.images.to(self.device), None
+        else:  # too big for the device: batches stream from host memory (engine/loader.py)
+            images = self.train_data.images
+            self.stream = BatchStream(images, self.device, max(1, cfg.train.batch_size // self.dist.world))
+        return images
+
     # ----- the loop ----------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
         cfg, method, main = self.cfg, self.method, self.dist.is_main
         if main:  # under torchrun only rank 0 writes the run directory
             self.out.mkdir(parents=True, exist_ok=True)
             save_config(self.cfg, self.out / io.CONFIG)
-        if self.fast.data_on_device:
-            images, self.stream = self.train_data.images.to(self.device), None
-        else:  # too big for the device: batches stream from host memory (engine/loader.py)
-            images = self.train_data.images
-            self.stream = BatchStream(images, self.device, max(1, cfg.train.batch_size // self.dist.world))
+        images = self.place_data()
         n, bs, epochs = self.train_data.n_samples, cfg.train.batch_size, cfg.train.epochs
         iters = n // bs if cfg.train.drop_last else math.ceil(n / bs)
         if iters == 0:
@@ -393,6 +420,8 @@ class Trainer:
                     continue
                 idx = idx[rows]
             plan.append((it, len(perm[it * bs : (it + 1) * bs]), idx))
+        if isinstance(stream, StreamLoader):
+            stream.set_epoch(epoch)  # crops of this epoch: per-sample generators of (seed, epoch, index)
         batches = stream.batches_of([p[2] for p in plan]) if stream is not None else ((images[p[2]], p[2]) for p in plan)
         for (it, n_global, _), (batch, idx) in zip(plan, batches):
             if d.enabled:

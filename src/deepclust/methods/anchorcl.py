@@ -217,6 +217,10 @@ class AnchorCL(ClusteringMethod):
             self.q_store[self.dist.gather(indices)] = self.dist.gather(q.detach().float())
         return loss
 
+    def stream_views(self) -> list[nn.Module]:
+        # the clean "anchor" view is the plain resize of the whole image
+        return [self.eval_transform, self.augment, self.augment]
+
     def training_step(self, images: torch.Tensor, indices: torch.Tensor, epoch: int) -> StepOutput:
         if not bool(self.centers_initialized):
             raise RuntimeError("AnchorCL's centres are not initialised: call setup(train_images) before training")

@@ -147,6 +147,11 @@ class ClusteringMethod(nn.Module):
     def on_epoch_start(self, epoch: int) -> None:
         """Called at the start of every epoch (0-based)."""
 
+    def stream_views(self) -> list[nn.Module]:
+        """The pipelines :meth:`training_step` calls on its batch, in call order, once per call:
+        streamed data arrive with one view cut per entry (augment/views.py)."""
+        return [self.augment]
+
     def training_step(self, images: torch.Tensor, indices: torch.Tensor, epoch: int) -> StepOutput:
         """One step on uint8 images (B, C, H, W) (float (B, D) in feature mode) on the device with
         their instance indices."""

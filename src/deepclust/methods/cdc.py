@@ -203,6 +203,9 @@ class CDC(ClusteringMethod):
         return sinkhorn(s, self.opts.sinkhorn_iters, self.opts.sinkhorn_eps)[: logits.shape[0]]
 
     # ----- training ------------------------------------------------------------------------------
+    def stream_views(self) -> list[nn.Module]:
+        return [self.augment, self.augment]
+
     def training_step(self, images: torch.Tensor, indices: torch.Tensor, epoch: int) -> StepOutput:
         o = self.opts
         b = images.shape[0]

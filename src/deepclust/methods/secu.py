@@ -307,6 +307,9 @@ class SeCu(ClusteringMethod):
         labels[idx] = y
         return y, torch.where(old >= 0, old, y)
 
+    def stream_views(self) -> list[nn.Module]:
+        return [self.augment, self.augment2]
+
     def training_step(self, images: torch.Tensor, indices: torch.Tensor, epoch: int) -> StepOutput:
         o = self.opts
         x1, q1 = self._branches(self.augment(images))
