@@ -71,6 +71,7 @@ from deepclust.losses.contrastive import nt_xent_loss
 from deepclust.losses.dec import anchor_loss, dec_loss, student_t_assignment
 from deepclust.methods.base import ClusteringMethod, DataInfo, StepOutput
 from deepclust.metrics import evaluate
+from deepclust.precision import fp32
 from deepclust.models import mlp_projector
 
 log = logging.getLogger(__name__)
@@ -170,7 +171,7 @@ class AnchorCL(ClusteringMethod):
     # ----- training ---------------------------------------------------------------------------
     def _assign(self, h: torch.Tensor) -> torch.Tensor:
         # Student-t head in float32 even under autocast: bf16 distances of raw features are too coarse.
-        with torch.autocast(h.device.type, enabled=False):
+        with fp32(h):
             return student_t_assignment(h.float(), self.centers.float(), self.opts.alpha)
 
     def training_step(self, images: torch.Tensor, indices: torch.Tensor, epoch: int) -> StepOutput:
