@@ -45,6 +45,7 @@ def test_the_four_methods_are_covered() -> None:
     assert sorted(list_methods()) == sorted(METHODS)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("amp", list(AMP))
 @pytest.mark.parametrize("method", METHODS)
 def test_cli_trains_two_epochs_under_autocast_with_fast_paths(method: str, amp: str, tmp_path: Path, capsys) -> None:

@@ -23,6 +23,7 @@ def _cc_available() -> bool:
     return any(shutil.which(c) for c in ("cc", "gcc", "clang", "g++"))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _cc_available(), reason="inductor on the CPU needs a C compiler")
 def test_compiled_backbone_gives_the_eager_step() -> None:
     cfg = resolve_config({

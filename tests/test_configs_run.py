@@ -84,6 +84,7 @@ def cuda_defaults(raw: dict, channels: int) -> dict:
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", CONFIGS, ids=[str(p.relative_to(ROOT)) for p in CONFIGS])
 def test_config_trains_two_steps_under_its_cuda_fast_paths(path: Path, tmp_path: Path) -> None:
     raw = load_yaml(path)
