@@ -191,3 +191,22 @@ def test_every_public_loss_has_a_case() -> None:
 
     assert set(COVERS) == set(losses.__all__), "a new public loss needs an autocast case here"
     assert set(COVERS.values()) <= set(CASES)
+
+
+# ----------------------------------------------------------------------------- the helpers
+
+
+def test_fp32_block_leaves_autocast_and_full_promotes_half_only() -> None:
+    from deepclust.precision import fp32, full
+
+    a, b = torch.randn(4, 5), torch.randn(5, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert (a.float() @ b.float()).dtype == torch.bfloat16  # why casting inside autocast is not enough
+        with fp32(a):
+            assert (a @ b).dtype == torch.float32
+            assert (full(a.bfloat16()) @ full(b.half())).dtype == torch.float32
+        assert (a @ b).dtype == torch.bfloat16  # autocast is back after the block
+    assert full(a.double()).dtype == torch.float64 and full(torch.arange(3)).dtype == torch.int64
+    for where in (a, torch.device("cpu"), "cpu", [1.0]):
+        with fp32(where):
+            pass
