@@ -43,14 +43,14 @@ class ModelConfig:
     stem: str = "auto"  # cifar | stl | imagenet | auto (from the image size)
     feature_dim: int = 128
     width: int = 32  # small_cnn: channels of the first stage (then 2x, 4x)
-    init: str | None = None  # a run directory or checkpoint whose backbone initialises this one
+    init: str | None = None  # initial backbone weights: a run, an SSL / torchvision checkpoint, torchvision:NAME.WEIGHTS (models/init.py)
 
 
 @dataclass
 class OptimConfig:
     """Optimiser and learning-rate schedule (stepped per iteration)."""
 
-    name: str = "sgd"  # sgd | adam | adamw
+    name: str = "sgd"  # sgd | adam | adamw | lars (engine/lars.py)
     lr: float = 0.03
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -59,6 +59,7 @@ class OptimConfig:
     milestones: list[int] = field(default_factory=list)  # epochs, for "step"
     gamma: float = 0.1
     warmup_epochs: int = 0
+    trust_coefficient: float = 0.001  # lars only: eta in eta * ||w|| / ||g + wd * w||
     fused: bool | str = "auto"  # auto: fused kernels where torch has them for this device (engine/fastpath.py)
 
 
@@ -218,13 +219,24 @@ def parse_override(text: str) -> dict[str, Any]:
         value = yaml.safe_load(raw) if raw != "" else None
     except yaml.YAMLError:
         value = raw
+    return nest(key.strip(), value)
+
+
+def nest(key: str, value: Any) -> dict[str, Any]:
+    """``("train.epochs", 10)`` -> ``{"train": {"epochs": 10}}`` (the value as given, unparsed)."""
     out: dict[str, Any] = {}
     node = out
-    parts = key.strip().split(".")
+    parts = key.split(".")
     for p in parts[:-1]:
         node = node.setdefault(p, {})
     node[parts[-1]] = value
     return out
+
+
+def packaged_config(name: str) -> Path | None:
+    """``idfd/cifar10`` -> the config shipped in the package, if there is one."""
+    p = Path(__file__).parent / "configs" / (name if name.endswith(".yaml") else f"{name}.yaml")
+    return p if p.is_file() else None
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -273,8 +285,22 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"train.amp must be auto, bf16, fp16 or off, got '{cfg.train.amp}'")
     if cfg.optim.schedule not in ("constant", "step", "cosine"):
         raise ConfigError(f"optim.schedule must be constant, step or cosine, got '{cfg.optim.schedule}'")
-    if cfg.optim.name not in ("sgd", "adam", "adamw"):
-        raise ConfigError(f"optim.name must be sgd, adam or adamw, got '{cfg.optim.name}'")
+    if cfg.optim.name not in ("sgd", "adam", "adamw", "lars"):
+        raise ConfigError(f"optim.name must be sgd, adam, adamw or lars, got '{cfg.optim.name}'")
+    if cfg.optim.name == "lars":
+        _validate_lars(cfg.optim)
+
+
+def _validate_lars(o: OptimConfig) -> None:
+    """LARS (engine/lars.py): momentum in [0, 1), weight decay >= 0, trust coefficient > 0."""
+    if not 0 <= o.momentum < 1:
+        raise ConfigError(f"optim.momentum must be in [0, 1) for lars, got {o.momentum}")
+    if o.weight_decay < 0:
+        raise ConfigError(f"optim.weight_decay must be >= 0 for lars, got {o.weight_decay}")
+    if o.trust_coefficient <= 0:
+        raise ConfigError(f"optim.trust_coefficient must be > 0 for lars (SeCu uses 0.001), got {o.trust_coefficient}")
+    if o.nesterov:
+        raise ConfigError("optim.nesterov is not supported by lars; set optim.nesterov=false")
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

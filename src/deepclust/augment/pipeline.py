@@ -206,13 +206,14 @@ class StrongAugment(_Normalizing):
     """SCAN's strong view for self-labelling (secu.md section 12).
 
     uint8 -> float -> (resize if the size differs) -> horizontal flip (0.5) -> random crop of
-    ``size`` after zero padding by ``padding`` -> RandAugment (``n_ops`` ops) -> normalise ->
-    Cutout with one hole of side 1..``cutout_max`` filled with 0, i.e. the mean colour, after
+    ``size`` after zero padding by ``padding`` (0: SCAN crops to the training size without
+    padding, so no shift) -> RandAugment (``n_ops`` ops) -> normalise -> Cutout with one hole of
+    side 2 (L // 2), L in 1..``cutout_max``, filled with 0, i.e. the mean colour, after
     normalisation. ``cutout_max`` None: 16 for images up to 32 px, else 32 (STL-10).
     """
 
     def __init__(self, size: int, mean: Sequence[float] | None, std: Sequence[float] | None,
-                 n_ops: int = 4, padding: int = 4, cutout_max: int | None = None,
+                 n_ops: int = 4, padding: int = 0, cutout_max: int | None = None,
                  flip_p: float = 0.5) -> None:
         super().__init__(mean, std)
         self.size = int(size)

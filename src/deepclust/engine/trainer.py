@@ -37,12 +37,14 @@ from deepclust.engine.distributed import (
     init_distributed,
 )
 from deepclust.engine.fastpath import apply_fast_paths, make_optimizer
+from deepclust.engine.lars import LARS
 from deepclust.engine.loader import BatchStream
 from deepclust.engine.evaluate import Prediction, add_extras, make_record, predict
 from deepclust.engine.schedule import lr_factor
 from deepclust.errors import CheckpointError, ConfigError, DataError, DeepClustError
 from deepclust.methods import ClusteringMethod, DataInfo, create_method
 from deepclust.models import auto_backbone
+from deepclust.models.init import check_source, init_backbone
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +145,8 @@ def build_optimizer(cfg: Config, method: ClusteringMethod, device: torch.device 
     if o.name == "sgd":
         kwargs = {"momentum": o.momentum, "weight_decay": o.weight_decay, "nesterov": o.nesterov}
         return make_optimizer("sgd", groups, device, o.fused, lr=o.lr, **kwargs)
+    if o.name == "lars":  # no fused kernel: optim.fused=true fails in apply_fast_paths
+        return LARS(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, trust_coefficient=o.trust_coefficient)
     return make_optimizer(o.name, groups, device, o.fused, lr=o.lr, weight_decay=o.weight_decay)
 
 
@@ -155,26 +159,6 @@ def resolve_auto_model(cfg: Config, info: DataInfo) -> None:
         cfg.model.stem = stem
 
 
-def load_backbone(method: ClusteringMethod, source: str) -> None:
-    """Initialise ``method.backbone`` from another deepclust run or checkpoint (any method)."""
-    ckpt = io.load_checkpoint(source)
-    prefix = "backbone."
-    weights = {k[len(prefix):]: v for k, v in ckpt["model"].items() if k.startswith(prefix)}
-    if not weights:
-        raise CheckpointError(f"'{source}' holds no backbone weights")
-    own = method.backbone.state_dict()
-    bad = [k for k, v in weights.items() if k not in own or own[k].shape != v.shape]
-    missing = [k for k in own if k not in weights]
-    if bad or missing:
-        first = (bad or missing)[0]
-        raise CheckpointError(
-            f"the backbone in '{source}' ({ckpt['config']['model']['backbone']}) does not match this model's "
-            f"({method.cfg.model.backbone}): first mismatch at '{first}'; use the same model.backbone and stem"
-        )
-    method.backbone.load_state_dict(weights)
-    log.info("backbone initialised from %s (%s, epoch %s)", source, ckpt["method"], ckpt.get("epoch"))
-
-
 class Trainer:
     """Train ``cfg.method`` on ``cfg.data`` and write the run directory."""
 
@@ -185,6 +169,8 @@ class Trainer:
         self.resume = resume
         self.out = Path(cfg.train.out) if cfg.train.out else default_run_dir(cfg)
         self._check_run_dir()
+        if cfg.model.init and not resume:
+            check_source(cfg.model.init)  # a missing file fails now, not after loading the data
         seed_everything(cfg.train.seed)
         # torchrun: join the process group; the device becomes cuda:LOCAL_RANK (no-op otherwise)
         self.dist, self.device = init_distributed(resolve_device(cfg.train.device))
@@ -193,8 +179,10 @@ class Trainer:
         self.info = data_info(cfg, self.train_data, self.eval_data)
         resolve_auto_model(cfg, self.info)
         self.method = create_method(cfg, self.info)
+        # Where the initial weights came from (results.json, checkpoints); on resume: the checkpoint's.
+        self.init_record: dict[str, str] | None = None
         if cfg.model.init and not resume:
-            load_backbone(self.method, cfg.model.init)
+            self.init_record = init_backbone(self.method.backbone, cfg.model.init, cfg.model.backbone, cfg.model.stem)
         self.method.to(self.device)
         self._setup_distributed()  # before the fast paths: SyncBatchNorm goes in before torch.compile
         self.fast = apply_fast_paths(self.method, cfg, self.device, self.train_data.n_samples, self.train_data.images.nbytes)
@@ -261,6 +249,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "rng": rng_state(),
             "data_info": dataclasses.asdict(self.info),
+            "init": self.init_record,
             **(extra or {}),
         }
 
@@ -291,6 +280,7 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
+        self.init_record = ckpt.get("init")
         self.start_epoch = int(ckpt["epoch"])
         log.info("resuming %s from epoch %d", self.out, self.start_epoch)
 
@@ -371,6 +361,7 @@ class Trainer:
         self._save(done, {"centers": pred.centers, "n_clusters": self.info.n_clusters} if pred is not None else None)
         if record is not None:
             record["checkpoint_hash"] = io.file_hash(self.out / io.CHECKPOINT)
+            record["init"] = self.init_record
             io.write_json(record, self.out / io.RESULTS)
             log.info("done: %s -> %s", _fmt(record), self.out)
         return self.dist.broadcast_object(record)  # every process returns rank 0's record
@@ -457,7 +448,7 @@ def _saved_epoch(out: Path) -> int | str:
 
 
 def _short(record: dict[str, Any]) -> dict[str, Any]:
-    keys = ("epoch", "acc", "nmi", "ari", "protocol", "split", "cluster_sizes")
+    keys = ("epoch", "acc", "nmi", "ari", "ami", "protocol", "split", "cluster_sizes", "extras")
     return {k: record[k] for k in keys if k in record}
 
 

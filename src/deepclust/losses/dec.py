@@ -56,16 +56,18 @@ def dec_target(q: torch.Tensor) -> torch.Tensor:
         return w / w.sum(dim=1, keepdim=True)
 
 
-def dec_loss(q: torch.Tensor) -> torch.Tensor:
+def dec_loss(q: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
     """DEC's clustering loss KL(P || Q) with P = dec_target(q) held constant:
 
         L_clu = (1/B) sum_n sum_k p_nk [log p_nk - log(q_nk + 1e-8)]
 
     (terms with p_nk = 0 contribute 0). Summed over clusters, mean over the batch.
+    ``target``: a given P (B, K) instead of the batch's own, e.g. rows of a full-dataset
+    target (classic DEC; spec/anchor.md 10.9); it is held constant too.
     """
     with fp32(q):
         q = _full_precision(q)
-        p = dec_target(q)
+        p = dec_target(q) if target is None else _full_precision(target.detach()).to(q.dtype)
         kl = torch.xlogy(p, p) - p * torch.log(q + LOG_EPS)
         return kl.sum(dim=1).mean()
 

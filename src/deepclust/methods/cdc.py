@@ -49,9 +49,10 @@ paper's values once read):
   in L_con (MoCo style; p recomputed with the current head).
 - ``infer_features`` = "backbone" (h) or "instance" (z): the features ``infer`` returns
   beside p (for ``transform`` / k-means users; the prediction itself is argmax p).
-- ``init_from`` of the spec is the engine's ``model.init`` (a deepclust run directory or
-  checkpoint with the same backbone; the CLI flag ``--init``): scratch for the small
-  datasets, an SSL checkpoint for ImageNet-1k.
+- ``init_from`` of the spec is the engine's ``model.init`` (the CLI flag ``--init``: a deepclust
+  run, a torchvision state dict, a MoCo v2/v3, DINO or SwAV ResNet checkpoint, or
+  ``torchvision:NAME.WEIGHTS``; see models/init.py): scratch for the small datasets, an SSL
+  checkpoint for ImageNet-1k.
 
 Under torchrun (engine/distributed.py) the contrastive loss and the entropy term use the
 global batch gathered with gradient, Sinkhorn balances the gathered scores, and the queue
@@ -62,14 +63,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from deepclust.cluster import sinkhorn
-from deepclust.config import Config
 from deepclust.errors import ConfigError
 from deepclust.losses.cdc import (
     cdc_contrastive_loss,
@@ -80,6 +80,9 @@ from deepclust.losses.cdc import (
 from deepclust.methods.base import ClusteringMethod, DataInfo, StepOutput
 from deepclust.models import mlp_projector
 from deepclust.precision import fp32, full
+
+if TYPE_CHECKING:  # type hints only: config resolution imports the methods, not the reverse
+    from deepclust.config import Config
 
 log = logging.getLogger(__name__)
 

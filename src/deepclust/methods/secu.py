@@ -61,20 +61,22 @@ import dataclasses
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from deepclust.augment import Augment
-from deepclust.config import Config
 from deepclust.errors import ConfigError
 from deepclust.losses.secu import secu_center_loss, secu_representation_loss
 from deepclust.precision import fp32
 from deepclust.methods.base import ClusteringMethod, DataInfo, StepOutput
 from deepclust.metrics import acc_many_to_one, nmi
 from deepclust.models import mlp_projector
+
+if TYPE_CHECKING:  # type hints only: config resolution imports the methods, not the reverse
+    from deepclust.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -89,10 +91,14 @@ def secu_dual_update(dual: torch.Tensor, labels: torch.Tensor, lower_ratio: floa
     """Projected dual ascent for the lower bound n_k >= gamma N / K, from one (global) batch:
 
         rho_k <- max(0, rho_k + lr * (gamma / K - n_k / B)),   n_k = #{i : labels_i = k}.
+
+    The projection onto rho >= 0 applies when gamma < 1 (a lower bound's multiplier), as in the
+    official code; gamma >= 1 (an equality-like target) leaves the duals unclamped there too.
     """
     k = dual.numel()
     frac = torch.bincount(labels.view(-1), minlength=k).float() / labels.numel()
-    return (dual.float() + lr * (lower_ratio / k - frac)).clamp_min(0.0)
+    step = dual.float() + lr * (lower_ratio / k - frac)
+    return step.clamp_min(0.0) if lower_ratio < 1 else step
 
 
 def _xlogx(p: torch.Tensor) -> torch.Tensor:
@@ -143,6 +149,7 @@ class SeCu(ClusteringMethod):
     """SeCu (see module docstring)."""
 
     name = "secu"
+    stem_init = "kaiming"  # SeCu's (SCAN's) ResNets Kaiming-initialise the stem too (secu.md 8)
     prediction = "head_argmax"
     eval_head = 0  # the head whose K equals n_clusters
 
@@ -348,6 +355,9 @@ class SeCu(ClusteringMethod):
         with fp32(feats):  # softmax of cosines / t_w (0.05): float32, not the caller's autocast dtype
             c = F.normalize(self.centers[self.eval_head].detach().float(), dim=1)
             return feats, F.softmax(feats @ c.t() / self.opts.temperature_w, dim=1)
+
+    def head_centers(self) -> tuple[torch.Tensor, float]:
+        return self.centers[self.eval_head].detach(), float(self.opts.temperature_w)
 
     @torch.no_grad()
     def evaluation_extras(self, features: torch.Tensor, y_true: torch.Tensor | None) -> dict[str, Any]:
