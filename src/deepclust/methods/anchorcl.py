@@ -77,6 +77,7 @@ from deepclust.losses.contrastive import nt_xent_loss
 from deepclust.losses.dec import anchor_loss, dec_loss, dec_target, student_t_assignment
 from deepclust.methods.base import ClusteringMethod, DataInfo, StepOutput
 from deepclust.metrics import evaluate
+from deepclust.precision import fp32
 from deepclust.models import mlp_projector
 
 if TYPE_CHECKING:  # type hints only: config resolution imports the methods, not the reverse
@@ -193,7 +194,7 @@ class AnchorCL(ClusteringMethod):
     # ----- training ---------------------------------------------------------------------------
     def _assign(self, h: torch.Tensor) -> torch.Tensor:
         # Student-t head in float32 even under autocast: bf16 distances of raw features are too coarse.
-        with torch.autocast(h.device.type, enabled=False):
+        with fp32(h):
             return student_t_assignment(h.float(), self.centers.float(), self.opts.alpha)
 
     @torch.no_grad()

@@ -79,6 +79,7 @@ from deepclust.losses.cdc import (
 )
 from deepclust.methods.base import ClusteringMethod, DataInfo, StepOutput
 from deepclust.models import mlp_projector
+from deepclust.precision import fp32, full
 
 if TYPE_CHECKING:  # type hints only: config resolution imports the methods, not the reverse
     from deepclust.config import Config
@@ -173,10 +174,16 @@ class CDC(ClusteringMethod):
 
     # ----- the network -------------------------------------------------------------------------
     def logits(self, u: torch.Tensor) -> torch.Tensor:
-        """Categorical logits l from embeddings u = g_c(h): cosine to the prototypes or linear."""
-        if self.opts.cat_head == "cosine":
-            return F.normalize(u, dim=1) @ F.normalize(self.prototypes, dim=1).t()
-        return self.cat_fc(u)
+        """Categorical logits l from embeddings u = g_c(h): cosine to the prototypes or linear.
+
+        Float32 with autocast off: p = softmax(l / t_c) with t_c = 0.1 multiplies any bf16
+        rounding of l by 10, and Sinkhorn divides l by 0.05.
+        """
+        with fp32(u):
+            u = full(u)
+            if self.opts.cat_head == "cosine":
+                return F.normalize(u, dim=1) @ F.normalize(full(self.prototypes), dim=1).t()
+            return self.cat_fc(u)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         h = self.backbone(x)
@@ -214,7 +221,8 @@ class CDC(ClusteringMethod):
         logits = out["logits"].float()
         l1, l2 = logits[:b], logits[b:]
         z1, z2 = out["z"][:b], out["z"][b:]
-        p1, p2 = F.softmax(l1 / o.t_c, dim=1), F.softmax(l2 / o.t_c, dim=1)
+        with fp32(logits):  # softmax at temperature t_c < 1: float32, autocast off
+            p1, p2 = F.softmax(l1 / o.t_c, dim=1), F.softmax(l2 / o.t_c, dim=1)
         # Under torchrun the contrastive loss, the entropy and Sinkhorn see the global batch
         # (gathered, with gradient where the loss needs it); with one process these are no-ops.
         gather = self.dist.gather_with_grad
@@ -234,14 +242,15 @@ class CDC(ClusteringMethod):
                 # Sinkhorn balances the global batch's scores; each process keeps its rows.
                 q1 = self.sinkhorn_targets(self.dist.gather(l1.detach()), q_scores)[mine]
                 q2 = self.sinkhorn_targets(self.dist.gather(l2.detach()), q_scores)[mine]
-                l_eq = cdc_swapped_prediction_loss(
-                    F.log_softmax(l1 / o.t_c, dim=1), F.log_softmax(l2 / o.t_c, dim=1), q1, q2
-                )
+                with fp32(logits):
+                    lp1, lp2 = F.log_softmax(l1 / o.t_c, dim=1), F.log_softmax(l2 / o.t_c, dim=1)
+                l_eq = cdc_swapped_prediction_loss(lp1, lp2, q1, q2)
             elif o.equipartition == "entropy":
                 l_eq = o.entropy_weight * cdc_entropy_loss(c1, c2)
         neg_p = neg_z = None
         if o.queue_negatives and q_scores is not None:
-            neg_p = F.softmax(q_scores / o.t_c, dim=1)
+            with fp32(q_scores):
+                neg_p = F.softmax(q_scores / o.t_c, dim=1)
             neg_z = self.queue_z[: int(self.queue_len)]
         l_con = cdc_contrastive_loss(
             c1, gather(z1), c2, gather(z2), o.tau_p, o.tau_z, combine=o.combine, eps=o.mult_eps, neg_p=neg_p, neg_z=neg_z
@@ -279,6 +288,7 @@ class CDC(ClusteringMethod):
     @torch.no_grad()
     def infer(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         out = self(x)
-        p = F.softmax(out["logits"].float() / self.opts.t_c, dim=1)
+        with fp32(out["logits"]):
+            p = F.softmax(out["logits"].float() / self.opts.t_c, dim=1)
         feats = out["h"] if self.opts.infer_features == "backbone" else out["z"]
         return feats.float(), p

@@ -70,6 +70,7 @@ from torch.nn import functional as F
 from deepclust.augment import Augment
 from deepclust.errors import ConfigError
 from deepclust.losses.secu import secu_center_loss, secu_representation_loss
+from deepclust.precision import fp32
 from deepclust.methods.base import ClusteringMethod, DataInfo, StepOutput
 from deepclust.metrics import acc_many_to_one, nmi
 from deepclust.models import mlp_projector
@@ -325,7 +326,7 @@ class SeCu(ClusteringMethod):
         mine = self.dist.local_rows(images.shape[0])
         for h in range(o.n_heads):
             w = self.centers[h]
-            with torch.no_grad(), torch.autocast(images.device.type, enabled=False):
+            with torch.no_grad(), fp32(images):
                 c = F.normalize(w.detach().float(), dim=1)
                 sim = sum(b @ c.t() for b in gathered) / len(gathered)
                 y_all, y_prev_all = self._assign(h, sim, all_idx)
@@ -354,8 +355,9 @@ class SeCu(ClusteringMethod):
     @torch.no_grad()
     def infer(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         feats = self(x).float()
-        c = F.normalize(self.centers[self.eval_head].detach().float(), dim=1)
-        return feats, F.softmax(feats @ c.t() / self.opts.temperature_w, dim=1)
+        with fp32(feats):  # softmax of cosines / t_w (0.05): float32, not the caller's autocast dtype
+            c = F.normalize(self.centers[self.eval_head].detach().float(), dim=1)
+            return feats, F.softmax(feats @ c.t() / self.opts.temperature_w, dim=1)
 
     def head_centers(self) -> tuple[torch.Tensor, float]:
         return self.centers[self.eval_head].detach(), float(self.opts.temperature_w)
@@ -370,7 +372,8 @@ class SeCu(ClusteringMethod):
         labelled = y_true is not None and bool((y_true >= 0).any())
         for h, k in enumerate(self.ks):
             c = F.normalize(self.centers[h].detach().float().to(feats.device), dim=1)
-            pred = (feats @ c.t()).argmax(dim=1).cpu()
+            with fp32(feats):  # argmax of near-tied cosines: float32 even if called under autocast
+                pred = (feats @ c.t()).argmax(dim=1).cpu()
             sizes = torch.bincount(pred, minlength=k)
             entry: dict[str, Any] = {"head": h, "k": k, "n_nonempty": int((sizes > 0).sum()), "min_size": int(sizes.min()), "max_size": int(sizes.max())}
             if labelled:
