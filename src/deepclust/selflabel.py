@@ -60,6 +60,7 @@ from deepclust.engine import io
 from deepclust.engine.device import seed_everything
 from deepclust.engine.evaluate import Prediction, infer_images, make_record
 from deepclust.errors import CheckpointError, ConfigError
+from deepclust.precision import fp32, full
 from deepclust.evaluation import load_run
 
 log = logging.getLogger(__name__)
@@ -76,9 +77,9 @@ def confidence_cross_entropy(weak_logits: torch.Tensor, strong_logits: torch.Ten
     Returns (L, |M|); L is 0 (with gradient graph) when no sample is confident. Runs in
     float32 with autocast disabled (fp64 inputs stay fp64).
     """
-    with torch.autocast(weak_logits.device.type, enabled=False):
+    with fp32(weak_logits):
         with torch.no_grad():
-            prob = F.softmax(_fp32(weak_logits), dim=1)
+            prob = F.softmax(full(weak_logits), dim=1)
             conf, target = prob.max(dim=1)
             mask = conf > threshold
         n = int(mask.sum())
@@ -87,14 +88,9 @@ def confidence_cross_entropy(weak_logits: torch.Tensor, strong_logits: torch.Ten
         k = strong_logits.shape[1]
         counts = torch.bincount(target[mask], minlength=k).float()
         weight = torch.where(counts > 0, n / counts.clamp_min(1), torch.zeros_like(counts))
-        logits = _fp32(strong_logits[mask])
+        logits = full(strong_logits[mask])
         loss = F.cross_entropy(logits, target[mask], weight=weight.to(logits.dtype))
     return loss, mask.sum()
-
-
-def _fp32(x: torch.Tensor) -> torch.Tensor:
-    """float16/bfloat16 -> float32; float32/float64 stay."""
-    return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
 def default_epochs(dataset: str) -> int:
@@ -267,8 +263,8 @@ def _count_confident(model: CosineClassifier, weak: nn.Module, images: torch.Ten
         if len(x) < 2:
             continue
         logits = model(weak(x))
-        with torch.autocast(logits.device.type, enabled=False):
-            n += int((F.softmax(_fp32(logits), dim=1).max(dim=1).values > threshold).sum())
+        with fp32(logits):
+            n += int((F.softmax(full(logits), dim=1).max(dim=1).values > threshold).sum())
     model.load_state_dict(saved)
     return n
 
