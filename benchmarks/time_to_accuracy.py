@@ -8,9 +8,10 @@ Trains with the packaged ``<method>/<data>`` config (train+test protocol on ``--
 as the method predicts) gives ACC / NMI / ARI. The run stops at the first evaluation with
 ACC >= ``--target``, when the training time passes ``--time-limit`` seconds, or at the config's
 last epoch (its schedule ends there). Training time excludes the evaluations; wall time
-includes them. Writes ``benchmarks/results/tta_<method>_<dataset>_<split>_<device>[_<tag>].json``
-(the curve of (train time, wall time, epoch, ACC, NMI, ARI), the outcome, the machine, the
-command, the date) and a PNG plot of ACC against training time beside it.
+includes them. Writes ``tta_<method>_<dataset>_<split>_<device>[_<tag>].json`` (``train+test``
+written ``traintest``) to ``--out-dir`` (default ``benchmarks/results/``): the curve of (train
+time, wall time, epoch, ACC, NMI, ARI), the outcome, the machine, the command, the date; and a
+PNG plot of ACC against training time beside it.
 """
 
 from __future__ import annotations
@@ -91,6 +92,14 @@ def _plot(rec: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def _file_part(dataset: str) -> str:
+    """A dataset name fit for a file name: ``npz:/a/b/x.npz`` -> ``npz-x`` (no path separators)."""
+    if ":" in dataset:
+        scheme, path = dataset.split(":", 1)
+        return f"{scheme}-{Path(path).stem}"
+    return dataset
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--method", default="idfd")
@@ -102,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tag", default="")
+    p.add_argument("--out-dir", default=str(RESULTS), help="where the record and plot go (default benchmarks/results)")
     p.add_argument("overrides", nargs="*")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -147,10 +157,12 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(["python", "benchmarks/time_to_accuracy.py", *(argv if argv is not None else sys.argv[1:])]),
         "date": date,
     }
-    name = f"tta_{cfg.method}_{rec['dataset']}_{a.split}_{trainer.device.type}{'_' + a.tag if a.tag else ''}"
-    path = write_record(rec, RESULTS / f"{name}.json")
+    split = a.split.replace("+", "")  # train+test -> traintest: file names of letters, digits, . _ - only
+    name = f"tta_{cfg.method}_{_file_part(rec['dataset'])}_{split}_{trainer.device.type}{'_' + a.tag if a.tag else ''}"
+    out_dir = Path(a.out_dir)
+    path = write_record(rec, out_dir / f"{name}.json")
     if curve and "acc" in curve[0]:
-        _plot(rec, RESULTS / f"{name}.png")
+        _plot(rec, out_dir / f"{name}.png")
     print(f"{cfg.method} on {rec['dataset']} ({a.split}): {rec['outcome']}; "
           f"time to ACC {a.target}: {rec['time_to_target_s']} s; best ACC {rec['best_acc']}; written to {path}")
     return 0

@@ -168,6 +168,16 @@ def test_dec_target_sharpens_and_balances() -> None:
     p = dec_target(q)
     assert p[3, 1] > q[3, 1]  # squaring sharpens a confident row
     assert p[0, 0] > q[0, 0]  # and the larger entry of a soft row
+    # Balance: dividing by the soft frequency f_k moves an undecided row towards the smaller
+    # cluster. Three rows favour cluster 0 (f = (3.2, 0.8)), the fourth is 50/50: squaring alone
+    # would keep it at 0.5, the frequency gives (0.25/0.8) / (0.25/3.2 + 0.25/0.8) = 0.8.
+    q = torch.tensor([[0.9, 0.1], [0.9, 0.1], [0.9, 0.1], [0.5, 0.5]], dtype=D64)
+    p = dec_target(q)
+    assert float(p[3, 1]) == pytest.approx(0.8, rel=1e-8)
+    # and over a batch the target's cluster masses are more even than q's
+    q = random_q(64, 4, 11) * torch.tensor([4.0, 1.0, 1.0, 1.0], dtype=D64)
+    q = q / q.sum(1, keepdim=True)
+    assert float(dec_target(q).sum(0).std()) < float(q.sum(0).std())
 
 
 @pytest.mark.parametrize("b,k,seed", [(8, 3, 0), (6, 5, 4), (12, 10, 5)])
@@ -237,10 +247,22 @@ def test_centre_initialisation_is_kmeans_on_initial_features() -> None:
     x = images()
     bn_before = {k: v.clone() for k, v in method.backbone.state_dict().items()}
     feats = method.initial_features(x)
-    expected = kmeans(feats, 5, n_init=10, seed=3).centers
     method.setup(x)
-    torch.testing.assert_close(method.centers.detach(), expected)
-    assert method.centers.shape == (5, method.backbone.out_dim)  # K from the config, not 10
+    mu = method.centers.detach().double()
+    assert mu.shape == (5, method.backbone.out_dim)  # K from the config, not 10
+    # k-means on those features, checked without the library's k-means: the centres are a
+    # Lloyd fixed point (each the mean of the features nearest it) and their inertia is as
+    # good as scikit-learn's KMeans with the spec's n_init = 10.
+    from sklearn.cluster import KMeans
+
+    f = feats.double()
+    nearest = torch.cdist(f, mu).argmin(1)
+    assert len(set(nearest.tolist())) == 5
+    for j in range(5):
+        torch.testing.assert_close(mu[j], f[nearest == j].mean(0), rtol=1e-4, atol=1e-5)
+    inertia = float(((f - mu[nearest]) ** 2).sum())
+    ref = KMeans(5, n_init=10, random_state=0).fit(f.numpy())
+    assert inertia <= 1.02 * ref.inertia_
     # the feature pass leaves the backbone (incl. BN running statistics) untouched
     for k, v in method.backbone.state_dict().items():
         torch.testing.assert_close(v, bn_before[k])
@@ -311,13 +333,24 @@ def test_infer_and_kmeans_extra() -> None:
     method = make_anchorcl(n_clusters=3)
     method.setup(images())
     method.eval()
-    feats, q = method.infer(method.eval_transform(images(20)))
+    x = method.eval_transform(images(20))
+    feats, q = method.infer(x)
     assert feats.shape == (20, method.backbone.out_dim) and q.shape == (20, 3)
     torch.testing.assert_close(q.sum(1), torch.ones(20))
+    # h is the raw, un-normalised backbone output (spec/anchor.md 7, 9), and q its Student-t
+    # assignment: normalising h would change both
+    with torch.no_grad():
+        h = method.backbone(x)
+    torch.testing.assert_close(feats, h)
+    assert (feats.norm(dim=1) - 1).abs().min() > 0.1
+    torch.testing.assert_close(q.double(), ref_student_t(h.double(), method.centers.detach().double(), 1.0), rtol=1e-5, atol=1e-6)
     y = torch.randint(0, 3, (20,), generator=torch.Generator().manual_seed(0))
     extra = method.evaluation_extras(feats, y)["kmeans"]
     assert extra["features"] == "backbone h, clean" and extra["n_init"] == method.cfg.eval.n_init
-    assert 0 <= extra["acc"] <= 1 and "nmi" in extra and "ari" in extra
+    from deepclust.metrics import evaluate as scores_of
+
+    ref = scores_of(y.numpy(), kmeans(h, 3, n_init=method.cfg.eval.n_init, seed=method.cfg.eval.kmeans_seed).labels.numpy(), extra=True)
+    assert {k: extra[k] for k in ("acc", "nmi", "ari", "ami")} == {k: ref[k] for k in ("acc", "nmi", "ari", "ami")}
     assert "acc" not in method.evaluation_extras(feats, None)["kmeans"]
 
 
@@ -330,3 +363,75 @@ def test_defaults_are_the_papers() -> None:
     cfg = make_anchorcl().cfg
     assert (cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.schedule) == ("adam", 3e-4, 0.0, "constant")
     assert cfg.augment.crop_scale == (0.08, 1.0) and cfg.augment.jitter_p == 0.8
+
+
+def test_full_dataset_dec_target() -> None:
+    """target_mode "full" (spec/anchor.md 10.9, classic DEC): P from the q of all N training
+    images (f_k summed over the dataset), read by index, refreshed every target_interval steps;
+    the store keeps each image's latest clean-view q."""
+    torch.manual_seed(2)
+    method = make_anchorcl(target_mode="full", target_interval=2)
+    x = images()
+    method.setup(x)
+    feats = method.initial_features(x)
+    q0 = ref_student_t(feats.double(), method.centers.detach().double(), 1.0)
+    torch.testing.assert_close(method.q_store.double(), q0, rtol=1e-5, atol=1e-7)
+    target0 = ref_dec_target(method.q_store.double())  # the frequencies of all 60 images
+    torch.testing.assert_close(method.full_target.double(), target0, rtol=1e-5, atol=1e-7)
+    assert not torch.allclose(target0[:16], ref_dec_target(q0[:16]))  # not the batch's target
+    method.train()
+    idx = torch.arange(10, 26)
+    state = torch.get_rng_state()
+    out = method.training_step(x[idx], idx, epoch=0)
+    torch.set_rng_state(state)
+    clean = x[idx].float() / 255.0
+    xi, xj = method.augment(x[idx]), method.augment(x[idx])
+    f, g, mu = method.backbone, method.projector, method.centers.double()
+    h, hi, hj = f(clean), f(xi), f(xj)
+    q, qi, qj = (ref_student_t(t.double(), mu, 1.0) for t in (h, hi, hj))
+    p = target0[idx]
+    l_clu = (p * (torch.log(p) - torch.log(q + 1e-8))).sum(1).mean()
+    ref = ref_nt_xent(g(hi).double(), g(hj).double(), 0.5) + l_clu + ref_anchor_loss(q.detach(), qi) + ref_anchor_loss(q.detach(), qj)
+    assert out.loss.item() == pytest.approx(ref.item(), rel=1e-4)
+    torch.testing.assert_close(method.q_store[idx].double(), q.detach(), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(method.full_target.double(), target0, rtol=1e-5, atol=1e-7)  # not yet refreshed
+    method.training_step(x[:16], torch.arange(16), epoch=0)  # step 2
+    torch.testing.assert_close(method.full_target.double(), target0, rtol=1e-5, atol=1e-7)
+    stored = method.q_store.double().clone()
+    method.training_step(x[:16], torch.arange(16), epoch=0)  # step 3: refreshed from the store first
+    torch.testing.assert_close(method.full_target.double(), ref_dec_target(stored), rtol=1e-5, atol=1e-7)
+    assert not torch.allclose(method.full_target.double(), target0)
+    assert method.full_target.shape == (60, 4) and "full_target" in method.state_dict()
+
+
+def test_kmeans_extra_is_a_curve_in_metrics_and_ami_is_recorded(tmp_path) -> None:
+    """Both predictions at every evaluation (spec/anchor.md 7): each evaluation line of
+    metrics.jsonl keeps extras.kmeans; AMI sits beside ACC/NMI/ARI, checked with scikit-learn."""
+    import json
+
+    import numpy as np
+    from sklearn.metrics import adjusted_mutual_info_score
+
+    from deepclust.engine import io
+    from deepclust.engine.trainer import Trainer
+
+    out = tmp_path / "run"
+    cfg = resolve_config({
+        "method": "anchorcl", "n_clusters": 10, "data": {"name": "digits", "image_size": 8},
+        "model": {"backbone": "small_cnn", "feature_dim": 16, "width": 8},
+        "train": {"epochs": 2, "batch_size": 512, "eval_every": 1, "out": str(out), "device": "cpu", "progress": False},
+        "eval": {"n_init": 2},
+    })
+    trainer = Trainer(cfg)
+    record = trainer.fit()
+    lines = [json.loads(line) for line in (out / io.METRICS).read_text().splitlines()]
+    evals = [line for line in lines if "acc" in line]
+    assert [line["epoch"] for line in evals] == [1, 2]
+    for line in evals:
+        km = line["extras"]["kmeans"]
+        assert {"acc", "nmi", "ari", "ami"} <= set(km) and "ami" in line
+    saved = json.loads((out / io.RESULTS).read_text())
+    labels = trainer.prediction.labels.numpy()
+    y = trainer.eval_data.labels.numpy()
+    assert saved["ami"] == pytest.approx(adjusted_mutual_info_score(y, labels, average_method="arithmetic"), abs=1e-12)
+    assert saved["metrics"]["ami"] == saved["ami"] == record["ami"] and np.isfinite(saved["extras"]["kmeans"]["ami"])

@@ -444,10 +444,15 @@ def test_cutout_and_random_crop():
     out = cutout(x, 16, gen(29))
     holes = (out == 0).all(1)  # (B, H, W)
     areas = holes.flatten(1).sum(1)
-    assert (areas >= 1).all() and (areas <= 256).all() and (out[out != 0] == 1).all()
+    assert (areas <= 256).all() and (out[out != 0] == 1).all()
     rows, cols = holes.any(2).sum(1), holes.any(1).sum(1)
     assert (areas == rows * cols).all()  # a (clipped) rectangle
-    assert set(torch.maximum(rows, cols).tolist()) >= {1, 16}
+    # SCAN's side 2 * (L // 2), L uniform in 1..16: unclipped holes have even sides 2..16, and
+    # L = 1 (1 in 16) leaves no hole at all
+    edge = holes[:, 0].any(1) | holes[:, -1].any(1) | holes[:, :, 0].any(1) | holes[:, :, -1].any(1)
+    whole = ~edge & (areas > 0)  # holes the border did not clip
+    assert set(rows[whole].tolist()) <= set(range(2, 17, 2)) and {2, 16} <= set(rows[whole].tolist())
+    assert 10 <= int((areas == 0).sum()) <= 55  # about 500 / 16 = 31
     # random crop with padding: every output is a window of the zero-padded image
     xu = rand_images(20, h=8, w=8, seed=30)
     crops = random_crop(xu, 8, padding=2, generator=gen(31))
@@ -469,6 +474,19 @@ def test_strong_augment_runs_and_is_seeded():
     assert strong.cutout_max == 16 and StrongAugment(96, CIFAR_MEAN, CIFAR_STD).cutout_max == 32
     g1 = StrongAugment(16, [0.5], [0.25])(uint8_images(4, c=1, h=16, w=16), gen(34))
     assert g1.shape == (4, 1, 16, 16) and torch.isfinite(g1).all()
+    # SCAN crops to the training size without padding: with no flip, ops or cutout the view is
+    # exactly the normalised image (a zero-padded crop would shift it by up to 4 px)
+    plain = StrongAugment(32, CIFAR_MEAN, CIFAR_STD, n_ops=0, cutout_max=0, flip_p=0.0)
+    mean, std = torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1), torch.tensor(CIFAR_STD).view(1, 3, 1, 1)
+    torch.testing.assert_close(plain(x, gen(35)), (x.float() / 255 - mean) / std)
+
+
+def test_posterize_bits_are_scans_4_to_7():
+    from deepclust.augment.ops import _RA_RANGES
+
+    lo, hi = _RA_RANGES["posterize"]
+    u = torch.linspace(0, 1 - 1e-6, 1001)
+    assert set(torch.floor(lo + (hi - lo) * u).long().tolist()) == {4, 5, 6, 7}
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

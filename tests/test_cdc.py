@@ -231,6 +231,8 @@ def test_sinkhorn_targets_rows_and_columns() -> None:
             logits = m.logits(u)
         q = m.sinkhorn_targets(logits)
         torch.testing.assert_close(q.sum(1), torch.ones(b), rtol=0, atol=1e-5)
+        # SwAV's epsilon 0.05 (spec 3.7): the targets are exactly the transcription's
+        torch.testing.assert_close(q.double(), ref_sinkhorn(logits, iters, 0.05), rtol=1e-4, atol=1e-6)
         dev.append((q.sum(0) - b / k).abs().max().item())
     assert (logits.argmax(1) == 0).float().mean() > 0.5  # the raw assignment is unbalanced
     assert dev[0] > dev[1] > dev[2] and dev[2] < 1e-3 * b / k
@@ -311,6 +313,68 @@ def test_training_step_wiring_matches_manual_computation() -> None:
     torch.testing.assert_close(probs.sum(1), torch.ones(12))
 
 
+def ref_sinkhorn(s: torch.Tensor, iters: int, eps: float) -> torch.Tensor:
+    """SwAV's Sinkhorn-Knopp, transcribed: Q = exp(s / eps)^T (K x B), total mass 1; then per
+    iteration every cluster row to 1/K and every sample column to 1/B; returns B Q^T."""
+    q = torch.exp((s.double() - s.double().max()) / eps).t()
+    q = q / q.sum()
+    k, b = q.shape
+    for _ in range(iters):
+        q = q / q.sum(1, keepdim=True) / k
+        q = q / q.sum(0, keepdim=True) / b
+    return (q * b).t()
+
+
+def _expected_cdc_loss(m, l1, l2, z1, z2, qs):
+    """spec/cdc.md 3.5-3.7 for the method's switches, from transcriptions only."""
+    o = m.opts
+    p1, p2 = torch.softmax(l1.double() / o.t_c, 1), torch.softmax(l2.double() / o.t_c, 1)
+    b, k = p1.shape
+    extra = [] if qs is None else [qs.double()]
+    l_eq = torch.zeros((), dtype=torch.float64)
+    c1, c2 = p1, p2
+    if o.equipartition == "sinkhorn":
+        q1 = ref_sinkhorn(torch.cat([l1.double(), *extra]), o.sinkhorn_iters, o.sinkhorn_eps)[:b]  # batch rows only
+        q2 = ref_sinkhorn(torch.cat([l2.double(), *extra]), o.sinkhorn_iters, o.sinkhorn_eps)[:b]
+        if o.sinkhorn_mode == "similarity":
+            c1, c2 = q1, q2  # the balanced Q replaces p inside s(a, b); no swapped term
+        else:
+            l_eq = -((q2 * torch.log(p1)).sum(1).mean() + (q1 * torch.log(p2)).sum(1).mean()) / 2
+    elif o.equipartition == "entropy":
+        pbar = torch.cat([p1, p2]).mean(0)
+        l_eq = o.entropy_weight * (math.log(k) + (pbar * torch.log(pbar)).sum())
+    neg_p = neg_z = None
+    if o.queue_negatives and qs is not None:
+        neg_p = torch.softmax(qs.double() / o.t_c, 1)
+        neg_z = m.queue_z[: int(m.queue_len)].double()
+    l_con = ref_cdc_loss(c1, z1.double(), c2, z2.double(), o.tau_p, o.tau_z, o.combine, o.mult_eps, neg_p, neg_z)
+    return l_con + o.lambda_eq * l_eq
+
+
+def _replay(m, images: torch.Tensor, epoch: int, queue_used: bool) -> float:
+    """One training step against :func:`_expected_cdc_loss` with the same augmentation draw;
+    returns the expected loss had the queue been ignored (to show the queue mattered)."""
+    b = images.shape[0]
+    state = torch.get_rng_state()
+    out = m.training_step(images, torch.arange(b), epoch=epoch)
+    torch.set_rng_state(state)
+    with torch.no_grad():
+        f = m(torch.cat([m.augment(images), m.augment(images)]))
+        l1, l2, z1, z2 = f["logits"][:b], f["logits"][b:], f["z"][:b], f["z"][b:]
+        n = int(m.queue_len)
+        qs = m.logits(m.queue_u[:n]) if queue_used and n > 0 else None
+        assert (qs is not None) == queue_used
+        expected = _expected_cdc_loss(m, l1, l2, z1, z2, qs)
+        without = _expected_cdc_loss(m, l1, l2, z1, z2, None)
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    out.loss.backward()
+    m.after_optimizer_step(out)
+    head = m.prototypes if m.opts.cat_head == "cosine" else m.cat_fc.weight
+    assert head.grad is not None and head.grad.abs().sum() > 0
+    m.zero_grad()
+    return without.item()
+
+
 @pytest.mark.parametrize(
     "opts",
     [
@@ -318,18 +382,31 @@ def test_training_step_wiring_matches_manual_computation() -> None:
         {"equipartition": "none", "combine": "multiplicative"},
         {"sinkhorn_mode": "similarity", "queue_size": 16},
         {"cat_head": "linear", "queue_size": 16, "queue_negatives": True, "infer_features": "instance"},
+        {"queue_size": 16},  # Sinkhorn targets over batch + queue, only the batch rows kept
     ],
 )
-def test_switches_run_and_backpropagate(opts: dict) -> None:
+def test_switches_match_their_formulas(opts: dict) -> None:
     m = make_cdc(k=4, batch=8, **opts)
-    images = torch.randint(0, 256, (8, 1, 8, 8), dtype=torch.uint8)
-    for _ in range(2):  # the second step sees a filled queue where there is one
-        out = m.training_step(images, torch.arange(8), epoch=0)
-        out.loss.backward()
-        m.after_optimizer_step(out)
-        assert torch.isfinite(out.loss)
-    head = m.prototypes if opts.get("cat_head", "cosine") == "cosine" else m.cat_fc.weight
-    assert head.grad is not None and head.grad.abs().sum() > 0
+    images = torch.randint(0, 256, (8, 1, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    _replay(m, images, 0, queue_used=False)  # the queue is still empty
+    queued = opts.get("queue_size", 0) > 0
+    without = _replay(m, images, 0, queue_used=queued)  # a filled queue where there is one
+    if queued:
+        assert int(m.queue_len) == 16
+        # the queue changed the loss (so the comparison above really covered it)
+        state = torch.get_rng_state()
+        loss = m.training_step(images, torch.arange(8), epoch=0).loss.item()
+        torch.set_rng_state(state)
+        assert abs(loss - without) > 1e-6
+
+
+def test_queue_waits_for_queue_start_epoch() -> None:
+    m = make_cdc(k=4, batch=8, queue_size=16, queue_start_epoch=1)
+    images = torch.randint(0, 256, (8, 1, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(4))
+    for _ in range(2):
+        _replay(m, images, 0, queue_used=False)  # filled, but epoch 0 < queue_start_epoch
+    assert int(m.queue_len) == 16
+    _replay(m, images, 1, queue_used=True)
 
 
 def test_invalid_option_is_config_error() -> None:

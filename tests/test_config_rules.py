@@ -83,6 +83,6 @@ def test_bad_value_fails_before_any_data_is_read(monkeypatch: pytest.MonkeyPatch
     def no_data(*a, **k):
         raise AssertionError("data was read before the config was checked")
 
-    monkeypatch.setattr(trainer, "load_dataset", no_data)
+    monkeypatch.setattr(trainer, "load_data", no_data)
     assert main(["-q", "train", "--method", "idfd", "--data", "digits", "eval.batch_size=0"]) == 2
     assert "eval.batch_size=0" in capsys.readouterr().err

@@ -353,7 +353,7 @@ def test_imagenet10_from_train_folder(tmp_path: Path, caplog: pytest.LogCaptureF
     # imagenet-dogs needs its own wnids: only one of them (n02085936) is present here
     _raises_one_line(lambda: load_dataset("imagenet-dogs", data_dir=str(tmp_path)), "14 of 15", "missing")
     _raises_one_line(lambda: load_dataset("imagenet10", data_dir=str(tmp_path / "x")), "imagenet/train/<wnid>", "DEEPCLUST_DATA")
-    _raises_one_line(lambda: load_dataset("imagenet", data_dir=str(tmp_path)), "streaming")
+    _raises_one_line(lambda: load_dataset("imagenet", data_dir=str(tmp_path)), "streaming only")
 
 
 def test_tiny_imagenet_layout(tmp_path: Path) -> None:

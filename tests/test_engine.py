@@ -75,4 +75,8 @@ def test_train_to_test_fits_kmeans_on_train_and_assigns_test() -> None:
     record = make_record(cfg, pred, test, 3, epoch=7, device=torch.device("cpu"))
     assert record["protocol"] == "train->test" and record["split"] == "test" and record["epoch"] == 7
     assert record["acc"] == pytest.approx(cluster_accuracy(yte, pred.labels.numpy()))
+    from sklearn.metrics import adjusted_mutual_info_score
+
+    ami = adjusted_mutual_info_score(yte, pred.labels.numpy(), average_method="arithmetic")
+    assert record["ami"] == pytest.approx(ami, abs=1e-12) and record["metrics"]["ami"] == record["ami"]
     assert record["metric_defs"]["nmi_average"] == "arithmetic" and record["n_init"] == 5

@@ -29,10 +29,23 @@ def test_memory_initialisation_uniform() -> None:
 
 
 def test_initial_id_loss_is_about_log_n() -> None:
-    method = make_idfd(n=3000, d=128)
-    v = F.normalize(torch.randn(64, 128), dim=1)
-    loss = instance_discrimination_loss(v, method.memory, torch.arange(64), 1.0)
-    assert loss.item() == pytest.approx(math.log(3000), abs=0.05)
+    """At initialisation L_ID = mean_b [-m_ib.v_b / tau + log sum_j exp(m_j.v_b / tau)]. With the
+    bank Uniform(+-s), s = 1/sqrt(d/3), and unit v independent of it, log E exp(m.v / tau) =
+    sum_c log(sinh(s v_c / tau) / (s v_c / tau)) ~ s^2 / (6 tau^2) = 1 / (2 d tau^2), so
+    L_ID ~ log N + 1 / (2 d tau^2) = log N + 1/256 for the paper's tau = 1, d = 128; a bank of
+    another scale or a temperature of 0.1 would move it by 0.17 and 0.39."""
+    n, d, b = 3000, 128, 512
+    method = make_idfd(n=n, d=d)
+    tau = method.opts.temperature
+    assert tau == 1.0  # the paper's (idfd.md 3)
+    v = F.normalize(torch.randn(b, d, generator=torch.Generator().manual_seed(1)), dim=1)
+    idx = torch.randperm(n, generator=torch.Generator().manual_seed(2))[:b]
+    loss = instance_discrimination_loss(v, method.memory, idx, tau)
+    mem = method.memory.double()
+    logits = v.double() @ mem.t() / tau
+    ref = (-logits[torch.arange(b), idx] + torch.logsumexp(logits, dim=1)).mean()
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-6)
+    assert loss.item() == pytest.approx(math.log(n) + 1 / (2 * d * tau**2), abs=0.02)
 
 
 def test_step_uses_old_memory_then_updates_rows() -> None:
@@ -45,13 +58,15 @@ def test_step_uses_old_memory_then_updates_rows() -> None:
     out = method.training_step(images, idx, epoch=0)
     # The same forward (same augmentation draw) with the bank as it was must give the same loss.
     torch.set_rng_state(state)
-    v = method(method.augment(images))
+    v = method(method.augment(images))  # recomputed: the step's own state is not trusted
     ref = instance_discrimination_loss(v, before, idx, 1.0) + feature_decorrelation_loss(v, 2.0)
     assert out.loss.item() == pytest.approx(ref.item(), rel=1e-5)
     out.loss.backward()
     assert not method.memory.requires_grad
     method.after_optimizer_step(out)
-    expected = F.normalize(0.5 * before[idx] + 0.5 * out.state["v"], dim=1)
+    # m <- normalize(0.5 m + 0.5 v) with v the network output of this step (idfd.md 3.1)
+    vd = v.detach()
+    expected = (0.5 * before[idx] + 0.5 * vd) / (0.5 * before[idx] + 0.5 * vd).norm(dim=1, keepdim=True)
     torch.testing.assert_close(method.memory[idx], expected)
     others = torch.ones(50, dtype=torch.bool)
     others[idx] = False

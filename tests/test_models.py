@@ -42,3 +42,24 @@ def test_unknown_backbone_suggests() -> None:
     with pytest.raises(ConfigError, match="resnet18"):
         create_backbone("resnet81", 3)
     assert "small_cnn" in list_backbones()
+
+
+@pytest.mark.parametrize("method,rule", [("secu", "kaiming"), ("anchorcl", "kaiming"), ("idfd", "default"), ("cdc", "default")])
+def test_stem_initialisation_is_per_method(method: str, rule: str) -> None:
+    """SCAN's and SeCu's ResNets Kaiming-initialise the replaced 3x3 stem (normal, fan-out:
+    std sqrt(2 / (64 * 9))); IDFD's code keeps PyTorch's Conv2d default (uniform with bound
+    1 / sqrt(fan_in) = 1 / sqrt(27), std 1 / sqrt(81))."""
+    from deepclust.config import resolve_config
+    from deepclust.methods import DataInfo, create_method
+
+    torch.manual_seed(0)
+    cfg = resolve_config({"method": method, "n_clusters": 10, "model": {"backbone": "resnet18", "stem": "cifar"},
+                          "method_args": {"n_heads": 1} if method == "secu" else {}})
+    info = DataInfo(n_samples=64, n_channels=3, image_size=32, mean=[0.5] * 3, std=[0.25] * 3, n_clusters=10)
+    w = create_method(cfg, info).backbone.net.conv1.weight.detach().flatten()
+    assert w.numel() == 64 * 27
+    if rule == "kaiming":
+        assert float(w.std()) == pytest.approx((2 / (64 * 9)) ** 0.5, rel=0.08)
+        assert float(w.abs().max()) > 27 ** -0.5  # a normal's tails pass the uniform bound
+    else:
+        assert float(w.abs().max()) <= 27 ** -0.5 and float(w.std()) == pytest.approx(81 ** -0.5, rel=0.08)

@@ -6,7 +6,7 @@ Public entry points::
     from deepclust.metrics import cluster_accuracy, nmi, ari
 """
 
-__version__ = "0.1.0"
+from deepclust._version import __version__  # noqa: E402
 
 from deepclust.cluster import kmeans, sinkhorn  # noqa: E402
 from deepclust.config import Config, resolve_config  # noqa: E402

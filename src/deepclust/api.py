@@ -45,7 +45,7 @@ import torch
 from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-import deepclust
+from deepclust._version import __version__
 from deepclust.cluster import assign_to_centers
 from deepclust.config import Config, TrainConfig, deep_merge, resolve_config
 from deepclust.data import ImageData
@@ -438,7 +438,7 @@ class DeepClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         state = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
-            "library_version": deepclust.__version__,
+            "library_version": __version__,
             "params": _plain(params),
             "config": self.config_.to_dict(),
             "data_info": dataclasses.asdict(self.method_.info),

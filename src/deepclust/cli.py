@@ -35,14 +35,8 @@ _FLAGS = {
 }
 
 
-def packaged_config(name: str) -> Path | None:
-    """``idfd/cifar10`` -> the config shipped in the package, if there is one."""
-    p = Path(__file__).parent / "configs" / (name if name.endswith(".yaml") else f"{name}.yaml")
-    return p if p.is_file() else None
-
-
 def _config_from_args(positional: Sequence[str], flags: dict[str, Any]) -> dict[str, Any]:
-    from deepclust.config import deep_merge, load_yaml, parse_override
+    from deepclust.config import deep_merge, load_yaml, nest, packaged_config, parse_override
 
     raw: dict[str, Any] = {}
     rest = list(positional)
@@ -55,18 +49,8 @@ def _config_from_args(positional: Sequence[str], flags: dict[str, Any]) -> dict[
     for flag, key in _FLAGS.items():
         value = flags.get(flag)
         if value is not None:
-            raw = deep_merge(raw, parse_override(f"{key}={value}") if not isinstance(value, str) else _nest(key, value))
+            raw = deep_merge(raw, parse_override(f"{key}={value}") if not isinstance(value, str) else nest(key, value))
     return raw
-
-
-def _nest(key: str, value: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    node = out
-    parts = key.split(".")
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
-    node[parts[-1]] = value
-    return out
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -177,7 +161,7 @@ def cmd_selflabel(args: argparse.Namespace) -> int:
     from deepclust.selflabel import selflabel
 
     record = selflabel(args.run_dir, epochs=args.epochs, threshold=args.threshold, batch_size=args.batch_size,
-                       out=args.out, device=args.device, progress=not args.quiet)
+                       temperature=args.temperature, out=args.out, device=args.device, progress=not args.quiet)
     _print_record(record)
     return 0
 
@@ -264,8 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     sl = sub.add_parser("selflabel", help="second stage: self-label a finished run (SCAN settings)")
     sl.add_argument("run_dir")
-    sl.add_argument("--epochs", type=int, default=200)
+    sl.add_argument("--epochs", type=int, default=None, help="default: SCAN's 100 on STL-10, 200 elsewhere")
     sl.add_argument("--threshold", type=float, default=0.99)
+    sl.add_argument("--temperature", type=float, default=None,
+                    help="cosine-classifier temperature; it decides which samples can pass the threshold "
+                         "(default min(SeCu's t_w, 0.1), else 0.1)")
     sl.add_argument("--batch-size", type=int, default=1000)
     sl.add_argument("--out", default=None, help="output run directory (default RUN_DIR/selflabel)")
     sl.add_argument("--device", default="auto")
@@ -294,7 +281,8 @@ def _add_train_flags(t: argparse.ArgumentParser, out_help: str) -> None:
     t.add_argument("--backbone", help="auto | small_cnn | resnet18 | resnet34 | resnet50")
     t.add_argument("--train-split", help="train | test | train+test | ...")
     t.add_argument("--eval-split", help="train | test | train+test | ...")
-    t.add_argument("--init", help="a deepclust run directory or checkpoint whose backbone initialises this model")
+    t.add_argument("--init", help="initial backbone weights: a deepclust run or checkpoint, a torchvision ResNet state dict, "
+                   "a MoCo v2/v3, DINO or SwAV ResNet checkpoint, or torchvision:NAME.WEIGHTS")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

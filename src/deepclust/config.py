@@ -33,6 +33,14 @@ class DataConfig:
     image_size: int | None = None  # None: the dataset's native size
     mean: list[float] | None = None  # None: per-channel statistics of the training images
     std: list[float] | None = None
+    # Storage and streaming (data/open.py, data/stream.py)
+    stored_size: int | None = None  # in memory: None keeps the native size (or the input size for folders)
+    stream: bool | str = "auto"  # auto: folders stream when decoded they exceed memory_budget_gb; imagenet always
+    memory_budget_gb: float | None = None  # None: a quarter of the physical memory
+    eval_crop: float | None = None  # streamed evaluation: centred fraction of the shorter side (None: 0.875 imagenet, whole image folders)
+    decoder: str = "pil"  # streamed decoding: pil | torchvision (benchmarks/stream.py)
+    workers: int | None = None  # streamed decoding processes (None: cores - 1, at most 8)
+    gpu_decode: bool = False  # CUDA: decode the JPEGs of a streamed batch on the GPU (unmeasured)
 
 
 @dataclass
@@ -43,14 +51,14 @@ class ModelConfig:
     stem: str = "auto"  # cifar | stl | imagenet | auto (from the image size)
     feature_dim: int = 128
     width: int = 32  # small_cnn: channels of the first stage (then 2x, 4x)
-    init: str | None = None  # a run directory or checkpoint whose backbone initialises this one
+    init: str | None = None  # initial backbone weights: a run, an SSL / torchvision checkpoint, torchvision:NAME.WEIGHTS (models/init.py)
 
 
 @dataclass
 class OptimConfig:
     """Optimiser and learning-rate schedule (stepped per iteration)."""
 
-    name: str = "sgd"  # sgd | adam | adamw
+    name: str = "sgd"  # sgd | adam | adamw | lars (engine/lars.py)
     lr: float = 0.03
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -59,6 +67,7 @@ class OptimConfig:
     milestones: list[int] = field(default_factory=list)  # epochs, for "step"
     gamma: float = 0.1
     warmup_epochs: int = 0
+    trust_coefficient: float = 0.001  # lars only: eta in eta * ||w|| / ||g + wd * w||
     fused: bool | str = "auto"  # auto: fused kernels where torch has them for this device (engine/fastpath.py)
 
 
@@ -218,13 +227,24 @@ def parse_override(text: str) -> dict[str, Any]:
         value = yaml.safe_load(raw) if raw != "" else None
     except yaml.YAMLError:
         value = raw
+    return nest(key.strip(), value)
+
+
+def nest(key: str, value: Any) -> dict[str, Any]:
+    """``("train.epochs", 10)`` -> ``{"train": {"epochs": 10}}`` (the value as given, unparsed)."""
     out: dict[str, Any] = {}
     node = out
-    parts = key.strip().split(".")
+    parts = key.split(".")
     for p in parts[:-1]:
         node = node.setdefault(p, {})
     node[parts[-1]] = value
     return out
+
+
+def packaged_config(name: str) -> Path | None:
+    """``idfd/cifar10`` -> the config shipped in the package, if there is one."""
+    p = Path(__file__).parent / "configs" / (name if name.endswith(".yaml") else f"{name}.yaml")
+    return p if p.is_file() else None
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

@@ -88,7 +88,7 @@ def _backbone() -> Rule:
 
 
 # The optimiser names the engine knows; a new optimiser adds its name here.
-OPTIMIZERS = ("sgd", "adam", "adamw")
+OPTIMIZERS = ("sgd", "adam", "adamw", "lars")
 
 RULES: dict[str, Rule | Callable[[], Rule]] = {
     "n_clusters": optional(integer(2), "the number of classes of the data"),
@@ -100,6 +100,13 @@ RULES: dict[str, Rule | Callable[[], Rule]] = {
     "data.std": optional(Rule(lambda v: isinstance(v, (list, tuple)) and len(v) > 0
                               and all(_is_num(x) and x > 0 for x in v), "a list of numbers > 0, one per channel"),
                          "the training images' statistics"),
+    "data.stored_size": optional(integer(1), "the native size, or the input size for folders"),
+    "data.stream": SWITCH,
+    "data.memory_budget_gb": optional(number(0.0, low_open=True), "a quarter of the physical memory"),
+    "data.eval_crop": optional(number(0.0, 1.0, low_open=True), "0.875 for imagenet, the whole image for folders"),
+    "data.decoder": choice("pil", "torchvision"),
+    "data.workers": optional(integer(0), "cores - 1, at most 8"),
+    "data.gpu_decode": BOOL,
     "model.backbone": _backbone,
     "model.stem": choice("auto", "cifar", "stl", "imagenet", "none"),
     "model.feature_dim": integer(1),
@@ -116,6 +123,7 @@ RULES: dict[str, Rule | Callable[[], Rule]] = {
                              "a list of epochs >= 1"),
     "optim.gamma": number(0.0, low_open=True),
     "optim.warmup_epochs": integer(0),
+    "optim.trust_coefficient": number(0.0, low_open=True),
     "optim.fused": SWITCH,
     "train.epochs": integer(1),
     "train.batch_size": integer(2),
@@ -186,7 +194,13 @@ def _cross_memory(cfg: Any) -> str | None:
     return None
 
 
-CROSS: list[Callable[[Any], str | None]] = [_cross_world, _cross_stats, _cross_milestones, _cross_memory]
+def _cross_lars(cfg: Any) -> str | None:
+    if cfg.optim.name == "lars" and cfg.optim.nesterov:
+        return "optim.nesterov is not supported by lars; set optim.nesterov=false"
+    return None
+
+
+CROSS: list[Callable[[Any], str | None]] = [_cross_world, _cross_stats, _cross_milestones, _cross_memory, _cross_lars]
 
 
 def _fields(obj: Any, prefix: str = "") -> list[tuple[str, Any]]:

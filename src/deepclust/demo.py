@@ -11,9 +11,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from deepclust.cli import packaged_config
 from deepclust.cluster import kmeans
-from deepclust.config import deep_merge, load_yaml, resolve_config
+from deepclust.config import deep_merge, load_yaml, packaged_config, resolve_config
 from deepclust.data import load_dataset
 from deepclust.engine import train
 from deepclust.metrics import evaluate

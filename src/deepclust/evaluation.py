@@ -30,10 +30,11 @@ import torch
 
 from deepclust.cluster import assign_to_centers, kmeans
 from deepclust.config import build_dataclass, Config, resolve_config
-from deepclust.data import ImageData, load_dataset
+from deepclust.data import ImageData
 from deepclust.engine import io
 from deepclust.engine.device import amp_dtype, resolve_device
 from deepclust.engine.evaluate import add_extras, infer_images, make_record, predict
+from deepclust.engine.trainer import open_split  # the same storage/streaming choice as training
 from deepclust.errors import CheckpointError, ConfigError, DeepClustError
 from deepclust.methods import ClusteringMethod, DataInfo, create_method
 
@@ -74,8 +75,8 @@ def load_run_data(cfg: Config, split: str | None = None) -> tuple[ImageData, Ima
     """The run's training images and its evaluated images (``split`` overrides the eval split)."""
     d = cfg.data
     eval_split = split or d.eval_split
-    train = load_dataset(d.name, d.train_split, d.data_dir, d.image_size)
-    evald = train if eval_split == d.train_split else load_dataset(d.name, eval_split, d.data_dir, d.image_size)
+    train = open_split(cfg, d.train_split)
+    evald = train if eval_split == d.train_split else open_split(cfg, eval_split)
     return train, evald
 
 

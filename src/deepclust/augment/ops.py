@@ -486,7 +486,8 @@ def gaussian_blur(x: Tensor, sigma_range: Sequence[float] = (0.1, 2.0), p: float
 
 # Ops of SCAN's strong augmentation (secu.md section 12). Magnitude ranges: rotate in degrees,
 # shear as the affine shear factor, translate as a fraction of the image side, posterize in
-# bits (integers 4..8). The spec gives no range for color/contrast/brightness/sharpness and
+# bits (integers 4..7: SCAN draws a magnitude uniform in [4, 8) and truncates it, so 8 bits,
+# the identity, never occurs; the spec's "4-8" is that range's end points). The spec gives no range for color/contrast/brightness/sharpness and
 # solarize: the library uses enhancement factors in [0.05, 0.95] (the FixMatch/SCAN-style
 # RandAugment convention) and a solarize threshold in [0, 1] (0..256 on 8-bit images).
 RAND_AUGMENT_OPS: tuple[str, ...] = (
@@ -498,7 +499,7 @@ _RA_RANGES: dict[str, tuple[float, float]] = {
     "rotate": (-30.0, 30.0), "solarize": (0.0, 1.0), "color": (0.05, 0.95),
     "contrast": (0.05, 0.95), "brightness": (0.05, 0.95), "sharpness": (0.05, 0.95),
     "shear_x": (-0.1, 0.1), "shear_y": (-0.1, 0.1), "translate_x": (-0.1, 0.1),
-    "translate_y": (-0.1, 0.1), "posterize": (4.0, 9.0),  # floor -> uniform over 4..8
+    "translate_y": (-0.1, 0.1), "posterize": (4.0, 8.0),  # floor -> uniform over 4..7, as SCAN
 }
 
 
@@ -652,7 +653,9 @@ def rand_augment(x: Tensor, n_ops: int = 4, generator: torch.Generator | None = 
 
 def cutout(x: Tensor, max_size: int, generator: torch.Generator | None = None,
            fill: float = 0.0) -> Tensor:
-    """Cutout with one square hole per sample, side uniform in 1..max_size.
+    """Cutout with one square hole per sample, as SCAN's: a length L uniform in 1..max_size,
+    the hole rows [cy - L//2, cy + L//2) and the same for columns, so its side is 2 (L // 2)
+    (0 for L = 1: no hole; an odd L loses a pixel).
 
     The hole centre is a uniform pixel and the hole is clipped at the image border (so it can
     be partly outside, as in the original Cutout). Meant to run *after* normalisation, where
@@ -660,7 +663,8 @@ def cutout(x: Tensor, max_size: int, generator: torch.Generator | None = None,
     """
     b, _, h, w = x.shape
     u = _rand((b, 3), generator, x.device)
-    side = 1 + _randint_below(torch.full((b,), max_size, device=x.device), u[:, 0])
+    length = 1 + _randint_below(torch.full((b,), max_size, device=x.device), u[:, 0])
+    side = 2 * (length // 2)
     cy = _randint_below(torch.full((b,), h, device=x.device), u[:, 1])
     cx = _randint_below(torch.full((b,), w, device=x.device), u[:, 2])
     y0, x0 = cy - side // 2, cx - side // 2

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from deepclust.augment import ops
+from deepclust.augment.views import ViewBatch
 from deepclust.errors import ConfigError
 
 __all__ = ["AugmentConfig", "Augment", "EvalTransform", "StrongAugment"]
@@ -158,11 +159,13 @@ class Augment(_Normalizing):
         self.cfg = cfg
         self.size = int(size)
 
-    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def forward(self, x: Tensor | ViewBatch, generator: torch.Generator | None = None) -> Tensor:
         cfg = self.cfg
-        x = ops.to_float(x)
+        cut = isinstance(x, ViewBatch)  # streamed: the loader cut this view from the file already
+        x = ops.to_float(x.take(self) if isinstance(x, ViewBatch) else x)
         self._check_channels(x)
-        x = ops.random_resized_crop(x, self.size, cfg.crop_scale, cfg.crop_ratio, generator)
+        if not cut:
+            x = ops.random_resized_crop(x, self.size, cfg.crop_scale, cfg.crop_ratio, generator)
         x = ops.color_jitter(x, *cfg.jitter, p=cfg.jitter_p, generator=generator)
         # zero-probability steps are skipped outright: they would be identities anyway
         if cfg.grayscale_p > 0:
@@ -193,8 +196,8 @@ class EvalTransform(_Normalizing):
         super().__init__(mean, std)
         self.size = int(size)
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = ops.to_float(x)
+    def forward(self, x: Tensor | ViewBatch) -> Tensor:
+        x = ops.to_float(x.take(self) if isinstance(x, ViewBatch) else x)
         self._check_channels(x)
         return self._normalize(_resize_if_needed(x, self.size))
 
@@ -206,13 +209,14 @@ class StrongAugment(_Normalizing):
     """SCAN's strong view for self-labelling (secu.md section 12).
 
     uint8 -> float -> (resize if the size differs) -> horizontal flip (0.5) -> random crop of
-    ``size`` after zero padding by ``padding`` -> RandAugment (``n_ops`` ops) -> normalise ->
-    Cutout with one hole of side 1..``cutout_max`` filled with 0, i.e. the mean colour, after
+    ``size`` after zero padding by ``padding`` (0: SCAN crops to the training size without
+    padding, so no shift) -> RandAugment (``n_ops`` ops) -> normalise -> Cutout with one hole of
+    side 2 (L // 2), L in 1..``cutout_max``, filled with 0, i.e. the mean colour, after
     normalisation. ``cutout_max`` None: 16 for images up to 32 px, else 32 (STL-10).
     """
 
     def __init__(self, size: int, mean: Sequence[float] | None, std: Sequence[float] | None,
-                 n_ops: int = 4, padding: int = 4, cutout_max: int | None = None,
+                 n_ops: int = 4, padding: int = 0, cutout_max: int | None = None,
                  flip_p: float = 0.5) -> None:
         super().__init__(mean, std)
         self.size = int(size)

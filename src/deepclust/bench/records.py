@@ -17,7 +17,7 @@ def machine_info(device: torch.device | None = None) -> dict[str, Any]:
     import sklearn
     import torchvision
 
-    import deepclust
+    from deepclust._version import __version__
 
     dev = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     info: dict[str, Any] = {
@@ -31,7 +31,7 @@ def machine_info(device: torch.device | None = None) -> dict[str, Any]:
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "sklearn": sklearn.__version__,
-        "deepclust": getattr(deepclust, "__version__", "unknown"),
+        "deepclust": __version__,
         "loadavg": loadavg(),
     }
     try:
@@ -86,8 +86,7 @@ def bench_config(method: str, data: str, data_dir: str | None = None, backbone: 
                  overrides: list[str] | None = None) -> Any:
     """The resolved config of a throughput run: the packaged ``<method>/<data>`` config when
     there is one (the paper's model, views and batch size), else the method's defaults."""
-    from deepclust.cli import packaged_config
-    from deepclust.config import deep_merge, load_yaml, parse_override, resolve_config
+    from deepclust.config import deep_merge, load_yaml, packaged_config, parse_override, resolve_config
 
     path = packaged_config(f"{method}/{data}")
     raw: dict[str, Any] = load_yaml(path) if path is not None else {"method": method, "data": {"name": data}}

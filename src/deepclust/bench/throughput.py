@@ -121,6 +121,10 @@ def _reference_optimizer(cfg: Any, method: nn.Module) -> torch.optim.Optimizer:
     groups = method.param_groups()
     if o.name == "sgd":
         return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov)
+    if o.name == "lars":  # torch has no LARS: both sides use the library's (engine/lars.py)
+        from deepclust.engine.lars import LARS
+
+        return LARS(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, trust_coefficient=o.trust_coefficient)
     cls = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW
     return cls(groups, lr=o.lr, weight_decay=o.weight_decay)
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError
+from ..precision import fp32
 
 __all__ = ["KMeansResult", "kmeans", "assign_to_centers"]
 
@@ -450,7 +451,15 @@ def kmeans(
     matmul serves them all). ``chunk_size`` caps the rows per distance block (default: blocks of
     ~64 MB). The same ``seed`` gives the same result on the same device (on CUDA, up to the
     nondeterminism of atomic float additions unless deterministic algorithms are enabled).
+    Autocast is disabled inside (a bf16 distance matmul would mis-assign near-ties), so calling
+    it under ``torch.autocast`` gives the float32 result.
     """
+    with fp32(x):
+        return _kmeans(x, n_clusters, n_init, max_iter, tol, seed, chunk_size)
+
+
+def _kmeans(x: Any, n_clusters: int, n_init: int, max_iter: int, tol: float, seed: int,
+            chunk_size: int | None) -> KMeansResult:
     if isinstance(n_init, bool) or int(n_init) != n_init or n_init < 1:
         raise ConfigError(f"n_init must be a positive integer, got {n_init!r}")
     if isinstance(max_iter, bool) or int(max_iter) != max_iter or max_iter < 1:
@@ -506,8 +515,13 @@ def assign_to_centers(
     """Nearest centre of every row of x: returns ``(labels (N,) int64, squared distances (N,))``.
 
     Computed on x's device in float32, in chunks of rows, as ``||x-m||^2 - 2 (x-m).(c-m) +
-    ||c-m||^2`` with m the mean of the centres (for accuracy).
+    ||c-m||^2`` with m the mean of the centres (for accuracy). Autocast is disabled inside.
     """
+    with fp32(x):
+        return _assign_to_centers(x, centers, chunk_size)
+
+
+def _assign_to_centers(x: Any, centers: Any, chunk_size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     t = _as_float_tensor(x, "x")
     c = _as_float_tensor(centers, "centers")
     if c.shape[1] != t.shape[1]:

@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
 
 from ..errors import ConfigError, DataError
+from ..precision import fp32
 
 __all__ = ["sinkhorn"]
-
-
-def _no_autocast(device_type: str):
-    try:
-        return torch.autocast(device_type=device_type, enabled=False)
-    except Exception:  # device type without autocast support
-        return contextlib.nullcontext()
 
 
 @torch.no_grad()
@@ -47,7 +40,7 @@ def sinkhorn(scores: torch.Tensor, n_iters: int = 3, epsilon: float = 0.05) -> t
         raise ConfigError(f"epsilon must be a positive number, got {epsilon!r}")
     b, k = scores.shape
     dtype = torch.float32 if scores.device.type == "mps" else torch.float64
-    with _no_autocast(scores.device.type):
+    with fp32(scores):
         log_q = scores.detach().to(dtype) / float(epsilon)
         log_q = log_q - log_q.max()  # the stable start; a global shift does not change Q
         log_k, log_b = math.log(k), math.log(b)

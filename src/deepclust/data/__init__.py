@@ -12,6 +12,8 @@ from deepclust.data.registry import (
     load_dataset,
     resolve_data_dir,
 )
+from deepclust.data.open import open_dataset
+from deepclust.data.stream import StreamData
 
 __all__ = [
     "DATASETS",
@@ -20,5 +22,7 @@ __all__ = [
     "list_datasets",
     "list_splits",
     "load_dataset",
+    "open_dataset",
+    "StreamData",
     "resolve_data_dir",
 ]

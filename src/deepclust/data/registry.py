@@ -25,8 +25,8 @@ Loader = Callable[[Path, str, "int | None"], ImageData]
 
 def _imagenet(data_dir: Path, split: str, image_size: int | None) -> ImageData:
     raise DataError(
-        "dataset 'imagenet' (1.28M images) needs streaming and is not supported in memory yet; "
-        "use imagenet10, imagenet-dogs, tiny-imagenet or folder:PATH"
+        "dataset 'imagenet' (1.28M images) is read by streaming only, not into memory: train on it "
+        "(e.g. deepclust train secu/imagenet) or open it with deepclust.data.open_dataset"
     )
 
 

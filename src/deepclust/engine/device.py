@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from deepclust.errors import ConfigError
+from deepclust.precision import fp32, full  # noqa: F401  (re-exported: the engine's precision helpers)
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-import deepclust
+from deepclust._version import __version__
 from deepclust.cluster import assign_to_centers, kmeans, kmeans_distributed
 from deepclust.collectives import Collectives, split_sizes
 from deepclust.config import Config
@@ -51,8 +51,13 @@ def infer_images(
     method.eval()
     feats, probs = [], []
     try:
-        for start in tqdm(range(0, len(images), batch_size), desc="features", leave=False, disable=not progress):
-            x = method.eval_transform(images[start : start + batch_size].to(device, non_blocking=True))
+        if hasattr(images, "batches"):  # streamed (data/stream.py LazyImages): decoded by workers
+            chunks = images.batches(batch_size, device)
+        else:
+            chunks = (images[s : s + batch_size].to(device, non_blocking=True) for s in range(0, len(images), batch_size))
+        total = -(-len(images) // batch_size)
+        for chunk in tqdm(chunks, total=total, desc="features", leave=False, disable=not progress):
+            x = method.eval_transform(chunk)
             with autocast(device, amp):
                 f, p = method.infer(x)
             feats.append(f.float())
@@ -197,7 +202,8 @@ def make_record(
     device: torch.device,
     checkpoint_hash: str | None = None,
 ) -> dict[str, Any]:
-    """The result record of spec/evaluation.md 2.1, with acc/nmi/ari also at the top level."""
+    """The result record of spec/evaluation.md 2.1, with acc/nmi/ari/ami also at the top level
+    (AMI: scikit-learn's adjusted mutual information, arithmetic normalisation, float64)."""
     y_pred = pred.labels.cpu().numpy()
     record: dict[str, Any] = {
         "method": cfg.method,
@@ -216,17 +222,19 @@ def make_record(
         "n_classes": eval_data.n_classes if eval_data.has_labels else None,
         "backbone": cfg.model.backbone,
         "cluster_sizes": {k: v for k, v in cluster_size_stats(y_pred, n_clusters).items()},
-        "library_version": deepclust.__version__,
+        "library_version": __version__,
         "device": str(device),
         "config_hash": config_hash(cfg),
     }
     if eval_data.has_labels:
-        scores = evaluate(eval_data.labels.numpy(), y_pred)
-        record.update({"acc": scores["acc"], "nmi": scores["nmi"], "ari": scores["ari"]})
+        # extra=True: AMI beside ACC/NMI/ARI (anchor.md 7, cdc.md 4 and evaluation.md report it)
+        scores = evaluate(eval_data.labels.numpy(), y_pred, extra=True)
+        record.update({k: scores[k] for k in ("acc", "nmi", "ari", "ami")})
         record["n_eval"] = scores.get("n_eval", len(y_pred))
         record["n_excluded"] = scores.get("n_excluded", 0)
-        record["metrics"] = {k: scores[k] for k in ("acc", "nmi", "ari")}
-        record["metric_defs"] = {"acc": "hungarian_one_to_one", "nmi_average": "arithmetic"}
+        record["metrics"] = {k: scores[k] for k in ("acc", "nmi", "ari", "ami")}
+        record["metric_defs"] = {"acc": "hungarian_one_to_one", "nmi_average": "arithmetic",
+                                 "ami_average": "arithmetic"}
     else:
         record["n_eval"] = len(y_pred)
     return record

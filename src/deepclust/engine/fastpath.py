@@ -159,7 +159,7 @@ def make_optimizer(name: str, groups: list[dict[str, Any]], device: torch.device
     runs one kernel over all parameters instead of a few per tensor.
     """
     if name not in _OPTIMIZERS:
-        raise ConfigError(f"optim.name must be sgd, adam or adamw, got '{name}'")
+        raise ConfigError(f"optim.name for make_optimizer must be sgd, adam or adamw (lars: engine/lars.LARS), got '{name}'")
     cls = _OPTIMIZERS[name]
     if resolve_fused(fused, name, device):
         return cls(groups, fused=True, **kwargs)

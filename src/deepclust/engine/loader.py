@@ -52,11 +52,12 @@ class _OrderSampler(Sampler):
     def __init__(self, batch_size: int) -> None:
         self.batch_size = batch_size
         self.order = torch.empty(0, dtype=torch.long)
+        self.index_batches: list[torch.Tensor] | None = None  # explicit batches, if set
 
     def __len__(self) -> int:
+        if self.index_batches is not None:
+            return len(self.index_batches)
         return -(-len(self.order) // self.batch_size)
-
-        self.index_batches: list[torch.Tensor] | None = None  # explicit batches, if set
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         if self.index_batches is not None:

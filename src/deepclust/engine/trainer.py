@@ -26,8 +26,9 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from deepclust.config import Config
 from deepclust.config_rules import validate
-from deepclust.data import ImageData, load_dataset
+from deepclust.data import ImageData, StreamData, open_dataset
 from deepclust.data.base import FeatureData
+from deepclust.data.crops import ViewSpec
 from deepclust.engine import io, rundir
 from deepclust.engine.device import amp_dtype, autocast, resolve_device, rng_state, seed_everything, set_rng_state
 from deepclust.engine.distributed import (
@@ -39,12 +40,15 @@ from deepclust.engine.distributed import (
     init_distributed,
 )
 from deepclust.engine.fastpath import apply_fast_paths, make_optimizer
+from deepclust.engine.lars import LARS
 from deepclust.engine.loader import BatchStream
+from deepclust.engine.stream_loader import StreamLoader
 from deepclust.engine.evaluate import Prediction, add_extras, make_record, predict
 from deepclust.engine.schedule import lr_factor
 from deepclust.errors import CheckpointError, ConfigError, DataError, DeepClustError
 from deepclust.methods import ClusteringMethod, DataInfo, create_method
 from deepclust.models import auto_backbone
+from deepclust.models.init import check_source, init_backbone
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +58,18 @@ def default_run_dir(cfg: Config) -> Path:
     return Path("runs") / f"{cfg.method}_{Path(name).stem or 'data'}_s{cfg.train.seed}"
 
 
+def open_split(cfg: Config, split: str) -> ImageData | StreamData:
+    """One split of ``cfg.data``: in memory at its stored size, or streamed (data/open.py)."""
+    d = cfg.data
+    return open_dataset(
+        d.name, split, d.data_dir, d.image_size, stored_size=d.stored_size, stream=d.stream,
+        memory_budget_gb=d.memory_budget_gb, eval_crop=d.eval_crop, decoder=d.decoder, workers=d.workers,
+    )
+
+
 def load_data(
     cfg: Config, data: ImageData | tuple[ImageData, ImageData] | None = None
-) -> tuple[ImageData, ImageData]:
+) -> tuple[ImageData | StreamData, ImageData | StreamData]:
     """The training and the evaluated images (the same object under train+test).
 
     ``data``: in-memory data from the caller (e.g. the estimator) used instead of reading
@@ -69,8 +82,8 @@ def load_data(
         if not (isinstance(train, ImageData) and isinstance(evald, ImageData)):
             raise DataError("in-memory data must be an ImageData or FeatureData, or a (train, eval) pair of them")
     else:
-        train = load_dataset(d.name, d.train_split, d.data_dir, d.image_size)
-        evald = train if d.eval_split == d.train_split else load_dataset(d.name, d.eval_split, d.data_dir, d.image_size)
+        train = open_split(cfg, d.train_split)
+        evald = train if d.eval_split == d.train_split else open_split(cfg, d.eval_split)
     if train.n_samples == 0:
         raise DataError(f"dataset '{d.name}' split '{d.train_split}' holds no images")
     return train, evald
@@ -82,7 +95,9 @@ def data_info(cfg: Config, train: ImageData, evald: ImageData) -> DataInfo:
         return _feature_info(cfg, train, evald)
     size = cfg.data.image_size or int(train.images.shape[-1])
     c = train.n_channels
-    if cfg.data.mean is None or cfg.data.std is None:
+    if isinstance(train, StreamData) and (cfg.data.mean is None or cfg.data.std is None):
+        mean, std = train.channel_stats(seed=cfg.train.seed)  # a seeded sample of files, decoded
+    elif cfg.data.mean is None or cfg.data.std is None:
         # Statistics of the training images, on a sample to keep this cheap for big sets.
         sample = train.images[torch.randperm(train.n_samples, generator=torch.Generator().manual_seed(0))[:10000]]
         x = sample.float().div_(255).transpose(0, 1).reshape(c, -1)
@@ -145,6 +160,8 @@ def build_optimizer(cfg: Config, method: ClusteringMethod, device: torch.device 
     if o.name == "sgd":
         kwargs = {"momentum": o.momentum, "weight_decay": o.weight_decay, "nesterov": o.nesterov}
         return make_optimizer("sgd", groups, device, o.fused, lr=o.lr, **kwargs)
+    if o.name == "lars":  # no fused kernel: optim.fused=true fails in apply_fast_paths
+        return LARS(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, trust_coefficient=o.trust_coefficient)
     return make_optimizer(o.name, groups, device, o.fused, lr=o.lr, weight_decay=o.weight_decay)
 
 
@@ -155,26 +172,6 @@ def resolve_auto_model(cfg: Config, info: DataInfo) -> None:
         cfg.model.backbone = name
     if cfg.model.stem == "auto":
         cfg.model.stem = stem
-
-
-def load_backbone(method: ClusteringMethod, source: str) -> None:
-    """Initialise ``method.backbone`` from another deepclust run or checkpoint (any method)."""
-    ckpt = io.load_checkpoint(source)
-    prefix = "backbone."
-    weights = {k[len(prefix):]: v for k, v in ckpt["model"].items() if k.startswith(prefix)}
-    if not weights:
-        raise CheckpointError(f"'{source}' holds no backbone weights")
-    own = method.backbone.state_dict()
-    bad = [k for k, v in weights.items() if k not in own or own[k].shape != v.shape]
-    missing = [k for k in own if k not in weights]
-    if bad or missing:
-        first = (bad or missing)[0]
-        raise CheckpointError(
-            f"the backbone in '{source}' ({ckpt['config']['model']['backbone']}) does not match this model's "
-            f"({method.cfg.model.backbone}): first mismatch at '{first}'; use the same model.backbone and stem"
-        )
-    method.backbone.load_state_dict(weights)
-    log.info("backbone initialised from %s (%s, epoch %s)", source, ckpt["method"], ckpt.get("epoch"))
 
 
 class Trainer:
@@ -192,6 +189,8 @@ class Trainer:
         self.last_logs: dict[str, float] = {}  # the training logs of the last finished epoch
         self.out = Path(cfg.train.out) if cfg.train.out else default_run_dir(cfg)
         self._check_run_dir()
+        if cfg.model.init and not resume:
+            check_source(cfg.model.init)  # a missing file fails now, not after loading the data
         seed_everything(cfg.train.seed)
         # torchrun: join the process group; the device becomes cuda:LOCAL_RANK (no-op otherwise)
         self.dist, self.device = init_distributed(resolve_device(cfg.train.device))
@@ -200,11 +199,15 @@ class Trainer:
         self.info = data_info(cfg, self.train_data, self.eval_data)
         resolve_auto_model(cfg, self.info)
         self.method = create_method(cfg, self.info)
+        # Where the initial weights came from (results.json, checkpoints); on resume: the checkpoint's.
+        self.init_record: dict[str, str] | None = None
         if cfg.model.init and not resume:
-            load_backbone(self.method, cfg.model.init)
+            self.init_record = init_backbone(self.method.backbone, cfg.model.init, cfg.model.backbone, cfg.model.stem)
         self.method.to(self.device)
         self._setup_distributed()  # before the fast paths: SyncBatchNorm goes in before torch.compile
-        self.fast = apply_fast_paths(self.method, cfg, self.device, self.train_data.n_samples, self.train_data.images.nbytes)
+        streamed = isinstance(self.train_data, StreamData)  # only the file list is in memory
+        self.fast = apply_fast_paths(self.method, cfg, self.device, self.train_data.n_samples,
+                                     0 if streamed else self.train_data.images.nbytes)
         self.optimizer = build_optimizer(cfg, self.method)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         self.start_epoch = 0
@@ -264,6 +267,7 @@ class Trainer:
             "rng": rng_state(),
             "data_info": dataclasses.asdict(self.info),
             "train_logs": dict(self.last_logs),  # the metrics line of this epoch, if a resume must write it again
+            "init": self.init_record,
             **(extra or {}),
         }
 
@@ -295,6 +299,7 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
+        self.init_record = ckpt.get("init")
         self.start_epoch = self.saved_epoch = int(ckpt["epoch"])
         self.last_logs = dict(ckpt.get("train_logs") or {})
         if self.start_epoch > self.cfg.train.epochs:
@@ -319,6 +324,22 @@ class Trainer:
             record["distributed"] = {"world_size": self.dist.world, "backend": self.dist.backend, "sync_bn": self.cfg.train.sync_bn}
         return add_extras(record, self.method, pred, self.eval_data), pred
 
+    def place_data(self) -> Any:
+        """The training images where the loop reads them, and ``self.stream`` (None: resident):
+        streamed from disk (engine/stream_loader.py), resident on the device, or gathered from
+        host memory (engine/loader.py). Returns what :meth:`ClusteringMethod.setup` sees."""
+        cfg, method = self.cfg, self.method
+        if isinstance(self.train_data, StreamData):  # decoded from disk by workers (engine/stream_loader.py)
+            images = self.train_data.view(ViewSpec("plain"))  # what setup() sees: the whole images, resized
+            self.stream = StreamLoader(self.train_data, method.stream_views(), self.device, cfg.train.seed,
+                                       workers=cfg.data.workers, gpu_decode=cfg.data.gpu_decode)
+        elif self.fast.data_on_device:
+            images, self.stream = self.train_data.images.to(self.device), None
+        else:  # too big for the device: batches stream from host memory (engine/loader.py)
+            images = self.train_data.images
+            self.stream = BatchStream(images, self.device, max(1, cfg.train.batch_size // self.dist.world))
+        return images
+
     # ----- the loop ----------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
         cfg, method, main = self.cfg, self.method, self.dist.is_main
@@ -329,11 +350,7 @@ class Trainer:
             if self.resume:  # the lines of epochs after the checkpoint belong to a run that died
                 rundir.truncate_metrics(self.out, self.start_epoch)
             io.write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False), self.out / io.CONFIG)
-        if self.fast.data_on_device:
-            images, self.stream = self.train_data.images.to(self.device), None
-        else:  # too big for the device: batches stream from host memory (engine/loader.py)
-            images = self.train_data.images
-            self.stream = BatchStream(images, self.device, max(1, cfg.train.batch_size // self.dist.world))
+        images = self.place_data()
         n, bs, epochs = self.train_data.n_samples, cfg.train.batch_size, cfg.train.epochs
         iters = n // bs if cfg.train.drop_last else math.ceil(n / bs)
         if iters == 0:
@@ -387,6 +404,7 @@ class Trainer:
         self._save(done, {"centers": pred.centers, "n_clusters": self.info.n_clusters} if pred is not None else None)
         if record is not None:
             record["checkpoint_hash"] = io.file_hash(self.out / io.CHECKPOINT)
+            record["init"] = self.init_record
             io.write_json(record, self.out / io.RESULTS)
             log.info("done: %s -> %s", _fmt(record), self.out)
         return self.dist.broadcast_object(record)  # every process returns rank 0's record
@@ -432,6 +450,8 @@ class Trainer:
                     continue
                 idx = idx[rows]
             plan.append((it, len(perm[it * bs : (it + 1) * bs]), idx))
+        if isinstance(stream, StreamLoader):
+            stream.set_epoch(epoch)  # crops of this epoch: per-sample generators of (seed, epoch, index)
         batches = stream.batches_of([p[2] for p in plan]) if stream is not None else ((images[p[2]], p[2]) for p in plan)
         for (it, n_global, _), (batch, idx) in zip(plan, batches):
             if d.enabled:
@@ -481,7 +501,7 @@ def _to_cpu(state: Any) -> Any:
 
 
 def _short(record: dict[str, Any]) -> dict[str, Any]:
-    keys = ("epoch", "acc", "nmi", "ari", "protocol", "split", "cluster_sizes")
+    keys = ("epoch", "acc", "nmi", "ari", "ami", "protocol", "split", "cluster_sizes", "extras")
     return {k: record[k] for k in keys if k in record}
 
 

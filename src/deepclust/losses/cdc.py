@@ -6,7 +6,13 @@ consistent with the abstract, not the paper's verified formulas.
 
 The representation of a view is r = [p ; z]: p (B, K) a categorical probability vector (the
 cluster head), z (B, D) an instance embedding. All functions are pure (no state, follow the
-inputs' device) and compute in float32 at least, even under autocast.
+inputs' device).
+
+Precision: every function runs entirely in float32 (float64 inputs stay float64) with autocast
+disabled for the inputs' device: the similarity s(a, b) (a /tau_z = 0.5 scaling and, for
+``multiplicative``, a log of p.p near 0), the log-sum-exp of NT-Xent, the swapped-prediction
+and entropy terms and the unrolled Sinkhorn (exp(scores / 0.05)). bf16/fp16 inputs are
+promoted; their gradients come back in their own dtype.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ import torch
 from torch.nn import functional as F
 
 from deepclust.errors import ConfigError
+from deepclust.precision import fp32
+from deepclust.precision import full as _f32
 
 __all__ = [
     "cdc_contrastive_loss",
@@ -27,10 +35,6 @@ __all__ = [
 ]
 
 _COMBINE = ("additive", "multiplicative")
-
-
-def _f32(x: torch.Tensor) -> torch.Tensor:
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
 def cdc_similarity(
@@ -47,14 +51,17 @@ def cdc_similarity(
 
     additive (Reading A, spec 3.2):        s = p_a.p_b / tau_p + z_a.z_b / tau_z
     multiplicative (Reading B, spec 3.5):  s = log(p_a.p_b + eps) + z_a.z_b / tau_z
+
+    Float32 (float64 stays), autocast off.
     """
-    pp = p_a @ p_b.t()
-    zz = z_a @ z_b.t() / tau_z
-    if combine == "additive":
-        return pp / tau_p + zz
-    if combine == "multiplicative":
+    if combine not in _COMBINE:
+        raise ConfigError(f"combine must be one of {', '.join(_COMBINE)}, got {combine!r}")
+    with fp32(p_a):
+        pp = _f32(p_a) @ _f32(p_b).t()
+        zz = _f32(z_a) @ _f32(z_b).t() / tau_z
+        if combine == "additive":
+            return pp / tau_p + zz
         return torch.log(pp + eps) + zz
-    raise ConfigError(f"combine must be one of {', '.join(_COMBINE)}, got {combine!r}")
 
 
 def cdc_contrastive_loss(
@@ -93,19 +100,20 @@ def cdc_contrastive_loss(
             f"cdc_contrastive_loss: shapes must match, got p1 {tuple(p1.shape)}, p2 {tuple(p2.shape)}, "
             f"z1 {tuple(z1.shape)}, z2 {tuple(z2.shape)}"
         )
-    b = p1.shape[0]
-    p = torch.cat([_f32(p1), _f32(p2)])
-    z = F.normalize(torch.cat([_f32(z1), _f32(z2)]), dim=1)
-    s = cdc_similarity(p, z, p, z, tau_p, tau_z, combine, eps)
-    # b != a: the anchor itself never enters its own denominator.
-    s = s.masked_fill(torch.eye(2 * b, dtype=torch.bool, device=s.device), float("-inf"))
-    if (neg_p is None) != (neg_z is None):
-        raise ConfigError("cdc_contrastive_loss: pass both neg_p and neg_z, or neither")
-    if neg_p is not None and neg_p.shape[0] > 0:
-        nz = F.normalize(_f32(neg_z).detach(), dim=1)
-        s = torch.cat([s, cdc_similarity(p, z, _f32(neg_p).detach(), nz, tau_p, tau_z, combine, eps)], dim=1)
-    target = torch.cat([torch.arange(b, 2 * b), torch.arange(0, b)]).to(s.device)
-    return F.cross_entropy(s, target)
+    with fp32(p1):
+        b = p1.shape[0]
+        p = torch.cat([_f32(p1), _f32(p2)])
+        z = F.normalize(torch.cat([_f32(z1), _f32(z2)]), dim=1)
+        s = cdc_similarity(p, z, p, z, tau_p, tau_z, combine, eps)
+        # b != a: the anchor itself never enters its own denominator.
+        s = s.masked_fill(torch.eye(2 * b, dtype=torch.bool, device=s.device), float("-inf"))
+        if (neg_p is None) != (neg_z is None):
+            raise ConfigError("cdc_contrastive_loss: pass both neg_p and neg_z, or neither")
+        if neg_p is not None and neg_p.shape[0] > 0:
+            nz = F.normalize(_f32(neg_z).detach(), dim=1)
+            s = torch.cat([s, cdc_similarity(p, z, _f32(neg_p).detach(), nz, tau_p, tau_z, combine, eps)], dim=1)
+        target = torch.cat([torch.arange(b, 2 * b), torch.arange(0, b)]).to(s.device)
+        return F.cross_entropy(s, target)
 
 
 def cdc_swapped_prediction_loss(
@@ -118,9 +126,10 @@ def cdc_swapped_prediction_loss(
     log_p1, log_p2 (B, K) are log-probabilities (log_softmax of the head's logits, for
     stability); q1, q2 (B, K) the Sinkhorn targets of view 1 / view 2, held constant.
     """
-    b = log_p1.shape[0]
-    q1, q2 = _f32(q1).detach(), _f32(q2).detach()
-    return -((q2 * _f32(log_p1)).sum() + (q1 * _f32(log_p2)).sum()) / (2 * b)
+    with fp32(log_p1):
+        b = log_p1.shape[0]
+        q1, q2 = _f32(q1).detach(), _f32(q2).detach()
+        return -((q2 * _f32(log_p1)).sum() + (q1 * _f32(log_p2)).sum()) / (2 * b)
 
 
 def cdc_entropy_loss(p1: torch.Tensor, p2: torch.Tensor) -> torch.Tensor:
@@ -130,9 +139,10 @@ def cdc_entropy_loss(p1: torch.Tensor, p2: torch.Tensor) -> torch.Tensor:
 
     zero exactly at uniform cluster usage.
     """
-    p_bar = torch.cat([_f32(p1), _f32(p2)]).mean(dim=0)
-    k = p_bar.shape[0]
-    return (p_bar * torch.log(p_bar.clamp_min(1e-12) * k)).sum()
+    with fp32(p1):
+        p_bar = torch.cat([_f32(p1), _f32(p2)]).mean(dim=0)
+        k = p_bar.shape[0]
+        return (p_bar * torch.log(p_bar.clamp_min(1e-12) * k)).sum()
 
 
 def cdc_sinkhorn_soft(scores: torch.Tensor, n_iters: int = 3, epsilon: float = 0.05) -> torch.Tensor:
@@ -143,12 +153,13 @@ def cdc_sinkhorn_soft(scores: torch.Tensor, n_iters: int = 3, epsilon: float = 0
     row mass 1/n, return n * Q (rows sum to 1) -- but gradients flow through the unrolled
     iterations. Computed in float32 at least.
     """
-    n, k = scores.shape
-    log_q = _f32(scores) / float(epsilon)
-    log_q = log_q - log_q.max().detach()  # a global shift: changes nothing, keeps exp in range
-    for _ in range(int(n_iters)):
-        log_q = log_q - (torch.logsumexp(log_q, dim=0, keepdim=True) + math.log(k))
-        log_q = log_q - (torch.logsumexp(log_q, dim=1, keepdim=True) + math.log(n))
-    if n_iters == 0:
-        log_q = log_q - (torch.logsumexp(log_q, dim=1, keepdim=True) + math.log(n))
-    return torch.exp(log_q + math.log(n))
+    with fp32(scores):
+        n, k = scores.shape
+        log_q = _f32(scores) / float(epsilon)
+        log_q = log_q - log_q.max().detach()  # a global shift: changes nothing, keeps exp in range
+        for _ in range(int(n_iters)):
+            log_q = log_q - (torch.logsumexp(log_q, dim=0, keepdim=True) + math.log(k))
+            log_q = log_q - (torch.logsumexp(log_q, dim=1, keepdim=True) + math.log(n))
+        if n_iters == 0:
+            log_q = log_q - (torch.logsumexp(log_q, dim=1, keepdim=True) + math.log(n))
+        return torch.exp(log_q + math.log(n))

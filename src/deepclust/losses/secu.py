@@ -2,7 +2,13 @@
 spec/secu.md section 4).
 
 Both losses take centres as (K, D) rows (the spec's W is d x K; the library stores its
-transpose). Everything is computed in at least float32 (float64 inputs stay float64), on the inputs' device.
+transpose).
+
+Precision: both losses run entirely in float32 (float64 inputs stay float64) with autocast
+disabled for the inputs' device: the similarities x.c / t (t = 0.05 multiplies any bf16
+rounding of a cosine by 20), the softmax targets, the log-softmax and the scatter of the live
+positive logit (which under autocast met bf16 logits and failed). bf16/fp16 inputs are
+promoted; their gradients come back in their own dtype.
 """
 
 from __future__ import annotations
@@ -10,10 +16,8 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-
-def _fp(t: torch.Tensor) -> torch.Tensor:
-    """float32 at least (half / bfloat16 inputs are promoted; float64 stays float64)."""
-    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+from deepclust.precision import fp32
+from deepclust.precision import full as _fp
 
 
 def secu_center_loss(
@@ -34,8 +38,14 @@ def secu_center_loss(
     so dl/dc_y = -(1 - p_y) x / t on the assigned centre and 0 on every other centre; the
     gradient then flows through the row normalisation into ``centers``. ``features`` (B, D)
     should be unit-norm; no gradient reaches them. ``detach_negatives=False`` gives plain cross
-    entropy (the paper's unstable ablation, secu.md pitfall 8).
+    entropy (the paper's unstable ablation, secu.md pitfall 8). Float32, autocast off.
     """
+    with fp32(centers):
+        return _center_loss(features, centers, labels, temperature, detach_negatives)
+
+
+def _center_loss(features: torch.Tensor, centers: torch.Tensor, labels: torch.Tensor, temperature: float,
+                 detach_negatives: bool) -> torch.Tensor:
     x = features.detach()
     c = F.normalize(_fp(centers), dim=1)
     x = _fp(x).to(c.dtype)
@@ -74,8 +84,15 @@ def secu_representation_loss(
     i.e. the mean of the two views' soft cross entropies. ``target_sources`` (s1, s2) replaces
     the features whose softmax builds T^(1) and T^(2) (default (x2, x1)); SeCu's ImageNet
     variant uses it so the predictor branch takes its targets from the other view's
-    projection branch.
+    projection branch. Float32, autocast off.
     """
+    with fp32(centers):
+        return _representation_loss(x1, x2, centers, prev_labels, temperature, label_weight, target_sources)
+
+
+def _representation_loss(x1: torch.Tensor, x2: torch.Tensor, centers: torch.Tensor, prev_labels: torch.Tensor,
+                         temperature: float, label_weight: float,
+                         target_sources: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
     c = _fp(centers.detach())
     z1 = _fp(x1).to(c.dtype) @ c.t() / temperature
     z2 = _fp(x2).to(c.dtype) @ c.t() / temperature

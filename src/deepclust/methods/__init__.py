@@ -5,9 +5,10 @@ from __future__ import annotations
 import difflib
 import importlib
 
+from torch import nn
+
 from deepclust.errors import ConfigError
 from deepclust.methods.base import ClusteringMethod, DataInfo, StepOutput
-from deepclust.methods.idfd import IDFD
 
 # name -> "module:Class"; imported on first use so one method's import cost is not everyone's.
 METHODS: dict[str, str] = {
@@ -42,13 +43,22 @@ def get_method_class(name: str) -> type[ClusteringMethod]:
         close = difflib.get_close_matches(str(name), list(METHODS), n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         raise ConfigError(f"unknown method '{name}'{hint} (choose from {', '.join(list_methods())})")
-    module, cls = METHODS[name].split(":")
-    return getattr(importlib.import_module(module), cls)
+    module, attr = METHODS[name].split(":")
+    cls = getattr(importlib.import_module(module), attr)
+    if not (isinstance(cls, type) and issubclass(cls, ClusteringMethod)) or cls.name != name:
+        # A registry entry must name a ClusteringMethod whose ``name`` is its key: the key is what
+        # checkpoints and configs record, so a mismatch would resume the wrong method.
+        raise TypeError(f"registry entry '{name}' -> {METHODS[name]} is not a ClusteringMethod with name '{name}'")
+    return cls
 
 
 def create_method(cfg, info: DataInfo) -> ClusteringMethod:
-    """Build the method named by ``cfg.method``."""
-    return get_method_class(cfg.method)(cfg, info)
+    """Build the method named by ``cfg.method`` and check the contract of
+    :class:`ClusteringMethod` that the engine relies on (a contributor's error, not a user's)."""
+    method = get_method_class(cfg.method)(cfg, info)
+    if not isinstance(getattr(method, "backbone", None), nn.Module):
+        raise TypeError(f"method '{cfg.method}' ({type(method).__name__}) must assign self.backbone (an nn.Module) in __init__")
+    return method
 
 
-__all__ = ["METHODS", "ClusteringMethod", "DataInfo", "IDFD", "StepOutput", "create_method", "get_method_class", "list_methods", "secu_dual_update", "secu_size_assign"]
+__all__ = ["METHODS", "ClusteringMethod", "DataInfo", "StepOutput", "create_method", "get_method_class", "list_methods", "secu_dual_update", "secu_size_assign"]

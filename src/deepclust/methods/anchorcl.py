@@ -13,7 +13,8 @@ augmented views x_i, x_j (three separate train-mode forwards, each with its own 
 The K centres mu live in the backbone's feature space and are trained with everything else
 (Adam 3e-4). They start as k-means centres of the initial network's clean-view features
 (:meth:`AnchorCL.setup`). The headline prediction is argmax_k q (``head_argmax``); k-means on
-the clean backbone features h is recorded beside it under ``extras.kmeans``.
+the clean backbone features h is recorded beside it under ``extras.kmeans`` (in results.json
+and in every evaluation line of metrics.jsonl, a curve beside the head's).
 
 Defects of the released code fixed here (spec/anchor.md section 10):
 
@@ -43,35 +44,44 @@ Options (``method_args``), each defaulting to the released code's behaviour:
   incomplete batch instead). BN running statistics are restored afterwards, so the pass
   changes nothing but the centres.
 - ``init_n_init`` (10): k-means restarts for the initial centres.
+- ``target_mode`` ("batch"): the DEC target P of the released code, recomputed from every
+  mini-batch (spec/anchor.md 3.2). "full" is classic DEC (spec/anchor.md 10.9): P is the
+  sharpened target of the whole training set, f_k = sum over all N images of q_nk, refreshed
+  every ``target_interval`` steps (0: at every epoch start) and read by instance index. The
+  full-dataset q is a store of every image's clean-view q at its latest visit (initialised
+  from the k-means initialisation pass), so a refresh needs no extra pass over the data and a
+  resumed run continues exactly (store and target are checkpointed buffers, float32).
 
 Under torchrun (engine/distributed.py) NT-Xent and the DEC target use the global batch gathered
 with gradient; the anchor losses are means over each process's rows; :meth:`setup` runs on
 every process on all training images (same centres everywhere).
 
 The projector's output size is ``model.feature_dim`` (128). A pretrained warm start (the
-spec's ``init_from``) is the engine's ``model.init``: the backbone is loaded before
-:meth:`setup`, so the centres are k-means on the pretrained features. Not implemented: the
-spec's non-default ``target_mode="full"`` (full-dataset DEC target refreshed every T steps).
+spec's ``init_from``) is the engine's ``model.init`` (any checkpoint kind of models/init.py): the
+backbone is loaded before :meth:`setup`, so the centres are k-means on the pretrained features.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from deepclust.augment import Augment, EvalTransform
 from deepclust.cluster import kmeans
-from deepclust.config import Config
 from deepclust.errors import ConfigError
 from deepclust.losses.contrastive import nt_xent_loss
-from deepclust.losses.dec import anchor_loss, dec_loss, student_t_assignment
+from deepclust.losses.dec import anchor_loss, dec_loss, dec_target, student_t_assignment
 from deepclust.methods.base import ClusteringMethod, DataInfo, StepOutput
 from deepclust.metrics import evaluate
+from deepclust.precision import fp32
 from deepclust.models import mlp_projector
+
+if TYPE_CHECKING:  # type hints only: config resolution imports the methods, not the reverse
+    from deepclust.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +91,7 @@ class AnchorCL(ClusteringMethod):
 
     name = "anchorcl"
     prediction = "head_argmax"
+    stem_init = "kaiming"  # every convolution Kaiming-normal (spec/anchor.md 2), the CIFAR stem too
 
     @dataclass
     class Options:
@@ -94,6 +105,8 @@ class AnchorCL(ClusteringMethod):
         init_bn_mode: str = "train"
         init_batch_size: int = 32
         init_n_init: int = 10
+        target_mode: str = "batch"
+        target_interval: int = 0
 
     @classmethod
     def defaults(cls) -> dict[str, Any]:
@@ -117,6 +130,8 @@ class AnchorCL(ClusteringMethod):
             raise ConfigError(f"method_args.init_bn_mode must be 'train' or 'eval', got '{o.init_bn_mode}'")
         if o.init_batch_size < 2 or o.init_n_init < 1 or o.alpha <= 0 or o.instance_temperature <= 0:
             raise ConfigError("method_args: init_batch_size >= 2, init_n_init >= 1, alpha > 0 and instance_temperature > 0 are required")
+        if o.target_mode not in ("batch", "full") or o.target_interval < 0:
+            raise ConfigError(f"method_args.target_mode must be 'batch' or 'full' (got '{o.target_mode}') and target_interval >= 0")
         # The released code does not normalise any view (spec/anchor.md 5, 10.13).
         mean, std = (info.mean, info.std) if o.normalize_input else (None, None)
         self.augment = Augment(cfg.augment, info.image_size, mean, std)
@@ -126,6 +141,12 @@ class AnchorCL(ClusteringMethod):
         self.projector = mlp_projector(d, d, cfg.model.feature_dim, batch_norm=False)
         self.centers = nn.Parameter(torch.zeros(info.n_clusters, d))
         self.register_buffer("centers_initialized", torch.tensor(False))
+        # target_mode "full": every image's latest clean-view q and the full-dataset target
+        # (empty in "batch" mode); float32, whatever the autocast dtype.
+        n_full = info.n_samples if o.target_mode == "full" else 0
+        self.register_buffer("q_store", torch.zeros(n_full, info.n_clusters))
+        self.register_buffer("full_target", torch.zeros(n_full, info.n_clusters))
+        self.register_buffer("target_steps", torch.tensor(0, dtype=torch.long))
 
     # ----- centre initialisation ------------------------------------------------------------
     @torch.no_grad()
@@ -165,13 +186,41 @@ class AnchorCL(ClusteringMethod):
         km = kmeans(feats, self.info.n_clusters, n_init=self.opts.init_n_init, seed=self.cfg.train.seed)
         self.centers.copy_(km.centers.to(self.centers.device, self.centers.dtype))
         self.centers_initialized.fill_(True)
+        if self.opts.target_mode == "full":
+            self.q_store.copy_(self._assign(feats.to(self.centers.device)))
+            self.refresh_target()
         log.info("anchorcl: %d centres from k-means on %d initial features (inertia %.4g)", len(km.centers), len(feats), km.inertia)
 
     # ----- training ---------------------------------------------------------------------------
     def _assign(self, h: torch.Tensor) -> torch.Tensor:
         # Student-t head in float32 even under autocast: bf16 distances of raw features are too coarse.
-        with torch.autocast(h.device.type, enabled=False):
+        with fp32(h):
             return student_t_assignment(h.float(), self.centers.float(), self.opts.alpha)
+
+    @torch.no_grad()
+    def refresh_target(self) -> None:
+        """target_mode "full": P <- dec_target(q of all N training images), classic DEC."""
+        self.full_target.copy_(dec_target(self.q_store.float()))
+
+    def on_epoch_start(self, epoch: int) -> None:
+        if self.opts.target_mode == "full" and self.opts.target_interval == 0 and epoch > 0:
+            self.refresh_target()
+
+    def _cluster_loss(self, q: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        if self.opts.target_mode == "batch":
+            return dec_loss(self.dist.gather_with_grad(q))
+        o = self.opts
+        if o.target_interval > 0 and int(self.target_steps) > 0 and int(self.target_steps) % o.target_interval == 0:
+            self.refresh_target()
+        self.target_steps += 1
+        loss = dec_loss(q, self.full_target[indices])  # the rows of this process (a per-sample mean)
+        with torch.no_grad():  # the store sees the global batch, identical on every process
+            self.q_store[self.dist.gather(indices)] = self.dist.gather(q.detach().float())
+        return loss
+
+    def stream_views(self) -> list[nn.Module]:
+        # the clean "anchor" view is the plain resize of the whole image
+        return [self.eval_transform, self.augment, self.augment]
 
     def training_step(self, images: torch.Tensor, indices: torch.Tensor, epoch: int) -> StepOutput:
         if not bool(self.centers_initialized):
@@ -187,7 +236,7 @@ class AnchorCL(ClusteringMethod):
         gather = self.dist.gather_with_grad
         l_ins = nt_xent_loss(gather(self.projector(hi).float()), gather(self.projector(hj).float()), o.instance_temperature)
         q, qi, qj = self._assign(h), self._assign(hi), self._assign(hj)
-        l_clu = dec_loss(gather(q))
+        l_clu = self._cluster_loss(q, indices)
         l_anc = anchor_loss(q, qi) + anchor_loss(q, qj)
         loss = o.instance_weight * l_ins + o.cluster_weight * l_clu + o.anchor_weight * l_anc
         logs = {
@@ -216,6 +265,6 @@ class AnchorCL(ClusteringMethod):
             "fit": "evaluated images",
         }
         if y_true is not None and bool((y_true >= 0).any()):
-            scores = evaluate(y_true.cpu().numpy(), km.labels.cpu().numpy())
-            rec = {"acc": scores["acc"], "nmi": scores["nmi"], "ari": scores["ari"], **rec}
+            scores = evaluate(y_true.cpu().numpy(), km.labels.cpu().numpy(), extra=True)
+            rec = {"acc": scores["acc"], "nmi": scores["nmi"], "ari": scores["ari"], "ami": scores["ami"], **rec}
         return {"kmeans": rec}

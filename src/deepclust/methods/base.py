@@ -8,18 +8,19 @@ what is specific to the paper.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
 
 from deepclust.augment import Augment, EvalTransform, FeatureAugment, FeatureEvalTransform
 from deepclust.collectives import SINGLE_PROCESS, Collectives
-from deepclust.config import Config
 from deepclust.errors import ConfigError
 from deepclust.models import auto_backbone, create_backbone
+
+if TYPE_CHECKING:  # type hints only: config resolution imports the methods, not the reverse
+    from deepclust.config import Config
 
 
 @dataclass
@@ -53,8 +54,15 @@ class DataInfo:
 
 
 class ClusteringMethod(nn.Module):
-    """Base class. Subclasses set ``name``, ``prediction`` and ``Options`` and implement
-    :meth:`training_step` and :meth:`infer`.
+    """Base class: everything the engine uses of a method is declared here.
+
+    A subclass sets ``name`` (its registry key), ``prediction`` and ``Options``, assigns
+    ``self.backbone`` in ``__init__`` (``self.build_backbone()`` builds the configured one), and
+    implements :meth:`training_step` and :meth:`infer`. The other hooks have defaults that do
+    nothing; override those the paper needs (``setup``, ``on_epoch_start``,
+    ``after_optimizer_step``, ``param_groups``, ``lr_scale``, ``evaluation_extras``,
+    ``memory_bank``, ``head_centers``, ``defaults``). The trainer runs ``training_step`` under
+    the configured autocast; a method computes its precision-sensitive parts in fp32 itself.
 
     Feature mode (``info.n_features`` > 0): every :class:`Augment` a method assigns to an
     attribute becomes a :class:`FeatureAugment` (noise + dropout on standardised features) and
@@ -66,9 +74,17 @@ class ClusteringMethod(nn.Module):
     name: ClassVar[str] = ""
     #: "kmeans" (k-means on :meth:`infer` features) or "head_argmax" (argmax of its probabilities)
     prediction: ClassVar[str] = "kmeans"
+    #: initialisation of a ResNet's stem convolution: "default" (PyTorch's, IDFD's code) or
+    #: "kaiming" (normal, fan-out, as SCAN's and SeCu's ResNets)
+    stem_init: ClassVar[str] = "default"
     # ----- distributed (torchrun): global-batch gathers; the trainer sets its handle here ---------
     #: single process by default, whose gathers return their input (see deepclust/collectives.py)
     dist: Collectives = SINGLE_PROCESS
+    #: the network that maps (normalised) inputs to features; ``model.init`` loads its weights and
+    #: the fast paths (channels-last, ``torch.compile``) apply to it. Every method assigns it.
+    backbone: nn.Module
+    #: the head whose probabilities :meth:`infer` returns and the record names (SeCu: the K = k one)
+    eval_head: int = 0
 
     @dataclass
     class Options:
@@ -119,7 +135,8 @@ class ClusteringMethod(nn.Module):
         # The MLP reads feature vectors, or flattened images (C x H x W) when chosen for images.
         in_dim = info.n_features or info.n_channels * info.image_size * info.image_size
         return create_backbone(
-            name, info.n_channels, auto_stem if stem == "auto" else stem, in_dim=in_dim, width=self.cfg.model.width
+            name, info.n_channels, auto_stem if stem == "auto" else stem, in_dim=in_dim, width=self.cfg.model.width,
+            stem_init=self.stem_init,
         )
 
     # ----- hooks the trainer calls ----------------------------------------------------------
@@ -129,6 +146,11 @@ class ClusteringMethod(nn.Module):
 
     def on_epoch_start(self, epoch: int) -> None:
         """Called at the start of every epoch (0-based)."""
+
+    def stream_views(self) -> list[nn.Module]:
+        """The pipelines :meth:`training_step` calls on its batch, in call order, once per call:
+        streamed data arrive with one view cut per entry (augment/views.py)."""
+        return [self.augment]
 
     def training_step(self, images: torch.Tensor, indices: torch.Tensor, epoch: int) -> StepOutput:
         """One step on uint8 images (B, C, H, W) (float (B, D) in feature mode) on the device with
@@ -155,8 +177,17 @@ class ClusteringMethod(nn.Module):
         return {}
 
     def infer(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Eval-mode outputs for normalised images: (features for k-means, probabilities or None)."""
+        """Eval-mode outputs for normalised images: (features for k-means, probabilities or None).
+        The features are the method's feature source for k-means (``prediction="kmeans"``), the
+        estimator's ``transform`` and the reports; probabilities are required for ``head_argmax``."""
         raise NotImplementedError
 
-    def options_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self.opts)
+    def memory_bank(self) -> torch.Tensor | None:
+        """The (N, D) per-sample memory that ``eval.features=memory`` clusters (IDFD), or None."""
+        return None
+
+    def head_centers(self) -> tuple[torch.Tensor, float] | None:
+        """The (K, D) centres of the prediction head and their softmax temperature, where the head
+        is a cosine classifier (SeCu); self-labelling starts its classifier from them. None: it
+        starts from the soft centroids of :meth:`infer`'s probabilities instead."""
+        return None

@@ -49,9 +49,10 @@ paper's values once read):
   in L_con (MoCo style; p recomputed with the current head).
 - ``infer_features`` = "backbone" (h) or "instance" (z): the features ``infer`` returns
   beside p (for ``transform`` / k-means users; the prediction itself is argmax p).
-- ``init_from`` of the spec is the engine's ``model.init`` (a deepclust run directory or
-  checkpoint with the same backbone; the CLI flag ``--init``): scratch for the small
-  datasets, an SSL checkpoint for ImageNet-1k.
+- ``init_from`` of the spec is the engine's ``model.init`` (the CLI flag ``--init``: a deepclust
+  run, a torchvision state dict, a MoCo v2/v3, DINO or SwAV ResNet checkpoint, or
+  ``torchvision:NAME.WEIGHTS``; see models/init.py): scratch for the small datasets, an SSL
+  checkpoint for ImageNet-1k.
 
 Under torchrun (engine/distributed.py) the contrastive loss and the entropy term use the
 global batch gathered with gradient, Sinkhorn balances the gathered scores, and the queue
@@ -62,14 +63,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from deepclust.cluster import sinkhorn
-from deepclust.config import Config
 from deepclust.errors import ConfigError
 from deepclust.losses.cdc import (
     cdc_contrastive_loss,
@@ -79,6 +79,10 @@ from deepclust.losses.cdc import (
 )
 from deepclust.methods.base import ClusteringMethod, DataInfo, StepOutput
 from deepclust.models import mlp_projector
+from deepclust.precision import fp32, full
+
+if TYPE_CHECKING:  # type hints only: config resolution imports the methods, not the reverse
+    from deepclust.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -170,10 +174,16 @@ class CDC(ClusteringMethod):
 
     # ----- the network -------------------------------------------------------------------------
     def logits(self, u: torch.Tensor) -> torch.Tensor:
-        """Categorical logits l from embeddings u = g_c(h): cosine to the prototypes or linear."""
-        if self.opts.cat_head == "cosine":
-            return F.normalize(u, dim=1) @ F.normalize(self.prototypes, dim=1).t()
-        return self.cat_fc(u)
+        """Categorical logits l from embeddings u = g_c(h): cosine to the prototypes or linear.
+
+        Float32 with autocast off: p = softmax(l / t_c) with t_c = 0.1 multiplies any bf16
+        rounding of l by 10, and Sinkhorn divides l by 0.05.
+        """
+        with fp32(u):
+            u = full(u)
+            if self.opts.cat_head == "cosine":
+                return F.normalize(u, dim=1) @ F.normalize(full(self.prototypes), dim=1).t()
+            return self.cat_fc(u)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         h = self.backbone(x)
@@ -200,6 +210,9 @@ class CDC(ClusteringMethod):
         return sinkhorn(s, self.opts.sinkhorn_iters, self.opts.sinkhorn_eps)[: logits.shape[0]]
 
     # ----- training ------------------------------------------------------------------------------
+    def stream_views(self) -> list[nn.Module]:
+        return [self.augment, self.augment]
+
     def training_step(self, images: torch.Tensor, indices: torch.Tensor, epoch: int) -> StepOutput:
         o = self.opts
         b = images.shape[0]
@@ -208,7 +221,8 @@ class CDC(ClusteringMethod):
         logits = out["logits"].float()
         l1, l2 = logits[:b], logits[b:]
         z1, z2 = out["z"][:b], out["z"][b:]
-        p1, p2 = F.softmax(l1 / o.t_c, dim=1), F.softmax(l2 / o.t_c, dim=1)
+        with fp32(logits):  # softmax at temperature t_c < 1: float32, autocast off
+            p1, p2 = F.softmax(l1 / o.t_c, dim=1), F.softmax(l2 / o.t_c, dim=1)
         # Under torchrun the contrastive loss, the entropy and Sinkhorn see the global batch
         # (gathered, with gradient where the loss needs it); with one process these are no-ops.
         gather = self.dist.gather_with_grad
@@ -228,14 +242,15 @@ class CDC(ClusteringMethod):
                 # Sinkhorn balances the global batch's scores; each process keeps its rows.
                 q1 = self.sinkhorn_targets(self.dist.gather(l1.detach()), q_scores)[mine]
                 q2 = self.sinkhorn_targets(self.dist.gather(l2.detach()), q_scores)[mine]
-                l_eq = cdc_swapped_prediction_loss(
-                    F.log_softmax(l1 / o.t_c, dim=1), F.log_softmax(l2 / o.t_c, dim=1), q1, q2
-                )
+                with fp32(logits):
+                    lp1, lp2 = F.log_softmax(l1 / o.t_c, dim=1), F.log_softmax(l2 / o.t_c, dim=1)
+                l_eq = cdc_swapped_prediction_loss(lp1, lp2, q1, q2)
             elif o.equipartition == "entropy":
                 l_eq = o.entropy_weight * cdc_entropy_loss(c1, c2)
         neg_p = neg_z = None
         if o.queue_negatives and q_scores is not None:
-            neg_p = F.softmax(q_scores / o.t_c, dim=1)
+            with fp32(q_scores):
+                neg_p = F.softmax(q_scores / o.t_c, dim=1)
             neg_z = self.queue_z[: int(self.queue_len)]
         l_con = cdc_contrastive_loss(
             c1, gather(z1), c2, gather(z2), o.tau_p, o.tau_z, combine=o.combine, eps=o.mult_eps, neg_p=neg_p, neg_z=neg_z
@@ -273,6 +288,7 @@ class CDC(ClusteringMethod):
     @torch.no_grad()
     def infer(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         out = self(x)
-        p = F.softmax(out["logits"].float() / self.opts.t_c, dim=1)
+        with fp32(out["logits"]):
+            p = F.softmax(out["logits"].float() / self.opts.t_c, dim=1)
         feats = out["h"] if self.opts.infer_features == "backbone" else out["z"]
         return feats.float(), p

@@ -22,15 +22,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.nn import functional as F
 
-from deepclust.config import Config
 from deepclust.losses import feature_decorrelation_loss, instance_discrimination_loss
 from deepclust.methods.base import ClusteringMethod, DataInfo, StepOutput
 from deepclust.models import NormalizedLinear
+
+if TYPE_CHECKING:  # type hints only: config resolution imports the methods, not the reverse
+    from deepclust.config import Config
 
 
 class IDFD(ClusteringMethod):
@@ -87,3 +89,6 @@ class IDFD(ClusteringMethod):
     @torch.no_grad()
     def infer(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         return self(x).float(), None
+
+    def memory_bank(self) -> torch.Tensor:
+        return self.memory

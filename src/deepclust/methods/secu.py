@@ -61,19 +61,22 @@ import dataclasses
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from deepclust.augment import Augment
-from deepclust.config import Config
 from deepclust.errors import ConfigError
 from deepclust.losses.secu import secu_center_loss, secu_representation_loss
+from deepclust.precision import fp32
 from deepclust.methods.base import ClusteringMethod, DataInfo, StepOutput
 from deepclust.metrics import acc_many_to_one, nmi
 from deepclust.models import mlp_projector
+
+if TYPE_CHECKING:  # type hints only: config resolution imports the methods, not the reverse
+    from deepclust.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +91,14 @@ def secu_dual_update(dual: torch.Tensor, labels: torch.Tensor, lower_ratio: floa
     """Projected dual ascent for the lower bound n_k >= gamma N / K, from one (global) batch:
 
         rho_k <- max(0, rho_k + lr * (gamma / K - n_k / B)),   n_k = #{i : labels_i = k}.
+
+    The projection onto rho >= 0 applies when gamma < 1 (a lower bound's multiplier), as in the
+    official code; gamma >= 1 (an equality-like target) leaves the duals unclamped there too.
     """
     k = dual.numel()
     frac = torch.bincount(labels.view(-1), minlength=k).float() / labels.numel()
-    return (dual.float() + lr * (lower_ratio / k - frac)).clamp_min(0.0)
+    step = dual.float() + lr * (lower_ratio / k - frac)
+    return step.clamp_min(0.0) if lower_ratio < 1 else step
 
 
 def _xlogx(p: torch.Tensor) -> torch.Tensor:
@@ -142,6 +149,7 @@ class SeCu(ClusteringMethod):
     """SeCu (see module docstring)."""
 
     name = "secu"
+    stem_init = "kaiming"  # SeCu's (SCAN's) ResNets Kaiming-initialise the stem too (secu.md 8)
     prediction = "head_argmax"
     eval_head = 0  # the head whose K equals n_clusters
 
@@ -300,6 +308,9 @@ class SeCu(ClusteringMethod):
         labels[idx] = y
         return y, torch.where(old >= 0, old, y)
 
+    def stream_views(self) -> list[nn.Module]:
+        return [self.augment, self.augment2]
+
     def training_step(self, images: torch.Tensor, indices: torch.Tensor, epoch: int) -> StepOutput:
         o = self.opts
         x1, q1 = self._branches(self.augment(images))
@@ -315,7 +326,7 @@ class SeCu(ClusteringMethod):
         mine = self.dist.local_rows(images.shape[0])
         for h in range(o.n_heads):
             w = self.centers[h]
-            with torch.no_grad(), torch.autocast(images.device.type, enabled=False):
+            with torch.no_grad(), fp32(images):
                 c = F.normalize(w.detach().float(), dim=1)
                 sim = sum(b @ c.t() for b in gathered) / len(gathered)
                 y_all, y_prev_all = self._assign(h, sim, all_idx)
@@ -344,8 +355,12 @@ class SeCu(ClusteringMethod):
     @torch.no_grad()
     def infer(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         feats = self(x).float()
-        c = F.normalize(self.centers[self.eval_head].detach().float(), dim=1)
-        return feats, F.softmax(feats @ c.t() / self.opts.temperature_w, dim=1)
+        with fp32(feats):  # softmax of cosines / t_w (0.05): float32, not the caller's autocast dtype
+            c = F.normalize(self.centers[self.eval_head].detach().float(), dim=1)
+            return feats, F.softmax(feats @ c.t() / self.opts.temperature_w, dim=1)
+
+    def head_centers(self) -> tuple[torch.Tensor, float]:
+        return self.centers[self.eval_head].detach(), float(self.opts.temperature_w)
 
     @torch.no_grad()
     def evaluation_extras(self, features: torch.Tensor, y_true: torch.Tensor | None) -> dict[str, Any]:
@@ -357,7 +372,8 @@ class SeCu(ClusteringMethod):
         labelled = y_true is not None and bool((y_true >= 0).any())
         for h, k in enumerate(self.ks):
             c = F.normalize(self.centers[h].detach().float().to(feats.device), dim=1)
-            pred = (feats @ c.t()).argmax(dim=1).cpu()
+            with fp32(feats):  # argmax of near-tied cosines: float32 even if called under autocast
+                pred = (feats @ c.t()).argmax(dim=1).cpu()
             sizes = torch.bincount(pred, minlength=k)
             entry: dict[str, Any] = {"head": h, "k": k, "n_nonempty": int((sizes > 0).sum()), "min_size": int(sizes.min()), "max_size": int(sizes.max())}
             if labelled:

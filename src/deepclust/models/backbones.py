@@ -8,8 +8,10 @@ no zero-init of the last BN), with the stem swapped:
 - ``stl``: as cifar, then MaxPool(2, 2, padding 1) (96-px images; SeCu's STL-10 variant);
 - ``imagenet``: torchvision's 7x7 stride-2 convolution and 3x3 max-pool (224-px images).
 
-The replaced stem convolution keeps PyTorch's default initialisation, as in the reference
-codes (idfd.md section 4).
+The replaced stem convolution's initialisation is per method (``stem_init``): "default"
+keeps PyTorch's Conv2d default (kaiming-uniform, a = sqrt(5)), as IDFD's reference code
+(idfd.md section 4); "kaiming" gives it the same Kaiming-normal fan-out init as every other
+convolution, as SCAN's and SeCu's ResNets (secu.md section 8) and torchvision's own stem.
 """
 
 from __future__ import annotations
@@ -28,21 +30,26 @@ _RESNETS: dict[str, Callable[..., nn.Module]] = {
     "resnet50": tvm.resnet50,
 }
 STEMS = ("cifar", "stl", "imagenet")
+STEM_INITS = ("default", "kaiming")
 
 
 class ResNetBackbone(nn.Module):
     """A torchvision ResNet without its classifier, with a configurable stem."""
 
-    def __init__(self, arch: str = "resnet18", stem: str = "cifar", in_channels: int = 3) -> None:
+    def __init__(self, arch: str = "resnet18", stem: str = "cifar", in_channels: int = 3, stem_init: str = "default") -> None:
         super().__init__()
         if stem not in STEMS:
             raise ConfigError(f"unknown stem '{stem}'; choose one of {', '.join(STEMS)}")
+        if stem_init not in STEM_INITS:
+            raise ConfigError(f"unknown stem_init '{stem_init}'; choose one of {', '.join(STEM_INITS)}")
         net = _RESNETS[arch](weights=None)
         if stem in ("cifar", "stl"):
             net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
             net.maxpool = nn.MaxPool2d(2, 2, padding=1) if stem == "stl" else nn.Identity()
         elif in_channels != 3:
             net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        if stem_init == "kaiming":  # torchvision's rule for every other convolution
+            nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
         self.out_dim: int = net.fc.in_features
         net.fc = nn.Identity()
         self.net = net
@@ -122,12 +129,14 @@ def auto_backbone(image_size: int, channels: int, n_features: int = 0) -> tuple[
 
 
 def create_backbone(
-    name: str, in_channels: int, stem: str = "cifar", in_dim: int | None = None, width: int = 32
+    name: str, in_channels: int, stem: str = "cifar", in_dim: int | None = None, width: int = 32,
+    stem_init: str = "default",
 ) -> nn.Module:
     """Build a backbone by name (see :func:`list_backbones`). ``in_dim``: the input length of
-    the MLP (feature dimension D, or C x H x W for flattened images)."""
+    the MLP (feature dimension D, or C x H x W for flattened images). ``stem_init``: the ResNet
+    stem's initialisation ("default" or "kaiming"; see the module docstring)."""
     if name in _RESNETS:
-        return ResNetBackbone(name, stem, in_channels)
+        return ResNetBackbone(name, stem, in_channels, stem_init)
     if name == "small_cnn":
         return SmallCNN(in_channels, width)
     if name == "mlp":

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from deepclust.engine import io
@@ -85,11 +86,21 @@ def _name(names: list[str], c: Any) -> str:
     return names[int(c)] if 0 <= int(c) < len(names) else str(c)
 
 
+def _thumbnail_images(images: Any, nearest: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The images as uint8 (N, C, H, W), or for a streamed dataset (data/stream.py) only the
+    rows shown, decoded now, with ``nearest`` renumbered into them."""
+    if not hasattr(images, "batches"):
+        return images.numpy(), nearest
+    shown = np.unique(np.concatenate([np.asarray(r, dtype=np.int64) for r in nearest] or [np.zeros(0, np.int64)]))
+    decoded = images[torch.from_numpy(shown)].numpy() if len(shown) else np.zeros((0, *images.shape[1:]), np.uint8)
+    return decoded, [np.searchsorted(shown, np.asarray(r, dtype=np.int64)) for r in nearest]
+
+
 def _grids(pred: RunPrediction, k: int, per_cluster: int, out: Path, names: list[str]) -> list[Figure]:
     feats, labels = pred.features.numpy(), pred.labels.numpy()
     centers = None if pred.centers is None else pred.centers.numpy()
     nearest = nearest_to_centers(feats, labels, centers, k, per_cluster)
-    images = pred.data.images.numpy()
+    images, nearest = _thumbnail_images(pred.data.images, nearest)
     y = pred.data.labels.numpy()
     sizes = np.bincount(labels, minlength=k)
     figs = []
