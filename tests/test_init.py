@@ -311,3 +311,14 @@ def test_cdc_imagenet_config_asks_for_its_checkpoint_before_reading_data(tmp_pat
     with pytest.raises(CheckpointError) as exc:
         Trainer(resolve_config(raw))
     _one_line(exc, "moco_v2_800ep_pretrain.pth.tar", "--init PATH", "MoCo v2")
+
+
+def test_a_damaged_deepclust_checkpoint_is_corrupt_as_init(tmp_path: Path) -> None:
+    # Its weights still load, so only the stored checksum can tell (as resume and eval check it).
+    run, _ = _deepclust_ckpt(tmp_path, "small_cnn", "cifar")
+    ckpt = torch.load(run / io.CHECKPOINT, weights_only=False)
+    ckpt["model"]["backbone.stem.0.weight" if "backbone.stem.0.weight" in ckpt["model"] else next(iter(ckpt["model"]))] += 1.0
+    torch.save(ckpt, run / io.CHECKPOINT)  # the old checksum, now wrong
+    with pytest.raises(CheckpointError) as exc:
+        init_backbone(create_backbone("small_cnn", 1, "cifar", width=4), str(run), "small_cnn", "cifar")
+    _one_line(exc, "checkpoint corrupt")

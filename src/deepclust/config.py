@@ -287,5 +287,6 @@ def _validate(cfg: Config) -> None:
     validate(cfg)
 
 
-def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+def config_yaml(cfg: Config) -> str:
+    """The resolved config as YAML (every default written out), as run directories store it."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

@@ -54,7 +54,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from deepclust.augment import StrongAugment
-from deepclust.config import save_config
+from deepclust.config import config_yaml
 from deepclust.data import load_dataset
 from deepclust.engine import io
 from deepclust.engine.device import seed_everything
@@ -196,7 +196,7 @@ def selflabel(
     opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     run_out = Path(out) if out is not None else Path(run_dir) / "selflabel"
     run_out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_out / io.CONFIG)
+    io.write_text(config_yaml(cfg), run_out / io.CONFIG)
     n = len(images)
     # SCAN drops the last partial batch; a training set smaller than one batch is one batch.
     batch_size = min(batch_size, n)

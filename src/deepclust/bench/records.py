@@ -73,11 +73,10 @@ def stamp_record(record: dict[str, Any], start: dict[str, Any], script: str, arg
 
 def write_record(record: dict[str, Any], path: str | Path) -> Path:
     """Write a result record as indented JSON (atomically: a temporary file, then rename)."""
+    from deepclust.engine.io import write_text
+
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_suffix(p.suffix + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    tmp.replace(p)
+    write_text(json.dumps(record, indent=2) + "\n", p)  # fsynced temporary file, then rename
     return p
 
 

@@ -97,9 +97,6 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
         raise
 
 
-_atomic_write = atomic_write  # the old private name
-
-
 def write_text(text: str, path: str | Path) -> None:
     atomic_write(Path(path), lambda fh: fh.write(text.encode()))
 

@@ -20,11 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from deepclust.config import Config
+from deepclust.config import Config, config_yaml
 from deepclust.config_rules import validate
 from deepclust.data import ImageData, StreamData, open_dataset
 from deepclust.data.base import FeatureData
@@ -349,7 +348,7 @@ class Trainer:
                 rundir.clear(self.out)
             if self.resume:  # the lines of epochs after the checkpoint belong to a run that died
                 rundir.truncate_metrics(self.out, self.start_epoch)
-            io.write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False), self.out / io.CONFIG)
+            io.write_text(config_yaml(self.cfg), self.out / io.CONFIG)
         images = self.place_data()
         n, bs, epochs = self.train_data.n_samples, cfg.train.batch_size, cfg.train.epochs
         iters = n // bs if cfg.train.drop_last else math.ceil(n / bs)

@@ -35,6 +35,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from deepclust.engine.io import verify_checksum
 from deepclust.errors import CheckpointError
 from deepclust.models.backbones import ResNetBackbone
 
@@ -143,7 +144,10 @@ def read_source(source: str) -> tuple[Any, Path]:
     if source.startswith(TORCHVISION):
         return _torchvision_weights(source[len(TORCHVISION):])
     path = _source_path(source)
-    return _read_file(path), path
+    obj = _read_file(path)
+    if isinstance(obj, dict):
+        verify_checksum(obj, path)  # a deepclust checkpoint carries one: a damaged file is "corrupt"
+    return obj, path
 
 
 def _tensors(obj: Any) -> dict[str, torch.Tensor]:
