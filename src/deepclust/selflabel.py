@@ -60,8 +60,9 @@ from deepclust.engine import io
 from deepclust.engine.device import seed_everything
 from deepclust.engine.evaluate import Prediction, infer_images, make_record
 from deepclust.errors import CheckpointError, ConfigError
-from deepclust.precision import fp32, full
 from deepclust.evaluation import load_run
+from deepclust.methods import ClusteringMethod
+from deepclust.precision import fp32, full
 
 log = logging.getLogger(__name__)
 
@@ -122,14 +123,13 @@ class CosineClassifier(nn.Module):
         return self.embed(x) @ F.normalize(self.weight, dim=1).t() / self.temperature
 
 
-def _initial_classifier(method: nn.Module, ckpt: dict[str, Any], images: torch.Tensor, batch: int, device: torch.device) -> tuple[torch.Tensor, float | None, str]:
+def _initial_classifier(method: ClusteringMethod, ckpt: dict[str, Any], images: torch.Tensor, batch: int, device: torch.device) -> tuple[torch.Tensor, float | None, str]:
     """(W, default temperature or None, description) for the cosine classifier."""
     if method.prediction == "head_argmax":
-        centers = getattr(method, "centers", None)
-        if isinstance(centers, nn.ParameterList):
-            h = int(getattr(method, "eval_head", 0))
-            t_w = float(getattr(method.opts, "temperature_w", 0.1))
-            return centers[h].detach(), min(t_w, DEFAULT_TEMPERATURE), f"head {h} centres"
+        head = method.head_centers()
+        if head is not None:
+            w, t_w = head
+            return w, min(t_w, DEFAULT_TEMPERATURE), f"head {method.eval_head} centres"
         feats, probs = infer_images(method, images, batch, device)
         if probs is None:
             raise CheckpointError("this head_argmax method returned no probabilities")

@@ -114,7 +114,8 @@ def predict(
     eval_feats, probs, has_probs = infer_sharded(method, eval_data.images, bs, device, amp, progress, dist)
     head = method.prediction == "head_argmax" and has_probs
     source = cfg.eval.features
-    if not head and source == "memory" and (not same or not hasattr(method, "memory")):
+    bank = method.memory_bank() if source == "memory" else None
+    if not head and source == "memory" and (not same or bank is None):
         raise ConfigError("eval.features=memory needs the train+test protocol and a method with a memory bank (idfd)")
     train_feats = None
     if not head and source != "memory" and not same:  # every process takes part in the gather
@@ -124,10 +125,11 @@ def predict(
     if head:
         assert probs is not None
         conf, labels = probs.max(dim=1)
-        info = {"type": "head_argmax", "head": getattr(method, "eval_head", 0), "k": probs.shape[1]}
+        info = {"type": "head_argmax", "head": method.eval_head, "k": probs.shape[1]}
         return Prediction(labels, conf, None, eval_feats, info)
     if source == "memory":
-        fit_feats = method.memory.float()
+        assert bank is not None
+        fit_feats = bank.float()
     else:
         fit_feats = eval_feats if same else train_feats
     assert fit_feats is not None
