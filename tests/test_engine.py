@@ -80,3 +80,33 @@ def test_train_to_test_fits_kmeans_on_train_and_assigns_test() -> None:
     ami = adjusted_mutual_info_score(yte, pred.labels.numpy(), average_method="arithmetic")
     assert record["ami"] == pytest.approx(ami, abs=1e-12) and record["metrics"]["ami"] == record["ami"]
     assert record["metric_defs"]["nmi_average"] == "arithmetic" and record["n_init"] == 5
+
+
+class BankMethod(PixelMethod):
+    """A k-means method with a memory bank unrelated to its pixel features."""
+
+    def __init__(self, bank: torch.Tensor | None) -> None:
+        super().__init__()
+        self.bank = bank
+
+    def memory_bank(self) -> torch.Tensor | None:
+        return self.bank
+
+
+def test_memory_features_cluster_the_methods_memory_bank() -> None:
+    from sklearn.metrics import adjusted_rand_score
+
+    x, _ = _blobs(300, 0)
+    data = ImageData(x, torch.zeros(300, dtype=torch.long), ["a"], "toy", "train+test")
+    rng = np.random.default_rng(3)
+    yb = rng.integers(0, 3, 300)  # the bank's own clusters, not the pixels'
+    bank = torch.from_numpy(rng.normal(0, 0.05, (300, 8)) + 5 * np.eye(8)[yb]).float()
+    cfg = resolve_config({"method": "idfd", "eval": {"features": "memory", "n_init": 3}})
+    pred = predict(BankMethod(bank), cfg, 3, data, data, torch.device("cpu"))
+    ref = KMeans(3, n_init=3, random_state=0).fit_predict(bank.numpy())
+    assert pred.info["type"] == "memory_bank"
+    assert adjusted_rand_score(ref, pred.labels.numpy()) == pytest.approx(1.0)
+    from deepclust.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="memory bank"):
+        predict(BankMethod(None), cfg, 3, data, data, torch.device("cpu"))
