@@ -65,3 +65,23 @@ def test_methods_load_on_first_use() -> None:
     # secu's helper functions import lazily inside their bodies; only top-level imports count
     top = {n.module for n in tree.body if isinstance(n, ast.ImportFrom) and n.module}
     assert not (eager & top)
+
+
+def test_register_method_adds_a_class_and_refuses_a_taken_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    from deepclust.errors import ConfigError
+
+    monkeypatch.setattr(methods, "METHODS", dict(METHODS))
+
+    class Mine(ClusteringMethod):
+        name = "mine"
+
+    assert methods.register_method(Mine) is Mine and get_method_class("mine") is Mine
+    assert "mine" in methods.list_methods()
+
+    class Taken(ClusteringMethod):
+        name = "idfd"
+
+    with pytest.raises(ConfigError, match="already registered"):
+        methods.register_method(Taken)
+    with pytest.raises(TypeError):
+        methods.register_method(nn.Linear)  # type: ignore[arg-type]

@@ -67,3 +67,14 @@ def test_research_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     import json
 
     assert json.loads((tmp_path / "runs/idfd_digits/results.json").read_text())["epoch"] == 2
+
+
+def test_adding_a_method_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from deepclust import methods
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(methods, "METHODS", dict(methods.METHODS))  # the example registers "simclr"
+    namespace: dict = {}
+    exec(compile(block("method").replace("epochs=10", "epochs=1"), "README.md", "exec"), namespace)
+    assert "simclr" in methods.list_methods()
+    assert namespace["labels"].shape == (1797,) and len(set(namespace["labels"].tolist())) > 1

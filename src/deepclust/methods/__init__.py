@@ -10,8 +10,9 @@ from torch import nn
 from deepclust.errors import ConfigError
 from deepclust.methods.base import ClusteringMethod, DataInfo, StepOutput
 
-# name -> "module:Class"; imported on first use so one method's import cost is not everyone's.
-METHODS: dict[str, str] = {
+# name -> "module:Class" (imported on first use, so one method's import cost is not everyone's)
+# or the class itself (methods registered at run time with ``register_method``).
+METHODS: dict[str, str | type[ClusteringMethod]] = {
     "idfd": "deepclust.methods.idfd:IDFD",
     "secu": "deepclust.methods.secu:SeCu",
     "cdc": "deepclust.methods.cdc:CDC",
@@ -33,6 +34,16 @@ def secu_dual_update(dual, labels, lower_ratio: float, lr: float):
     return f(dual, labels, lower_ratio, lr)
 
 
+def register_method(cls: type[ClusteringMethod]) -> type[ClusteringMethod]:
+    """Add a method under ``cls.name`` (usable as a class decorator); the name must be new."""
+    if not (isinstance(cls, type) and issubclass(cls, ClusteringMethod)) or not cls.name:
+        raise TypeError(f"register_method needs a ClusteringMethod subclass with a name, got {cls!r}")
+    if cls.name in METHODS and METHODS[cls.name] is not cls:
+        raise ConfigError(f"a method named '{cls.name}' is already registered; choose another name")
+    METHODS[cls.name] = cls
+    return cls
+
+
 def list_methods() -> list[str]:
     """Names accepted by ``--method``, configs and the estimator."""
     return sorted(METHODS)
@@ -43,8 +54,12 @@ def get_method_class(name: str) -> type[ClusteringMethod]:
         close = difflib.get_close_matches(str(name), list(METHODS), n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         raise ConfigError(f"unknown method '{name}'{hint} (choose from {', '.join(list_methods())})")
-    module, attr = METHODS[name].split(":")
-    cls = getattr(importlib.import_module(module), attr)
+    entry = METHODS[name]
+    if isinstance(entry, str):
+        module, attr = entry.split(":")
+        cls = getattr(importlib.import_module(module), attr)
+    else:
+        cls = entry
     if not (isinstance(cls, type) and issubclass(cls, ClusteringMethod)) or cls.name != name:
         # A registry entry must name a ClusteringMethod whose ``name`` is its key: the key is what
         # checkpoints and configs record, so a mismatch would resume the wrong method.
@@ -61,4 +76,4 @@ def create_method(cfg, info: DataInfo) -> ClusteringMethod:
     return method
 
 
-__all__ = ["METHODS", "ClusteringMethod", "DataInfo", "StepOutput", "create_method", "get_method_class", "list_methods", "secu_dual_update", "secu_size_assign"]
+__all__ = ["METHODS", "ClusteringMethod", "DataInfo", "StepOutput", "create_method", "get_method_class", "list_methods", "register_method", "secu_dual_update", "secu_size_assign"]
