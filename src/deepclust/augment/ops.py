@@ -122,6 +122,17 @@ def _pair(size: int | Sequence[int]) -> tuple[int, int]:
 # ----------------------------------------------------------------------------- geometry
 
 
+def central_crop_size(width: int, height: int, ratio: Sequence[float]) -> tuple[int, int]:
+    """torchvision's RandomResizedCrop fallback: the largest central (w, h) whose aspect ratio
+    w / h is clamped into ``ratio`` (the whole image when its own ratio is inside)."""
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        return width, int(round(width / min(ratio)))
+    if in_ratio > max(ratio):
+        return int(round(height * max(ratio))), height
+    return width, height
+
+
 def sample_crop_boxes(batch: int, height: int, width: int,
                       scale: Sequence[float] = (0.08, 1.0),
                       ratio: Sequence[float] = (3 / 4, 4 / 3),
@@ -157,13 +168,7 @@ def sample_crop_boxes(batch: int, height: int, width: int,
     h = h.gather(1, first).squeeze(1)
 
     # Central-crop fallback: depends only on the image shape, so plain Python.
-    in_ratio = width / height
-    if in_ratio < min(ratio):
-        fw, fh = width, int(round(width / min(ratio)))
-    elif in_ratio > max(ratio):
-        fh, fw = height, int(round(height * max(ratio)))
-    else:
-        fw, fh = width, height
+    fw, fh = central_crop_size(width, height, ratio)
     w = torch.where(found, w, torch.full_like(w, fw))
     h = torch.where(found, h, torch.full_like(h, fh))
 

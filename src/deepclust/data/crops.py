@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from deepclust.augment.ops import central_crop_size
+
 __all__ = ["DECODERS", "ViewSpec", "crop_boxes", "decode_views", "decode_views_tensor", "sample_rng"]
 
 DECODERS = ("pil", "torchvision")
@@ -63,13 +65,7 @@ def _random_box(w: int, h: int, scale: Sequence[float], ratio: Sequence[float], 
             top = int(rng.integers(0, h - ch + 1))
             left = int(rng.integers(0, w - cw + 1))
             return float(left), float(top), float(cw), float(ch)
-    in_ratio = w / h
-    if in_ratio < min(ratio):
-        cw, ch = w, int(round(w / min(ratio)))
-    elif in_ratio > max(ratio):
-        ch, cw = h, int(round(h * max(ratio)))
-    else:
-        cw, ch = w, h
+    cw, ch = central_crop_size(w, h, ratio)
     return float((w - cw) // 2), float((h - ch) // 2), float(cw), float(ch)
 
 
