@@ -284,6 +284,7 @@ def child_train(method: str, data_dir: str | None, device: str, overrides: list[
         cfg.train.out = str(Path(tmp) / "run")
         trainer = EpochTimedTrainer(cfg)
         result = trainer.fit()
+        cfg = trainer.cfg  # with the concrete backbone and stem
         lines = (Path(cfg.train.out) / "metrics.jsonl").read_text().splitlines()
     losses = [json.loads(row).get("train", {}).get("loss") for row in lines]
     losses = [v for v in losses if v is not None]

@@ -129,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             trainer.fit()
         except _Stop:
             pass
+    cfg = trainer.cfg  # with the concrete backbone and stem
     curve = trainer.curve
     hit = next((pt for pt in curve if pt.get("acc", -1.0) >= a.target), None)
     load_start = start.pop("loadavg")

@@ -119,7 +119,7 @@ def test_every_method_trains_in_feature_mode(method: str, tmp_path: Path) -> Non
     # the image pipelines each method builds were replaced by the feature-space ones
     views = [mod for mod in m.modules() if isinstance(mod, (Augment, EvalTransform))]
     assert views == [] and isinstance(m.augment, FeatureAugment) and isinstance(m.eval_transform, FeatureEvalTransform)
-    assert isinstance(m.backbone, MLPBackbone) and cfg.model.backbone == "mlp"
+    assert isinstance(m.backbone, MLPBackbone) and trainer.cfg.model.backbone == "mlp"
     record = trainer.fit()
     assert record["dataset"] == "blobs" and 0.0 <= record["acc"] <= 1.0
     assert (tmp_path / "results.json").is_file()
@@ -160,8 +160,9 @@ def test_trainer_takes_in_memory_images(tmp_path: Path) -> None:
     cfg = resolve_config({"method": "idfd", "n_clusters": 2, "data": {"name": "toy"},
                           "train": {"epochs": 1, "batch_size": 16, "out": str(tmp_path), "device": "cpu", "progress": False},
                           "eval": {"n_init": 1}})
-    record = Trainer(cfg, data=data).fit()
-    assert record["dataset"] == "toy" and "acc" not in record and cfg.model.backbone == "small_cnn"
+    trainer = Trainer(cfg, data=data)
+    record = trainer.fit()
+    assert record["dataset"] == "toy" and "acc" not in record and trainer.cfg.model.backbone == "small_cnn"
     with pytest.raises(DataError):
         Trainer(resolve_config({"method": "idfd", "n_clusters": 2, "train": {"out": str(tmp_path / "b")}}),
                 data=(data, _blobs()))

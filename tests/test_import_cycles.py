@@ -93,7 +93,7 @@ def test_the_graph_sees_imports() -> None:
     mods = _modules()
     assert "deepclust.engine.trainer" in mods
     edges = _edges("deepclust.engine.trainer", mods["deepclust.engine.trainer"], mods)
-    assert "deepclust.config" in edges and "deepclust.engine.io" in edges
+    assert "deepclust.config" in edges and "deepclust.engine.rundir" in edges
 
 
 def test_no_import_cycles() -> None:

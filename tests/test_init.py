@@ -232,7 +232,7 @@ def test_missing_and_unreadable_files_are_one_line(tmp_path: Path) -> None:
 
 
 def _deepclust_ckpt(tmp_path: Path, backbone: str, stem: str) -> tuple[Path, dict]:
-    """A checkpoint as the trainer writes it (engine/trainer.py Trainer._state)."""
+    """A checkpoint as the trainer writes it (engine/checkpoint.py RunState.state)."""
     cfg = resolve_config({"method": "idfd", "model": {"backbone": backbone, "stem": stem, "width": 4}})
     torch.manual_seed(5)
     bb = create_backbone(backbone, 1, stem, width=4)

@@ -48,6 +48,7 @@ from sklearn.utils.validation import check_is_fitted
 from deepclust._version import __version__
 from deepclust.cluster import assign_to_centers
 from deepclust.config import Config, TrainConfig, deep_merge, resolve_config
+from deepclust.config_rules import check_n_clusters
 from deepclust.data import ImageData
 from deepclust.data.base import FeatureData
 from deepclust.engine import io
@@ -292,12 +293,7 @@ class DeepClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         k = self.n_clusters
         if n_samples < 2:  # before the n_clusters rule: the data, not K, is what is wrong here
             raise DataError(f"X has n_samples={n_samples}; clustering needs at least 2 samples")
-        if not isinstance(k, numbers.Integral) or isinstance(k, bool):
-            raise ConfigError(f"n_clusters must be an integer, got {k!r}")
-        if k < 2:
-            raise ConfigError(f"n_clusters must be at least 2, got {k}")
-        if k > n_samples:
-            raise DataError(f"n_clusters={k} is larger than the number of samples ({n_samples}); choose at most {n_samples}")
+        check_n_clusters(k, n_samples)  # the rule the trainer's data stage applies
         for name, low in (("epochs", 1), ("batch_size", 2)):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < low):
@@ -352,21 +348,22 @@ class DeepClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
     def _fit_in(self, data: ImageData, out: str) -> None:
         cfg = self._build_config(data, out)
         trainer = Trainer(cfg, data=data)
-        record = trainer.fit()
-        method = trainer.method.eval()
+        trainer.fit()
+        result = trainer.result
+        method = result.method.eval()
         # The trainer's final evaluation already inferred the clean features of these images.
-        pred = trainer.prediction
-        assert pred is not None  # one process: the final evaluation always predicts
+        pred = result.prediction
+        assert pred is not None and result.record is not None  # one process: the final evaluation always predicts
         if pred.centers is None:  # head argmax
             labels = pred.labels
-            centers = _cluster_means(pred.features, labels, trainer.info.n_clusters)
+            centers = _cluster_means(pred.features, labels, result.info.n_clusters)
         else:  # clean features to the k-means centres (also when they came from IDFD's memory bank)
             labels, centers = assign_to_centers(pred.features, pred.centers)[0], pred.centers
         self.method_ = method
-        self.config_ = cfg
+        self.config_ = result.config  # with the concrete backbone and stem
         self.seed_ = cfg.train.seed
-        self.record_ = _plain(record)
-        self.run_dir_ = str(trainer.out) if self.out is not None else None
+        self.record_ = _plain(result.record)
+        self.run_dir_ = str(result.out) if self.out is not None else None
         self._set_learned(data, labels, centers)
 
     def _set_learned(self, data: ImageData, labels: torch.Tensor, centers: torch.Tensor) -> None:

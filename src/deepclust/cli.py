@@ -143,11 +143,10 @@ def cmd_sweep_k(args: argparse.Namespace) -> int:
 
 
 def _default_sweep_dir(raw: dict[str, Any]) -> Path:
-    import re
+    from deepclust.engine.rundir import default_dir  # the naming of default_run_dir
 
-    data = str(raw.get("data", {}).get("name", "digits")).replace("npz:", "").replace("folder:", "")
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(data).stem or "data")
-    return Path("runs") / f"sweep_{raw.get('method', 'idfd')}_{name}"
+    data = str(raw.get("data", {}).get("name", "digits"))
+    return default_dir(f"sweep_{raw.get('method', 'idfd')}", data, whole_path=False)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

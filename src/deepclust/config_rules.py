@@ -19,9 +19,9 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from deepclust.errors import ConfigError
+from deepclust.errors import ConfigError, DataError
 
-__all__ = ["CROSS", "DELEGATED", "FREE", "RULES", "Rule", "validate", "unruled_fields"]
+__all__ = ["CROSS", "DELEGATED", "FREE", "RULES", "Rule", "check_n_clusters", "validate", "unruled_fields"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,19 @@ def _is_int(v: Any) -> bool:
 
 def _is_num(v: Any) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(float(v))
+
+
+def check_n_clusters(k: Any, n_samples: int, samples: str = "samples") -> int:
+    """The one rule for a number of clusters K against the data: an integer, 2 <= K <= N
+    (``samples``: what N counts, for the message). The config value alone is checked by
+    :data:`RULES` (``n_clusters``); this is for K once the data is known."""
+    if not _is_int(k):
+        raise ConfigError(f"n_clusters must be an integer, got {k!r}")
+    if k < 2:
+        raise ConfigError(f"n_clusters must be at least 2, got {k}")
+    if k > n_samples:
+        raise DataError(f"n_clusters={k} is larger than the number of {samples} ({n_samples}); choose at most {n_samples}")
+    return int(k)
 
 
 def integer(low: int, high: int | None = None, note: str = "") -> Rule:

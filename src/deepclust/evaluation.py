@@ -34,7 +34,7 @@ from deepclust.data import ImageData
 from deepclust.engine import io
 from deepclust.engine.device import amp_dtype, resolve_device
 from deepclust.engine.evaluate import add_extras, infer_images, make_record, predict
-from deepclust.engine.trainer import open_split  # the same storage/streaming choice as training
+from deepclust.engine.data_stage import open_split  # the same storage/streaming choice as training
 from deepclust.errors import CheckpointError, ConfigError, DeepClustError
 from deepclust.methods import ClusteringMethod, DataInfo, create_method
 

@@ -251,6 +251,7 @@ def bench_throughput(cfg: Any, warmup: int = 3, windows: int = 5, steps: int = 5
     with tempfile.TemporaryDirectory(prefix="deepclust-bench-") as tmp:
         cfg.train.out = str(Path(tmp) / "run")
         trainer = Trainer(cfg)
+        cfg = trainer.cfg  # with the concrete backbone and stem
         device, info = trainer.device, trainer.info
         if info.n_features:
             raise DataError("bench compares image pipelines; the data holds feature vectors")

@@ -9,6 +9,10 @@
   never holds an epoch twice (a run killed after epoch 3 with a checkpoint at 2 keeps 1, 2).
 - one line per epoch: a line for an epoch that is already the last one is merged into it (the
   final evaluation of a resumed run that had already trained all its epochs).
+
+:class:`RunDir` is one run's directory with these rules applied: checked when the trainer is
+built, started (created, cleared or cut back, ``config.yaml`` written) when training begins, and
+every file written atomically through :mod:`deepclust.engine.io`. Only the main process writes.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +30,68 @@ from deepclust.errors import CheckpointError
 log = logging.getLogger(__name__)
 
 RUN_FILES = (io.CHECKPOINT, io.METRICS, io.RESULTS, io.CONFIG)  # what a run writes (and --overwrite removes)
+
+
+def default_dir(prefix: str, data_name: str, suffix: str = "", whole_path: bool = True) -> Path:
+    """``runs/PREFIX_DATA[SUFFIX]``: the default folder of a run or a sweep. DATA is the data
+    name without ``npz:``/``folder:``, made safe for a file name; ``whole_path``: the separators
+    of a path become ``_`` (a run), else only its file stem is kept (a sweep)."""
+    name = data_name.replace("npz:", "").replace("folder:", "")
+    unsafe = r"[^A-Za-z0-9_.-]+"
+    part = Path(re.sub(unsafe, "_", name)).stem if whole_path else re.sub(unsafe, "_", Path(name).stem or "data")
+    return Path("runs") / f"{prefix}_{part or 'data'}{suffix}"
+
+
+def default_run_dir(cfg: Any) -> Path:
+    """``runs/METHOD_DATA_sSEED``, where a run goes without ``train.out``."""
+    return default_dir(cfg.method, cfg.data.name, f"_s{cfg.train.seed}")
+
+
+class RunDir:
+    """One run's directory: the checks of :func:`check` at construction, then the writes."""
+
+    def __init__(self, path: Path, resume: bool, overwrite: bool = False) -> None:
+        self.path = path
+        self.resume = resume
+        self.overwrite = overwrite and not resume  # --overwrite: start again in a directory that holds a run
+        self.is_main = True  # under torchrun only rank 0 writes (set by the trainer)
+        self.saved_epoch: int | None = None  # the epoch of the checkpoint in the directory
+        check(path, resume=resume, overwrite=self.overwrite)
+
+    def load_checkpoint(self) -> dict[str, Any] | None:
+        """The checkpoint to resume (on the CPU: load_state_dict copies onto this run's device)."""
+        return io.load_checkpoint(self.path / io.CHECKPOINT, map_location="cpu") if self.resume else None
+
+    def start(self, config_text: str, start_epoch: int) -> None:
+        """Before the first epoch: create, clear (--overwrite) or cut back (resume) the directory
+        and write ``config.yaml``."""
+        if not self.is_main:
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        if self.overwrite:
+            clear(self.path)
+        if self.resume:  # the lines of epochs after the checkpoint belong to a run that died
+            truncate_metrics(self.path, start_epoch)
+        io.write_text(config_text, self.path / io.CONFIG)
+
+    def log(self, row: dict[str, Any]) -> None:
+        if self.is_main:
+            log_metrics(self.path, row)
+
+    def save_checkpoint(self, state: dict[str, Any]) -> None:
+        io.save_checkpoint(state, self.path / io.CHECKPOINT)
+        self.saved_epoch = int(state["epoch"])
+
+    def checkpoint_hash(self) -> str:
+        """The hash of the checkpoint (``results.json`` names the checkpoint it belongs to)."""
+        return io.file_hash(self.path / io.CHECKPOINT)
+
+    def write_results(self, record: dict[str, Any]) -> None:
+        io.write_json(record, self.path / io.RESULTS)
+
+    def forget_unsaved(self) -> None:
+        if self.is_main and not self.resume:
+            forget_unsaved(self.path)
 
 
 def check(out: Path, resume: bool, overwrite: bool = False) -> None:

@@ -17,7 +17,7 @@ from torch import nn
 from deepclust.augment import Augment, EvalTransform, FeatureAugment, FeatureEvalTransform
 from deepclust.collectives import SINGLE_PROCESS, Collectives
 from deepclust.errors import ConfigError
-from deepclust.models import auto_backbone, create_backbone
+from deepclust.models import create_backbone, resolve_model
 
 if TYPE_CHECKING:  # type hints only: config resolution imports the methods, not the reverse
     from deepclust.config import Config
@@ -124,9 +124,9 @@ class ClusteringMethod(nn.Module):
     # ----- construction helpers -------------------------------------------------------------
     def build_backbone(self) -> nn.Module:
         info = self.info
-        name, stem = self.cfg.model.backbone, self.cfg.model.stem
-        auto_name, auto_stem = auto_backbone(info.image_size, info.n_channels, info.n_features)
-        name = auto_name if name == "auto" else name
+        # The trainer passes concrete names (engine/setup.py resolve_auto_model); a method built
+        # directly from an ``auto`` config resolves them here, by the same rule.
+        name, stem = resolve_model(self.cfg.model, info)
         if info.n_features and name != "mlp":
             raise ConfigError(
                 f"backbone '{name}' needs images but the data are feature vectors of length {info.n_features}; "
@@ -135,7 +135,7 @@ class ClusteringMethod(nn.Module):
         # The MLP reads feature vectors, or flattened images (C x H x W) when chosen for images.
         in_dim = info.n_features or info.n_channels * info.image_size * info.image_size
         return create_backbone(
-            name, info.n_channels, auto_stem if stem == "auto" else stem, in_dim=in_dim, width=self.cfg.model.width,
+            name, info.n_channels, stem, in_dim=in_dim, width=self.cfg.model.width,
             stem_init=self.stem_init,
         )
 

@@ -7,6 +7,7 @@ from deepclust.models.backbones import (
     auto_backbone,
     create_backbone,
     list_backbones,
+    resolve_model,
 )
 from deepclust.models.heads import NormalizedLinear, mlp_projector
 
@@ -19,4 +20,5 @@ __all__ = [
     "create_backbone",
     "list_backbones",
     "mlp_projector",
+    "resolve_model",
 ]

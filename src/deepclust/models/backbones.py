@@ -16,7 +16,7 @@ convolution, as SCAN's and SeCu's ResNets (secu.md section 8) and torchvision's 
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -126,6 +126,13 @@ def auto_backbone(image_size: int, channels: int, n_features: int = 0) -> tuple[
     if image_size <= 128:
         return "resnet18", "stl"
     return "resnet18", "imagenet"
+
+
+def resolve_model(model: Any, info: Any) -> tuple[str, str]:
+    """The concrete (backbone, stem) of ``model`` (a ModelConfig: ``auto`` names replaced by
+    :func:`auto_backbone`'s choice for ``info``, a DataInfo). The one place the rule is applied."""
+    name, stem = auto_backbone(info.image_size, info.n_channels, info.n_features)
+    return (name if model.backbone == "auto" else model.backbone, stem if model.stem == "auto" else model.stem)
 
 
 def create_backbone(
