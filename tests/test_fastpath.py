@@ -265,3 +265,9 @@ def test_stream_to_cuda_is_pinned_and_exact():
     for batch, idx in stream.batches(order):
         assert batch.is_cuda and idx.is_cuda
         assert torch.equal(batch.cpu(), images[idx.cpu()])
+
+
+def test_streamed_data_is_never_resident() -> None:
+    toy = _Toy(create_backbone("small_cnn", 1, "cifar", width=8))
+    assert apply_fast_paths(toy, _cfg(), CPU, n_samples=64, data_bytes=1024).data_on_device  # CPU: always resident
+    assert not apply_fast_paths(toy, _cfg(), CPU, n_samples=64, data_bytes=None).data_on_device  # streamed from disk

@@ -19,7 +19,9 @@ from typing import Any
 import yaml
 
 from deepclust.augment import AugmentConfig
+from deepclust.config_rules import validate
 from deepclust.errors import ConfigError
+from deepclust.methods import get_method_class
 
 
 @dataclass
@@ -267,8 +269,6 @@ def resolve_config(raw: dict[str, Any]) -> Config:
 
     The method's ``method_args`` are validated against its own options dataclass.
     """
-    from deepclust.methods import get_method_class  # local: methods import config
-
     method = raw.get("method", Config.method)
     cls = get_method_class(method)
     merged = deep_merge(cls.defaults(), raw)
@@ -276,15 +276,8 @@ def resolve_config(raw: dict[str, Any]) -> Config:
     # Validate and fill the method's own options; store them fully resolved.
     opts = build_dataclass(cls.Options, cfg.method_args, "method_args.")
     cfg.method_args = _to_plain(dataclasses.asdict(opts))
-    _validate(cfg)
+    validate(cfg)  # every field against its rule: one line naming field, value and what is allowed
     return cfg
-
-
-def _validate(cfg: Config) -> None:
-    """Every field against its rule (deepclust/config_rules.py): one line naming field, value and what is allowed."""
-    from deepclust.config_rules import validate  # local: the rules import models and engine lazily too
-
-    validate(cfg)
 
 
 def config_yaml(cfg: Config) -> str:

@@ -183,12 +183,12 @@ def _to_channels_last(module: nn.Module) -> None:
 
 
 def apply_fast_paths(method: nn.Module, cfg: Any, device: torch.device, n_samples: int,
-                     data_bytes: int = 0) -> FastPaths:
+                     data_bytes: int | None = 0) -> FastPaths:
     """Apply ``train.channels_last`` and ``train.compile`` to ``method.backbone`` (after
     ``method.to(device)``) and resolve ``optim.fused`` and ``train.data_on_device``.
 
     ``n_samples`` (training images) sizes the run for the compile rule, ``data_bytes`` (their
-    uint8 size) the residency rule. ``nn.Module.compile`` compiles in place, so ``state_dict``
+    uint8 size; None: streamed from disk) the residency rule. ``nn.Module.compile`` compiles in place, so ``state_dict``
     keys stay those of the eager model.
     """
     t, o = cfg.train, cfg.optim
@@ -200,7 +200,8 @@ def apply_fast_paths(method: nn.Module, cfg: Any, device: torch.device, n_sample
         channels_last=resolve_channels_last(t.channels_last, device, backbone),
         compile=resolve_compile(t.compile, device, steps_per_epoch * t.epochs),
         fused=resolve_fused(o.fused, o.name, device),
-        data_on_device=resolve_data_on_device(t.data_on_device, device, data_bytes),
+        # None: streamed from disk, never resident (only the file list is in memory)
+        data_on_device=data_bytes is not None and resolve_data_on_device(t.data_on_device, device, data_bytes),
     )
     if paths.channels_last:
         _to_channels_last(backbone)

@@ -99,7 +99,7 @@ class Trainer:
         self.method, init_record = build_method(cfg, self.info, self.device, self.dist, init=not resume)
         streamed = isinstance(self.train_data, StreamData)  # only the file list is in memory
         self.fast = apply_fast_paths(self.method, cfg, self.device, self.train_data.n_samples,
-                                     0 if streamed else self.train_data.images.nbytes)
+                                     None if streamed else self.train_data.images.nbytes)
         self.optimizer = build_optimizer(cfg, self.method)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         self.state = RunState(cfg, self.info, self.method, self.optimizer, self.scaler, init_record)
