@@ -221,3 +221,19 @@ def test_checksum_detects_a_changed_value(tmp_path: Path) -> None:
     torch.save(raw, path)
     with pytest.raises(CheckpointError, match="checkpoint corrupt"):
         io.load_checkpoint(path)
+
+
+def test_a_failing_final_evaluation_keeps_the_trained_epochs(data: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    from deepclust.errors import DataError
+
+    out = tmp_path / "run"
+
+    def failing(self, epoch):
+        raise DataError("the evaluated features hold NaN")
+
+    monkeypatch.setattr(Trainer, "evaluate", failing)
+    _one_line(capsys, main(_train(data, out, "--epochs", "3", "train.checkpoint_every=10")), "NaN")
+    assert torch.load(out / io.CHECKPOINT, weights_only=False)["epoch"] == 3  # not lost with the evaluation
+    monkeypatch.undo()
+    assert main(["-q", "eval", str(out)]) == 0

@@ -196,6 +196,9 @@ class Trainer:
         except KeyboardInterrupt:
             self._save_boundary(boundary)
             raise self._interrupted("during the final evaluation") from None
+        except BaseException:
+            self._save_boundary(boundary)  # an evaluation that fails must not lose the trained epochs
+            raise
         logs = self.state.last_logs
         if record is not None and pred is not None:
             record["wall_time_s"] = round(time.time() - t0, 2)
