@@ -24,11 +24,23 @@ from pathlib import Path
 
 from deepclust.bench import bench_config, machine_info, stamp_record, write_record
 from deepclust.cluster import kmeans
+from deepclust.config import packaged_config
 from deepclust.data import load_dataset
 from deepclust.engine.trainer import Trainer
 from deepclust.metrics import evaluate
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def flag_form_config(method: str, data: str, data_dir: str, device: str, n_clusters: int, overrides: list[str]):
+    """What ``deepclust train --method M --data D --n-clusters K --epochs E`` resolves to (no
+    shipped config), plus the split, seed and ``overrides``; progress bars off."""
+    from deepclust.cli import _config_from_args
+    from deepclust.config import resolve_config
+
+    flags = {"method": method, "data": data, "data_dir": data_dir, "n_clusters": n_clusters, "device": device}
+    raw = _config_from_args([*overrides, "train.progress=false"], flags)
+    return resolve_config(raw)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--tag", default="")
     p.add_argument("--out-dir", default=str(RESULTS), help="where the record goes")
+    p.add_argument("--defaults", action="store_true",
+                   help="the flag form a new user types (--method --data --n-clusters --epochs): the method's "
+                        "defaults, not configs/<method>/<data>.yaml")
     p.add_argument("overrides", nargs="*")
     a = p.parse_args(argv)
 
@@ -50,9 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     start = machine_info()
     date = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = bench_config(a.method, a.data, a.data_dir, device=a.device, overrides=over)
+        if a.defaults:
+            data = load_dataset(a.data, a.split, a.data_dir)
+            cfg = flag_form_config(a.method, a.data, a.data_dir, a.device, data.n_classes, over)
+        else:
+            cfg = bench_config(a.method, a.data, a.data_dir, device=a.device, overrides=over)
+            data = load_dataset(cfg.data.name, a.split, a.data_dir)
         cfg.train.out = str(Path(tmp) / "run")
-        data = load_dataset(cfg.data.name, a.split, a.data_dir)
         t0 = time.time()
         pixels = data.images.flatten(1).float() / 255.0
         km = kmeans(pixels, cfg.n_clusters or data.n_classes, n_init=cfg.eval.n_init, seed=cfg.eval.kmeans_seed)
@@ -72,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {
         "benchmark": "quality",
         "method": a.method,
+        "config_source": "defaults (flag form)" if a.defaults else "shipped config" if packaged_config(f"{a.method}/{a.data}") else "defaults (no shipped config)",
         "dataset": data.name,
         "split": a.split,
         "protocol": f"train+test on the {data.n_samples} {a.split} images",
