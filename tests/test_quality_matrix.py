@@ -1,0 +1,103 @@
+"""The quality-matrix benchmark script: a smoke run end to end (two methods, digits, one epoch)
+and its table aggregation on hand-made rows. The full matrix lives in ``benchmarks/``."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from sklearn.cluster import KMeans
+from sklearn.metrics import normalized_mutual_info_score
+
+from deepclust.data import load_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "quality_matrix.py"
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("quality_matrix", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _row(method, seed, acc, nmi, ari, km=(0.74, 0.65), status="ok", wall=10.0, dataset="digits", mode="defaults"):
+    r = {"method": method, "dataset": dataset, "mode": mode, "seed": seed, "status": status, "wall_time_s": wall}
+    if status == "ok":
+        r |= {"acc": acc, "nmi": nmi, "ari": ari, "kmeans_raw_pixels": {"acc": km[0], "nmi": km[1], "ari": 0.5}}
+    return r
+
+
+def test_table_aggregation_on_hand_made_rows() -> None:
+    qm = _module()
+    rows = [
+        # a: min ACC 0.80 = k-means 0.74 + 6 points, min NMI 0.70 = 0.65 + exactly 5 points -> beats
+        _row("a", 0, 0.90, 0.80, 0.60, wall=10), _row("a", 1, 0.80, 0.70, 0.50, wall=20), _row("a", 2, 0.85, 0.75, 0.70, wall=30),
+        # b: min NMI 0.69, 4 points above k-means -> does not beat
+        _row("b", 0, 0.95, 0.90, 0.8), _row("b", 1, 0.90, 0.69, 0.7),
+        # c: one seed timed out -> mean / min over the two that finished, no verdict
+        _row("c", 0, 0.60, 0.50, 0.4), _row("c", 1, None, None, None, status="timed_out", wall=600), _row("c", 2, 0.70, 0.60, 0.2),
+    ]
+    table = {t["method"]: t for t in qm.aggregate(rows)}
+    # transcribed by hand
+    a, b, c = table["a"], table["b"], table["c"]
+    assert (a["acc_mean"], a["acc_min"], a["nmi_mean"], a["nmi_min"], a["ari_mean"], a["ari_min"]) == (0.85, 0.8, 0.75, 0.7, 0.6, 0.5)
+    assert (a["kmeans_acc"], a["kmeans_nmi"], a["wall_time_s_mean"], a["wall_time_s_max"]) == (0.74, 0.65, 20.0, 30.0)
+    assert a["beats_kmeans"] is True and (a["n_ok"], a["n_seeds"]) == (3, 3)
+    assert (b["acc_mean"], b["nmi_min"]) == (0.925, 0.69) and b["beats_kmeans"] is False
+    assert (c["n_ok"], c["n_seeds"], c["statuses"]) == (2, 3, {"ok": 2, "timed_out": 1})
+    assert (c["acc_mean"], c["acc_min"], c["ari_mean"], c["wall_time_s_max"]) == (0.65, 0.6, 0.3, 600.0) and c["beats_kmeans"] is None
+    md = qm.markdown(qm.aggregate(rows), "t")
+    assert "| a | digits | defaults | 3/3 | 0.8500 / 0.8000 |" in md and "| c | digits | defaults | 2/3 (1 timed_out) |" in md
+    assert sum(line.startswith("|") for line in md.splitlines()) == 2 + 3  # header, rule, one row a group
+
+
+def test_cell_commands_and_the_timeout() -> None:
+    qm = _module()
+    d = qm.cell_command("cdc", "digits", "defaults", 1, 40, "/d", Path("/o"), [])
+    assert "--defaults" in d and d[d.index("--data") + 1] == "digits" and d[d.index("--seed") + 1] == "1"
+    c = qm.cell_command("idfd", "cifar10-jpeg", "config", 0, 40, "/d", Path("/o"), [])
+    assert "--defaults" not in c and c[c.index("--data") + 1] == "cifar10" and "data.name=cifar10-jpeg" in c
+    status, _, _, wall = qm.run_child([sys.executable, "-c", "import time; time.sleep(30)"], 1.0)
+    assert status == "timed_out" and wall < 10
+    assert qm.run_child([sys.executable, "-c", "raise SystemExit(3)"], 30)[:2] == ("failed", 3)
+
+
+def test_smoke_matrix_writes_every_cell_and_a_table_that_recomputes(tmp_path: Path) -> None:
+    cmd = [sys.executable, str(SCRIPT), "--smoke", "--methods", "idfd,secu", "--out-dir", str(tmp_path)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    rec = json.loads((tmp_path / "quality_matrix_smoke.json").read_text())
+    assert rec["complete"] and rec["settings"]["epochs"] == 1 and rec["settings"]["seeds"] == [0]
+    for key in ("machine", "command", "date", "cells", "table"):
+        assert key in rec
+    cells = {(c["method"], c["dataset"], c["mode"], c["seed"]): c for c in rec["cells"]}
+    assert set(cells) == {("idfd", "digits", "defaults", 0), ("secu", "digits", "defaults", 0)}
+    for c in cells.values():
+        assert c["status"] == "ok", c.get("output_tail")
+        assert c["config_source"] == "defaults (flag form)" and "--defaults" in c["command"]
+        cell = json.loads((tmp_path / c["cell_record"]).read_text())
+        assert cell["config"]["train"]["epochs"] == 1 and cell["config"]["n_clusters"] == 10
+    # the baseline: scikit-learn's k-means on the same [0, 1] pixels lands at a similar NMI
+    data = load_dataset("digits", "train+test")
+    x = data.images.reshape(data.n_samples, -1).numpy().astype(np.float64) / 255.0
+    sk = normalized_mutual_info_score(data.labels.numpy(), KMeans(10, n_init=2, random_state=0).fit_predict(x))
+    for c in cells.values():
+        assert abs(sk - c["kmeans_raw_pixels"]["nmi"]) < 0.05
+    # the table, again from the per-seed rows
+    assert len(rec["table"]) == 2
+    for t in rec["table"]:
+        rows = [c for c in rec["cells"] if (c["method"], c["dataset"], c["mode"]) == (t["method"], t["dataset"], t["mode"])]
+        for m in ("acc", "nmi", "ari"):
+            assert t[f"{m}_mean"] == round(statistics.fmean(r[m] for r in rows), 4)
+            assert t[f"{m}_min"] == round(min(r[m] for r in rows), 4)
+        km = rows[0]["kmeans_raw_pixels"]
+        assert t["beats_kmeans"] == (t["acc_min"] - km["acc"] >= 0.05 - 1e-9 and t["nmi_min"] - km["nmi"] >= 0.05 - 1e-9)
+    md = (tmp_path / "quality_matrix_smoke.md").read_text()
+    assert "| idfd | digits | defaults | 1/1 |" in md and "| secu | digits | defaults | 1/1 |" in md
