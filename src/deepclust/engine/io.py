@@ -184,8 +184,7 @@ def file_hash(path: str | Path) -> str:
 
 # ----- JSON -------------------------------------------------------------------------------------------
 def write_json(obj: Any, path: str | Path) -> None:
-    text = json.dumps(obj, indent=2, sort_keys=False, default=_jsonable)
-    atomic_write(Path(path), lambda fh: fh.write(text.encode()))
+    write_text(json.dumps(obj, indent=2, sort_keys=False, default=_jsonable), path)
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
@@ -204,8 +203,7 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
 
 def write_jsonl(rows: list[Any], path: str | Path) -> None:
     """Replace a JSON-lines file atomically."""
-    text = "".join(json.dumps(r, default=_jsonable) + "\n" for r in rows)
-    atomic_write(Path(path), lambda fh: fh.write(text.encode()))
+    write_text("".join(json.dumps(r, default=_jsonable) + "\n" for r in rows), path)
 
 
 def _cut_partial_tail(path: Path) -> None:
