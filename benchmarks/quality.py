@@ -34,13 +34,14 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def flag_form_config(method: str, data: str, data_dir: str, device: str, n_clusters: int, overrides: list[str]):
     """What ``deepclust train --method M --data D --n-clusters K --epochs E`` resolves to (no
-    shipped config), plus the split, seed and ``overrides``; progress bars off."""
+    shipped config: the data kind's defaults), plus the split, seed and ``overrides``;
+    progress bars off."""
     from deepclust.cli import _config_from_args
     from deepclust.config import resolve_config
 
     flags = {"method": method, "data": data, "data_dir": data_dir, "n_clusters": n_clusters, "device": device}
     raw = _config_from_args([*overrides, "train.progress=false"], flags)
-    return resolve_config(raw)
+    return resolve_config(raw, auto=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     stamp_record(out, start, "benchmarks/quality.py", argv if argv is not None else sys.argv[1:], date, device=device)
     dev = "gpu" if device.startswith("cuda") else "cpu"
-    path = write_record(out, Path(a.out_dir) / f"{a.method}_{a.data}_{a.split}_{dev}{a.tag}.json")
+    label = Path(a.data.split(":", 1)[1]).stem if ":" in a.data else a.data  # npz:PATH -> the file's stem
+    path = write_record(out, Path(a.out_dir) / f"{a.method}_{label}_{a.split}_{dev}{a.tag}.json")
     print(f"k-means raw pixels: ACC {base['acc']:.4f} NMI {base['nmi']:.4f} ARI {base['ari']:.4f}")
     if feat_km is not None:
         print(f"k-means on {a.method}'s features: ACC {feat_km['acc']:.4f} NMI {feat_km['nmi']:.4f} ARI {feat_km['ari']:.4f}")

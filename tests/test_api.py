@@ -63,11 +63,11 @@ def test_image_fitted_estimator_pickles() -> None:
 
 
 def test_predict_on_another_image_size_warns_and_resizes() -> None:
-    x = _images(40, shape=(8, 8))
+    x = _images(40, shape=(16, 16))  # 16 px: the glyph preset's input size, so fitted = native
     est = DeepClusterer("idfd", n_clusters=3, epochs=1, batch_size=16, device="cpu").fit(x)
-    big = torch.nn.functional.interpolate(torch.from_numpy(x[:, None]).float(), size=(12, 12), mode="bilinear",
+    big = torch.nn.functional.interpolate(torch.from_numpy(x[:, None]).float(), size=(20, 20), mode="bilinear",
                                           antialias=True).round().clamp(0, 255).to(torch.uint8)[:, 0].numpy()
-    with pytest.warns(UserWarning, match="12x12 images but the model was fitted on 8x8; they are resized to 8x8"):
+    with pytest.warns(UserWarning, match="20x20 images but the model was fitted on 16x16; they are resized to 16x16"):
         labels = est.predict(big)
     assert labels.shape == (40,) and set(labels) <= {0, 1, 2}
 

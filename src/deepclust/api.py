@@ -51,6 +51,7 @@ from deepclust.config import Config, TrainConfig, deep_merge, resolve_config
 from deepclust.config_rules import check_n_clusters
 from deepclust.data import ImageData
 from deepclust.data.base import FeatureData
+from deepclust.data.peek import shape_of
 from deepclust.engine import io
 from deepclust.engine.device import amp_dtype, resolve_device, rng_state, set_rng_state
 from deepclust.engine.evaluate import infer_images
@@ -326,7 +327,8 @@ class DeepClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         }
         if self.lr is not None:
             raw["optim"] = {"lr": float(self.lr)}
-        return resolve_config(deep_merge(raw, copy.deepcopy(self.config or {})))
+        # defaults by data kind (deepclust/presets.py) from X's own shape, not from a file
+        return resolve_config(deep_merge(raw, copy.deepcopy(self.config or {})), shape=shape_of(tuple(data.images.shape)), auto=True)
 
     # ----- fit ------------------------------------------------------------------------------------
     def fit(self, X: Any, y: Any = None) -> DeepClusterer:

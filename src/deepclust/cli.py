@@ -58,7 +58,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from deepclust.engine import train
 
     raw = _config_from_args(args.config, vars(args))
-    cfg = resolve_config(raw)
+    cfg = resolve_config(raw, auto=True)  # no dataset config: the data kind's defaults (presets.py)
     if args.resume and args.overwrite:
         raise ConfigError("--resume continues a run and --overwrite starts it again: pass one of them")
     record = train(cfg, resume=args.resume, overwrite=args.overwrite)

@@ -2,7 +2,9 @@
 
 A run is described by :class:`Config`, a tree of dataclasses. It is built from, in order of
 precedence (later wins): the dataclass defaults, the method's own defaults
-(``METHOD.defaults``), a YAML file, and ``key.sub=value`` overrides or command-line flags.
+(``METHOD.defaults``), the preset of the data's kind (``defaults: auto``, see
+:mod:`deepclust.presets`; shipped configs say ``defaults: method`` and skip it), a YAML file,
+and ``key.sub=value`` overrides or command-line flags.
 Unknown keys are errors that name the closest valid key. The resolved config is saved next
 to every run's results.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +23,12 @@ import yaml
 
 from deepclust.augment import AugmentConfig
 from deepclust.config_rules import validate
-from deepclust.errors import ConfigError
+from deepclust.data.peek import DataShape, peek
+from deepclust.errors import ConfigError, DataError
 from deepclust.methods import get_method_class
+from deepclust.presets import DEFAULTS_CHOICES, data_kind, describe, kind_defaults
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -111,6 +118,11 @@ class Config:
 
     method: str = "idfd"
     n_clusters: int | None = None  # None: the number of classes of the dataset
+    # auto: the preset of the data's kind under this config's values (deepclust/presets.py);
+    # method: the method's defaults only (shipped configs); glyph | natural | features: that kind.
+    # The user-facing entry points (CLI train, sweep-k, the estimator) resolve with auto=True,
+    # where a missing key means auto; library calls of resolve_config keep method.
+    defaults: str = "method"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -264,20 +276,51 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def resolve_config(raw: dict[str, Any]) -> Config:
-    """Merge the method's defaults under ``raw`` and build a strict :class:`Config`.
+def resolve_config(raw: dict[str, Any], shape: DataShape | None = None, auto: bool = False) -> Config:
+    """Merge the method's defaults and the data kind's preset under ``raw`` and build a strict
+    :class:`Config`.
 
-    The method's ``method_args`` are validated against its own options dataclass.
+    ``raw["defaults"]`` (missing: ``auto`` when ``auto`` is True, as the CLI and the estimator
+    resolve a user's run, else ``method``): ``auto`` classifies the data (``shape``, else
+    :func:`deepclust.data.peek.peek` of ``data.name``) and merges that kind's preset
+    (:func:`deepclust.presets.kind_defaults`); a kind name forces it; ``method`` merges none.
+    The resolved config stores the kind applied (or ``method``). The method's ``method_args``
+    are validated against its own options dataclass.
     """
     method = raw.get("method", Config.method)
     cls = get_method_class(method)
-    merged = deep_merge(cls.defaults(), raw)
+    merged = deep_merge(cls.defaults(), _preset(raw, method, shape, auto))
+    merged = deep_merge(merged, raw)
     cfg = build_dataclass(Config, merged)
     # Validate and fill the method's own options; store them fully resolved.
     opts = build_dataclass(cls.Options, cfg.method_args, "method_args.")
     cfg.method_args = _to_plain(dataclasses.asdict(opts))
     validate(cfg)  # every field against its rule: one line naming field, value and what is allowed
     return cfg
+
+
+def _preset(raw: dict[str, Any], method: str, shape: DataShape | None, auto: bool) -> dict[str, Any]:
+    """The data kind's preset for ``raw`` (``{}`` for ``defaults: method``), with ``defaults``
+    set to the kind applied; one info line names it."""
+    choice = raw.get("defaults", "auto" if auto else Config.defaults)
+    if choice not in DEFAULTS_CHOICES:
+        raise ConfigError(f"config key 'defaults' must be one of {', '.join(DEFAULTS_CHOICES)}, got {choice!r}")
+    if choice == "method":
+        return {}
+    if shape is None:
+        data = raw.get("data") or {}
+        try:
+            shape = peek(str(data.get("name", DataConfig.name)), data.get("data_dir"))
+        except DataError:
+            if choice == "auto":
+                raise
+            # A named kind (a saved run's config, every value written out) needs no shape;
+            # its data may be in memory (the estimator) or moved since.
+            shape = DataShape(channels=0, size=0, n_samples=0)
+    kind = data_kind(shape) if choice == "auto" else choice
+    if choice == "auto":
+        log.info("%s", describe(kind, shape))
+    return {**kind_defaults(method, kind, shape), "defaults": kind}
 
 
 def config_yaml(cfg: Config) -> str:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from deepclust.errors import ConfigError, DataError
+from deepclust.presets import DEFAULTS_CHOICES
 
 __all__ = ["CROSS", "DELEGATED", "FREE", "RULES", "Rule", "check_n_clusters", "validate", "unruled_fields"]
 
@@ -105,6 +106,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw", "lars")
 
 RULES: dict[str, Rule | Callable[[], Rule]] = {
     "n_clusters": optional(integer(2), "the number of classes of the data"),
+    "defaults": choice(*DEFAULTS_CHOICES),
     "data.name": TEXT,
     "data.train_split": TEXT,
     "data.eval_split": TEXT,

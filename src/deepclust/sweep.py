@@ -80,7 +80,7 @@ def _train_or_reuse(raw: dict[str, Any], k: int, run: Path) -> str:
             raise ConfigError(f"'{run}' holds a run with {done.get('n_clusters')} clusters, not {k}; use another --out")
         log.info("K=%d: reusing the finished run in %s", k, run)
         return "reused"
-    cfg = resolve_config(deep_merge(copy.deepcopy(raw), {"n_clusters": k, "train": {"out": str(run)}}))
+    cfg = resolve_config(deep_merge(copy.deepcopy(raw), {"n_clusters": k, "train": {"out": str(run)}}), auto=True)
     resume = (run / io.CHECKPOINT).is_file()
     log.info("K=%d: %s %s", k, "resuming" if resume else "training", run)
     train(cfg, resume=resume, overwrite=not resume)  # no checkpoint: the logs of a dead run are replaced

@@ -573,6 +573,32 @@ def _affine_nearest(x: Tensor, theta: Tensor) -> Tensor:
                          align_corners=False)
 
 
+def random_affine(x: Tensor, degrees: float, translate: float, shear: float, p: float = 1.0,
+                  generator: torch.Generator | None = None) -> Tensor:
+    """Small per-sample affine moves (as torchvision's ``RandomAffine``), applied with probability p.
+
+    Rotation by U(-degrees, degrees) and shear along x by U(-shear, shear) degrees about the
+    centre, then a shift by U(-translate, translate) of the side in x and y; bilinear sampling,
+    zero fill. Draws 5 uniforms per sample whatever ``p`` is, so the stream is fixed.
+    """
+    _check_batch(x)
+    b, _, h, w = x.shape
+    u = _rand((b, 5), generator, x.device)
+    a = torch.deg2rad((2 * u[:, 0] - 1) * degrees)
+    sh = torch.tan(torch.deg2rad((2 * u[:, 1] - 1) * shear))
+    tx, ty = (2 * u[:, 2] - 1) * translate * 2, (2 * u[:, 3] - 1) * translate * 2  # grid units: side = 2
+    cos, sin = torch.cos(a), torch.sin(a)
+    # the inverse map from output to source in normalised coordinates: (R S)^-1 (q - t)
+    m = torch.stack((torch.stack((cos, -sin + cos * sh), -1), torch.stack((sin, cos + sin * sh), -1)), 1)
+    inv = torch.linalg.inv(m)
+    t = torch.stack((tx, ty), -1).unsqueeze(-1)
+    theta = torch.cat((inv, -(inv @ t)), dim=2)
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    moved = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    keep = (u[:, 4] >= p).view(-1, 1, 1, 1)
+    return torch.where(keep, x, moved)
+
+
 def _geometric_theta(name: str, mag: Tensor, h: int, w: int) -> Tensor:
     n = mag.shape[0]
     theta = torch.zeros(n, 2, 3, device=mag.device, dtype=torch.float32)

@@ -66,6 +66,9 @@ class AugmentConfig:
     ``feature_dropout`` are used in feature mode only (precomputed vectors, where the image
     operations have no meaning): the noise standard deviation, in units of each feature's
     training std, and the probability of masking each value (:mod:`deepclust.augment.features`).
+    ``affine_*``: with probability ``affine_p`` a rotation by up to ``affine_degrees``, a shear
+    by up to ``affine_shear`` degrees and a shift by up to ``affine_translate`` of the side
+    (:func:`deepclust.augment.ops.random_affine`), the "small affine moves" of glyph presets.
     """
 
     crop_scale: tuple[float, float] = (0.2, 1.0)
@@ -79,6 +82,10 @@ class AugmentConfig:
     blur_kernel: int | None = None
     solarize_p: float = 0.0
     solarize_threshold: float = 0.5
+    affine_p: float = 0.0
+    affine_degrees: float = 10.0
+    affine_translate: float = 0.1
+    affine_shear: float = 5.0
     feature_noise: float = 0.5
     feature_dropout: float = 0.5
 
@@ -91,7 +98,7 @@ class AugmentConfig:
             raise ConfigError("augment.jitter must be [brightness, contrast, saturation, hue] with "
                               f"all values >= 0 and hue <= 0.5, got {list(self.jitter)!r}")
         self.jitter = jitter  # type: ignore[assignment]
-        for name in ("jitter_p", "grayscale_p", "flip_p", "blur_p", "solarize_p"):
+        for name in ("jitter_p", "grayscale_p", "flip_p", "blur_p", "solarize_p", "affine_p"):
             setattr(self, name, _probability(name, getattr(self, name)))
         self.blur_sigma = _range("blur_sigma", self.blur_sigma, 0.0, None, low_open=True)
         k = self.blur_kernel
@@ -101,6 +108,11 @@ class AugmentConfig:
         if not _is_number(t) or not 0.0 <= t <= 1.0:
             raise ConfigError(f"augment.solarize_threshold must be in [0, 1], got {t!r}")
         self.solarize_threshold = float(t)
+        for name, high in (("affine_degrees", 180.0), ("affine_translate", 0.5), ("affine_shear", 45.0)):
+            v = getattr(self, name)
+            if not _is_number(v) or not 0.0 <= v <= high:
+                raise ConfigError(f"augment.{name} must be a number in [0, {high:g}], got {v!r}")
+            setattr(self, name, float(v))
         if not _is_number(self.feature_noise) or self.feature_noise < 0:
             raise ConfigError(f"augment.feature_noise must be a number >= 0, got {self.feature_noise!r}")
         self.feature_noise = float(self.feature_noise)
@@ -145,7 +157,8 @@ class Augment(_Normalizing):
     """One random view per image of a uint8 batch, all parameters drawn per sample.
 
     uint8 (B, C, H, W) -> float [0, 1] -> random resized crop -> colour jitter (p) ->
-    grayscale (p) -> blur (p) -> solarize (p) -> horizontal flip (p) -> normalise, giving
+    grayscale (p) -> blur (p) -> solarize (p) -> horizontal flip (p) -> small affine move (p:
+    rotation, shear, shift; glyph-like data) -> normalise, giving
     float32 (B, C, size, size) on the input's device. C = 1 keeps one channel (jitter acts on
     brightness and contrast only, grayscale is a no-op). ``mean``/``std`` None: no
     normalisation (AnchorCL).
@@ -176,6 +189,8 @@ class Augment(_Normalizing):
             x = ops.solarize(x, cfg.solarize_p, cfg.solarize_threshold, generator)
         if cfg.flip_p > 0:
             x = ops.random_hflip(x, cfg.flip_p, generator)
+        if cfg.affine_p > 0:
+            x = ops.random_affine(x, cfg.affine_degrees, cfg.affine_translate, cfg.affine_shear, cfg.affine_p, generator)
         return self._normalize(x)
 
     def extra_repr(self) -> str:

@@ -1,0 +1,111 @@
+"""Defaults by data kind (deepclust/presets.py, deepclust/data/peek.py)."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from deepclust.cli import _config_from_args
+from deepclust.config import packaged_config, resolve_config
+from deepclust.data.peek import DataShape, peek, shape_of
+from deepclust.errors import ConfigError, DataError
+from deepclust.methods import get_method_class, list_methods
+from deepclust.presets import data_kind, kind_defaults
+
+
+@pytest.mark.parametrize("shape, kind", [
+    (DataShape(1, 8, 1797), "glyph"),
+    (DataShape(1, 28, 60000), "glyph"),
+    (DataShape(1, 32, 10), "glyph"),
+    (DataShape(1, 64, 10), "natural"),
+    (DataShape(3, 16, 10), "natural"),
+    (DataShape(3, 224, 10), "natural"),
+    (DataShape(1, 0, 10, n_features=64), "features"),
+])
+def test_data_kind_rule(shape: DataShape, kind: str) -> None:
+    assert data_kind(shape) == kind
+
+
+def test_peek_npz_folder_and_names(tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "g.npz", images=rng.integers(0, 255, (7, 12, 12), dtype=np.uint8))
+    np.savez(tmp_path / "c.npz", images=rng.integers(0, 255, (5, 20, 24, 3), dtype=np.uint8))
+    assert peek(f"npz:{tmp_path / 'g.npz'}") == DataShape(1, 12, 7)
+    assert peek(f"npz:{tmp_path / 'c.npz'}") == DataShape(3, 20, 5)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (40, 50), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(tmp_path / "rgb.png")
+    (tmp_path / "f").mkdir()
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 255, (30, 30), dtype=np.uint8)).save(tmp_path / "f" / f"{i}.png")
+    assert peek(f"folder:{tmp_path / 'f'}") == DataShape(1, 30, 2)
+    assert peek("digits") == DataShape(1, 8, 1797) and peek("cifar10").channels == 3
+    assert shape_of((4, 1, 9, 9)) == DataShape(1, 9, 4) and shape_of((4, 6)).n_features == 6
+    with pytest.raises(DataError, match="not found"):
+        peek(f"npz:{tmp_path / 'missing.npz'}")
+    with pytest.raises(DataError, match="unknown dataset"):
+        peek("cifar11")
+
+
+def test_flag_form_gets_the_glyph_preset_and_logs_it(caplog) -> None:
+    with caplog.at_level(logging.INFO, logger="deepclust"):
+        cfg = resolve_config(_config_from_args([], {"method": "cdc", "data": "digits"}), auto=True)
+    assert cfg.defaults == "glyph"
+    assert any("defaults for glyph data" in r.getMessage() for r in caplog.records)
+    a = cfg.augment
+    assert a.flip_p == 0.0 and a.jitter[2:] == (0.0, 0.0) and a.grayscale_p == 0.0 and a.affine_p > 0
+    assert a.crop_scale[0] >= 0.5 and cfg.data.image_size == 16 and cfg.model.backbone == "small_cnn"
+    assert cfg.optim.schedule == "cosine"
+    # library calls without auto keep the method's (paper) defaults
+    plain = resolve_config({"method": "cdc"})
+    assert plain.defaults == "method" and plain.augment.flip_p == 0.5 and plain.augment.affine_p == 0.0
+
+
+def test_the_runs_own_values_win_over_the_preset() -> None:
+    raw = _config_from_args(["augment.flip_p=0.5", "optim.lr=0.01", "data.image_size=24"],
+                            {"method": "idfd", "data": "digits"})
+    cfg = resolve_config(raw, auto=True)
+    assert (cfg.augment.flip_p, cfg.optim.lr, cfg.data.image_size) == (0.5, 0.01, 24)
+    assert cfg.augment.affine_p == 0.5  # what the run did not set still comes from the preset
+
+
+@pytest.mark.parametrize("method", list_methods())
+def test_shipped_configs_are_untouched(method: str) -> None:
+    for name in ("digits", "cifar10"):
+        path = packaged_config(f"{method}/{name}")
+        if path is None:
+            continue
+        raw = _config_from_args([str(path)], {})
+        assert raw["defaults"] == "method"
+        assert resolve_config(raw, auto=True).to_dict() == resolve_config(raw).to_dict()
+
+
+def test_forced_kind_and_bad_choice() -> None:
+    cfg = resolve_config({"method": "secu", "defaults": "glyph", "data": {"name": "digits"}})
+    assert cfg.defaults == "glyph" and cfg.augment.flip_p == 0.0
+    nat = resolve_config({"method": "secu", "data": {"name": "digits"}}, auto=True, shape=DataShape(3, 32, 100))
+    assert nat.defaults == "natural" and nat.augment.flip_p == get_method_class("secu").defaults()["augment"]["flip_p"]
+    with pytest.raises(ConfigError, match="defaults"):
+        resolve_config({"method": "secu", "defaults": "glyphs"})
+
+
+def test_a_saved_config_resolves_without_its_data(tmp_path) -> None:
+    """A run's config.yaml names the kind applied and writes every value out; resolving it
+    again (resume, a saved estimator) needs no data and changes nothing."""
+    cfg = resolve_config(_config_from_args([], {"method": "anchorcl", "data": "digits"}), auto=True)
+    saved = cfg.to_dict()
+    saved["data"]["name"] = f"npz:{tmp_path / 'moved.npz'}"
+    again = resolve_config(saved)
+    assert again.to_dict() == saved
+
+
+def test_glyph_preset_per_method_is_valid() -> None:
+    for method in list_methods():
+        preset = kind_defaults(method, "glyph", DataShape(1, 16, 9000))
+        cfg = resolve_config({"method": method, **preset})
+        assert cfg.data.image_size == 16 and cfg.model.width == 32
+        big = kind_defaults(method, "glyph", DataShape(1, 28, 10000))
+        assert big["data"]["image_size"] == 28 and big["model"]["width"] == 16
