@@ -32,16 +32,30 @@ from deepclust.metrics import evaluate
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def flag_form_config(method: str, data: str, data_dir: str, device: str, n_clusters: int, overrides: list[str]):
+def flag_form_config(method: str, data: str, data_dir: str, device: str, n_clusters: int, overrides: list[str],
+                     images=None):
     """What ``deepclust train --method M --data D --n-clusters K --epochs E`` resolves to (no
     shipped config: the data kind's defaults), plus the split, seed and ``overrides``;
-    progress bars off."""
+    progress bars off. ``images``: the loaded images, whose shape (a subset's size) the data
+    kind's preset then reads instead of the dataset's headers."""
     from deepclust.cli import _config_from_args
     from deepclust.config import resolve_config
+    from deepclust.data.peek import shape_of
 
     flags = {"method": method, "data": data, "data_dir": data_dir, "n_clusters": n_clusters, "device": device}
     raw = _config_from_args([*overrides, "train.progress=false"], flags)
-    return resolve_config(raw, auto=True)
+    return resolve_config(raw, auto=True, shape=None if images is None else shape_of(tuple(images.shape)))
+
+
+def subset(data, n: int | None, seed: int = 0):
+    """``n`` images of ``data`` drawn without replacement by a generator of its own seed (the
+    same images in every cell and for every method), in their original order; all when None."""
+    import torch
+
+    if n is None or n >= data.n_samples:
+        return data
+    idx = torch.randperm(data.n_samples, generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    return data.subset(idx)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--defaults", action="store_true",
                    help="the flag form a new user types (--method --data --n-clusters --epochs): the method's "
                         "defaults, not configs/<method>/<data>.yaml")
+    p.add_argument("--subset", type=int, help="train and evaluate on this many images of the split (a fixed seeded draw)")
     p.add_argument("overrides", nargs="*")
     a = p.parse_args(argv)
 
@@ -67,17 +82,17 @@ def main(argv: list[str] | None = None) -> int:
     date = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     with tempfile.TemporaryDirectory() as tmp:
         if a.defaults:
-            data = load_dataset(a.data, a.split, a.data_dir)
-            cfg = flag_form_config(a.method, a.data, a.data_dir, a.device, data.n_classes, over)
+            data = subset(load_dataset(a.data, a.split, a.data_dir), a.subset)
+            cfg = flag_form_config(a.method, a.data, a.data_dir, a.device, data.n_classes, over, data.images)
         else:
             cfg = bench_config(a.method, a.data, a.data_dir, device=a.device, overrides=over)
-            data = load_dataset(cfg.data.name, a.split, a.data_dir)
+            data = subset(load_dataset(cfg.data.name, a.split, a.data_dir), a.subset)
         cfg.train.out = str(Path(tmp) / "run")
         t0 = time.time()
         pixels = data.images.flatten(1).float() / 255.0
         km = kmeans(pixels, cfg.n_clusters or data.n_classes, n_init=cfg.eval.n_init, seed=cfg.eval.kmeans_seed)
         base = {**evaluate(data.labels.numpy(), km.labels.numpy()), "wall_time_s": round(time.time() - t0, 2)}
-        trainer = Trainer(cfg)
+        trainer = Trainer(cfg, data=data)  # the very images k-means saw (a subset too)
         rec = trainer.fit()
         feat_km = None
         pred = trainer.prediction
@@ -95,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         "config_source": "defaults (flag form)" if a.defaults else "shipped config" if packaged_config(f"{a.method}/{a.data}") else "defaults (no shipped config)",
         "dataset": data.name,
         "split": a.split,
-        "protocol": f"train+test on the {data.n_samples} {a.split} images",
+        "protocol": f"train+test on the {data.n_samples} {a.split} images" + (f" (a seeded subset of {a.subset})" if a.subset else ""),
+        "data_kind": cfg.defaults,
         "device": device,
         "kmeans_raw_pixels": {k: base[k] for k in ("acc", "nmi", "ari", "wall_time_s")} | {"n_init": cfg.eval.n_init},
         "method_result": {k: rec.get(k) for k in ("acc", "nmi", "ari", "epoch", "wall_time_s", "train_images_per_s", "n_init", "prediction", "cluster_sizes", "extras")},
