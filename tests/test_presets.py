@@ -109,3 +109,37 @@ def test_glyph_preset_per_method_is_valid() -> None:
         assert cfg.data.image_size == 16 and cfg.model.width == 32
         big = kind_defaults(method, "glyph", DataShape(1, 28, 10000))
         assert big["data"]["image_size"] == 28 and big["model"]["width"] == 16
+
+
+@pytest.mark.parametrize("n", [100, 1797, 4000, 9000, 10000, 60000, 1_281_167])
+def test_small_data_batch_rule(n: int) -> None:
+    """IDFD and SeCu on glyph data: B = the power of two nearest N / 100 (in log scale),
+    clipped to [16, 128]; lr 0.05 sqrt(B / 128) (IDFD) and 0.1 B / 128 (SeCu)."""
+    target = n / 100
+    powers = [2 ** k for k in range(4, 8)]  # 16 .. 128
+    want = min(powers, key=lambda p: abs(np.log2(p) - np.log2(target)))
+    if target < 16:
+        want = 16
+    if target > 128:
+        want = 128
+    idfd = kind_defaults("idfd", "glyph", DataShape(1, 16, n))
+    secu = kind_defaults("secu", "glyph", DataShape(1, 16, n))
+    assert idfd["train"]["batch_size"] == want == secu["train"]["batch_size"]
+    assert idfd["optim"]["lr"] == pytest.approx(0.05 * (want / 128) ** 0.5, rel=1e-4)
+    assert secu["optim"]["lr"] == pytest.approx(0.1 * want / 128, rel=1e-4)
+    # the contrastive methods keep their batch: their negatives are the batch
+    assert kind_defaults("cdc", "glyph", DataShape(1, 16, n))["train"]["batch_size"] == 256
+    assert kind_defaults("anchorcl", "glyph", DataShape(1, 16, n))["train"]["batch_size"] == 128
+
+
+def test_estimator_uses_the_kind_of_its_array(tmp_path) -> None:
+    from deepclust import DeepClusterer
+
+    x = np.random.default_rng(0).integers(0, 256, (40, 12, 12), dtype=np.uint8)
+    est = DeepClusterer("idfd", n_clusters=3, epochs=1, batch_size=16, device="cpu", out=str(tmp_path / "run")).fit(x)
+    import yaml
+
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["defaults"] == "glyph" and saved["data"]["image_size"] == 16 and saved["augment"]["flip_p"] == 0.0
+    assert saved["train"]["batch_size"] == 16  # the estimator's own value wins
+    assert est.predict(x).shape == (40,)

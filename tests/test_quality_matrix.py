@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 from sklearn.cluster import KMeans
 from sklearn.metrics import normalized_mutual_info_score
 
@@ -62,8 +63,11 @@ def test_cell_commands_and_the_timeout() -> None:
     qm = _module()
     d = qm.cell_command("cdc", "digits", "defaults", 1, 40, "/d", Path("/o"), [])
     assert "--defaults" in d and d[d.index("--data") + 1] == "digits" and d[d.index("--seed") + 1] == "1"
-    c = qm.cell_command("idfd", "cifar10-jpeg", "config", 0, 40, "/d", Path("/o"), [])
+    c = qm.cell_command("idfd", "cifar10-jpeg-5k", "config", 0, 40, "/d", Path("/o"), [])
     assert "--defaults" not in c and c[c.index("--data") + 1] == "cifar10" and "data.name=cifar10-jpeg" in c
+    assert c[c.index("--subset") + 1] == "5000" and "--subset" not in d
+    g = qm.cell_command("secu", "glyphs16", "defaults", 0, 40, "/d", Path("/o"), [], glyphs="/g/x.npz")
+    assert g[g.index("--data") + 1] == "npz:/g/x.npz"
     status, _, _, wall = qm.run_child([sys.executable, "-c", "import time; time.sleep(30)"], 1.0)
     assert status == "timed_out" and wall < 10
     assert qm.run_child([sys.executable, "-c", "raise SystemExit(3)"], 30)[:2] == ("failed", 3)
@@ -101,3 +105,19 @@ def test_smoke_matrix_writes_every_cell_and_a_table_that_recomputes(tmp_path: Pa
         assert t["beats_kmeans"] == (t["acc_min"] - km["acc"] >= 0.05 - 1e-9 and t["nmi_min"] - km["nmi"] >= 0.05 - 1e-9)
     md = (tmp_path / "quality_matrix_smoke.md").read_text()
     assert "| idfd | digits | defaults | 1/1 |" in md and "| secu | digits | defaults | 1/1 |" in md
+
+
+def test_quality_subset_is_a_fixed_draw_and_sets_the_preset_size() -> None:
+    spec = importlib.util.spec_from_file_location("quality", SCRIPT.parent / "quality.py")
+    q = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(q)
+    data = load_dataset("digits", "train+test")
+    a, b = q.subset(data, 500), q.subset(data, 500)
+    assert a.n_samples == 500 and np.array_equal(a.images.numpy(), b.images.numpy())
+    idx = [int(np.flatnonzero((data.images.numpy() == a.images[i].numpy()).all(axis=(1, 2, 3)))[0]) for i in range(5)]
+    assert idx == sorted(idx)  # original order kept
+    assert q.subset(data, None) is data and q.subset(data, 10**6) is data
+    cfg = q.flag_form_config("idfd", "digits", "", "cpu", 10, [], images=a.images)
+    assert cfg.defaults == "glyph" and cfg.train.batch_size == 16  # 500 images: B = 16 (the 1,797 of digits: 16 too)
+    big = q.flag_form_config("idfd", "digits", "", "cpu", 10, [], images=torch.zeros(9000, 1, 8, 8, dtype=torch.uint8))
+    assert big.train.batch_size == 64  # the size the preset saw is the given images', not the dataset's
