@@ -435,3 +435,82 @@ def test_kmeans_extra_is_a_curve_in_metrics_and_ami_is_recorded(tmp_path) -> Non
     y = trainer.eval_data.labels.numpy()
     assert saved["ami"] == pytest.approx(adjusted_mutual_info_score(y, labels, average_method="arithmetic"), abs=1e-12)
     assert saved["metrics"]["ami"] == saved["ami"] == record["ami"] and np.isfinite(saved["extras"]["kmeans"]["ami"])
+
+
+def test_instance_warmup_trains_the_instance_loss_alone_then_reinitialises_the_centres() -> None:
+    """instance_warmup w (library choice): epochs < int(w * epochs) train NT-Xent alone (no
+    gradient reaches the centres); at the start of that epoch the centres are k-means of the
+    then-current network's features, computed as setup does."""
+    torch.manual_seed(3)
+    method = create_method(resolve_config({
+        "method": "anchorcl", "model": {"backbone": "small_cnn", "feature_dim": 16},
+        "train": {"seed": 0, "epochs": 8}, "method_args": {"instance_warmup": 0.25},
+    }), DataInfo(n_samples=60, n_channels=1, image_size=8, mean=[0.5], std=[0.25], n_clusters=4))
+    x = images()
+    method.bind_data(x)
+    method.setup(x)
+    assert method.cluster_start == 2
+    method.train()
+    state = torch.get_rng_state()
+    out = method.training_step(x[:16], torch.arange(16), epoch=1)
+    torch.set_rng_state(state)
+    _ = method.eval_transform(x[:16])
+    xi, xj = method.augment(x[:16]), method.augment(x[:16])
+    g, f = method.projector, method.backbone
+    ref = ref_nt_xent(g(f(xi)).double(), g(f(xj)).double(), 0.5)
+    assert out.loss.item() == pytest.approx(ref.item(), rel=1e-4)
+    out.loss.backward()
+    assert method.centers.grad is None or float(method.centers.grad.abs().sum()) == 0.0
+    # change the network, then the epoch-2 start re-initialises from its features
+    with torch.no_grad():
+        for p in method.backbone.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    before = method.centers.detach().clone()
+    method.on_epoch_start(1)
+    torch.testing.assert_close(method.centers.detach(), before)  # not yet
+    method.on_epoch_start(2)
+    feats = method.initial_features(x)
+    km = kmeans(feats, 4, n_init=method.opts.init_n_init, seed=0)
+    torch.testing.assert_close(method.centers.detach(), km.centers.to(method.centers.dtype))
+    assert not torch.allclose(method.centers.detach(), before)
+
+
+def test_instance_warmup_out_of_range() -> None:
+    with pytest.raises(Exception, match="instance_warmup"):
+        make_anchorcl(instance_warmup=1.0)
+
+
+def test_instance_warmup_resumes_exactly(tmp_path, monkeypatch) -> None:
+    """The re-initialisation at the warm-up's end reads the training images again, on a
+    resumed run too (the trainer's bind_data): a run stopped at the end of the warm-up and
+    resumed ends with the weights of a straight one."""
+    from deepclust.engine import io, train
+    from deepclust.engine.trainer import Trainer
+    from deepclust.errors import DeepClustError
+
+    def cfg(out):
+        return resolve_config({
+            "method": "anchorcl", "data": {"name": "digits", "image_size": 8},
+            "model": {"backbone": "small_cnn", "feature_dim": 16, "width": 8},
+            "train": {"epochs": 2, "batch_size": 256, "out": str(out), "device": "cpu", "progress": False,
+                      "checkpoint_every": 5},
+            "eval": {"n_init": 1}, "method_args": {"instance_warmup": 0.5, "init_n_init": 1},
+        })
+
+    straight, split = tmp_path / "a", tmp_path / "b"
+    train(cfg(straight))
+    original = Trainer._train_epoch
+
+    def stop_in_second_epoch(self, images, epoch, iters):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return original(self, images, epoch, iters)
+
+    monkeypatch.setattr(Trainer, "_train_epoch", stop_in_second_epoch)
+    with pytest.raises(DeepClustError, match="checkpoint of epoch 1"):
+        train(cfg(split))
+    monkeypatch.undo()
+    train(cfg(split), resume=True)
+    a, b = io.load_checkpoint(straight)["model"], io.load_checkpoint(split)["model"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=f"{k} differs after resume")

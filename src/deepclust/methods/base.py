@@ -144,6 +144,11 @@ class ClusteringMethod(nn.Module):
         """Called once before the first epoch with the uint8 training images (float (N, D) features
         in feature mode) on the device."""
 
+    def bind_data(self, train_images: torch.Tensor) -> None:
+        """Called at the start of every fit, a resumed one too (before :meth:`setup` on a fresh
+        run), with what ``setup`` sees: for a method that reads the training images again later
+        (AnchorCL's centre re-initialisation). The default keeps nothing."""
+
     def on_epoch_start(self, epoch: int) -> None:
         """Called at the start of every epoch (0-based)."""
 
