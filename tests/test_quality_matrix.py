@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from sklearn.cluster import KMeans
 from sklearn.metrics import normalized_mutual_info_score
@@ -121,3 +122,21 @@ def test_quality_subset_is_a_fixed_draw_and_sets_the_preset_size() -> None:
     assert cfg.defaults == "glyph" and cfg.train.batch_size == 16  # 500 images: B = 16 (the 1,797 of digits: 16 too)
     big = q.flag_form_config("idfd", "digits", "", "cpu", 10, [], images=torch.zeros(9000, 1, 8, 8, dtype=torch.uint8))
     assert big.train.batch_size == 64  # the size the preset saw is the given images', not the dataset's
+
+
+def test_make_glyphs_builds_a_balanced_reproducible_npz(tmp_path: Path) -> None:
+    from deepclust.data.peek import peek
+
+    make = SCRIPT.parent / "make_glyphs.py"
+    if not Path("/usr/share/fonts/truetype/dejavu").is_dir():
+        pytest.skip("the DejaVu fonts (Debian fonts-dejavu-core) are not installed here")
+    for name in ("a", "b"):
+        done = subprocess.run([sys.executable, str(make), "--out", str(tmp_path / f"{name}.npz"), "--n", "60"],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+    a, b = np.load(tmp_path / "a.npz"), np.load(tmp_path / "b.npz")
+    assert a["images"].shape == (60, 16, 16) and a["images"].dtype == np.uint8
+    assert np.array_equal(a["images"], b["images"]) and np.bincount(a["labels"]).tolist() == [6] * 10
+    assert a["images"].max() == 255 and a["images"].reshape(60, -1).std(axis=1).min() > 10  # no blank glyph
+    assert peek(f"npz:{tmp_path / 'a.npz'}").size == 16
+    assert load_dataset(f"npz:{tmp_path / 'a.npz'}", "train+test").n_classes == 10
