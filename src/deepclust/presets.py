@@ -26,15 +26,12 @@ resolved config stores the kind that was applied, so a run directory says which 
 
 from __future__ import annotations
 
-import logging
 import math
 from typing import Any
 
 from deepclust.data.peek import DataShape
 
-__all__ = ["DEFAULTS_CHOICES", "KINDS", "data_kind", "kind_defaults"]
-
-log = logging.getLogger(__name__)
+__all__ = ["DEFAULTS_CHOICES", "KINDS", "data_kind", "describe", "kind_defaults"]
 
 KINDS = ("glyph", "natural", "features")
 DEFAULTS_CHOICES = ("auto", "method", *KINDS)
