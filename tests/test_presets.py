@@ -35,6 +35,19 @@ def test_peek_npz_folder_and_names(tmp_path) -> None:
     np.savez(tmp_path / "c.npz", images=rng.integers(0, 255, (5, 20, 24, 3), dtype=np.uint8))
     assert peek(f"npz:{tmp_path / 'g.npz'}") == DataShape(1, 12, 7)
     assert peek(f"npz:{tmp_path / 'c.npz'}") == DataShape(3, 20, 5)
+    import io
+
+    blobs = []
+    for i in range(4):  # JPEG bytes back to back, the shared data's layout
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (18, 22, 3), dtype=np.uint8)).save(buf, format="JPEG")
+        blobs.append(np.frombuffer(buf.getvalue(), dtype=np.uint8))
+    offsets = np.concatenate([[0], np.cumsum([len(b) for b in blobs])]).astype(np.int64)
+    np.savez(tmp_path / "j.npz", jpeg=np.concatenate(blobs), offsets=offsets)
+    assert peek(f"npz:{tmp_path / 'j.npz'}") == DataShape(3, 18, 4)
+    np.savez(tmp_path / "bad.npz", images=np.zeros((2, 5, 5, 5, 5), dtype=np.uint8))
+    with pytest.raises(DataError, match="rank 5"):  # the loader's own line
+        peek(f"npz:{tmp_path / 'bad.npz'}")
     for i in range(3):
         Image.fromarray(rng.integers(0, 255, (40, 50), dtype=np.uint8)).save(tmp_path / f"{i}.png")
     Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(tmp_path / "rgb.png")

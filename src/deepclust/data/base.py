@@ -253,6 +253,22 @@ class IndexedDataset(torch.utils.data.Dataset):
         return img, int(self.data.labels[i]), i
 
 
+def image_layout(shape: tuple[int, ...], source: str) -> str:
+    """"NHW", "NHWC" or "NCHW" for an image array of ``shape`` (C in {1, 3}, channels-last
+    first); DataError for any other shape. The one rule for arrays and npz headers alike."""
+    if len(shape) == 3:
+        return "NHW"
+    if len(shape) == 4 and shape[3] in (1, 3):
+        return "NHWC"
+    if len(shape) == 4 and shape[1] in (1, 3):
+        return "NCHW"
+    if len(shape) == 4:
+        raise DataError(f"{source}: images have shape {tuple(shape)}; expected (N, H, W) grayscale or (N, H, W, 3) RGB")
+    raise DataError(
+        f"{source}: images have rank {len(shape)} (shape {tuple(shape)}); expected (N, H, W) grayscale or (N, H, W, 3) RGB"
+    )
+
+
 def as_uint8_images(arr: Any, source: str) -> torch.Tensor:
     """Convert an image array to a contiguous uint8 tensor (N, C, H, W), C in {1, 3}.
 
@@ -262,19 +278,11 @@ def as_uint8_images(arr: Any, source: str) -> torch.Tensor:
     if isinstance(arr, torch.Tensor):
         arr = arr.detach().cpu().numpy()
     arr = np.asarray(arr)
-    if arr.ndim == 3:
+    layout = image_layout(arr.shape, source)
+    if layout == "NHW":
         arr = arr[:, None, :, :]
-    elif arr.ndim == 4:
-        if arr.shape[3] in (1, 3):
-            arr = arr.transpose(0, 3, 1, 2)
-        elif arr.shape[1] not in (1, 3):
-            raise DataError(
-                f"{source}: images have shape {arr.shape}; expected (N, H, W) grayscale or (N, H, W, 3) RGB"
-            )
-    else:
-        raise DataError(
-            f"{source}: images have rank {arr.ndim} (shape {arr.shape}); expected (N, H, W) grayscale or (N, H, W, 3) RGB"
-        )
+    elif layout == "NHWC":
+        arr = arr.transpose(0, 3, 1, 2)
     if arr.shape[0] == 0:
         raise DataError(f"{source}: contains zero images; expected at least one")
     if arr.dtype == np.uint8:

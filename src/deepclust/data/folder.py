@@ -100,6 +100,23 @@ def _probe(path: Path) -> tuple[tuple[int, int], str] | None:
         return None
 
 
+def probe_folder(root: Path, files: Sequence[Path], n: int = 512) -> tuple[dict[int, tuple[tuple[int, int], str] | None], int, int]:
+    """Header-read a seeded sample of ``n`` of ``files``: (the probes by file index, None where
+    unreadable; channels, 1 when every readable sample is grayscale, else 3; the native side,
+    the size all samples share when they are square and equal, else the mixed-size default).
+    DataError when none of them can be read."""
+    rng = np.random.default_rng(0)
+    pick = np.sort(rng.choice(len(files), size=min(n, len(files)), replace=False))
+    probes = {int(i): _probe(files[int(i)]) for i in pick}
+    ok = [p for p in probes.values() if p is not None]
+    if not ok:
+        raise DataError(f"none of the {len(pick)} sampled image files under {root} could be read; check the files")
+    channels = 1 if all(m in _GRAY_MODES for _, m in ok) else 3
+    sizes = {s for s, _ in ok}
+    w, h = next(iter(sizes))
+    return probes, channels, w if len(sizes) == 1 and w == h else _DEFAULT_MIXED_SIZE
+
+
 def _decode(path: Path, mode: str, size: tuple[int, int] | None) -> np.ndarray | None:
     """Pixels (H, W) or (H, W, 3) of one file in ``mode``, resized to size=(W, H); None if unreadable."""
     try:

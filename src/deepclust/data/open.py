@@ -18,8 +18,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from deepclust.data import folder
 from deepclust.data.base import ImageData
 from deepclust.data.imagenet import list_folder, stream_folder, stream_imagenet
@@ -87,15 +85,7 @@ def _maybe_stream_folder(
 ) -> StreamData | None:
     folder.check_split(f"folder:{path}", split, folder.FOLDER_SPLITS)
     root, files = list_folder(path)
-    rng = np.random.default_rng(0)
-    pick = np.sort(rng.choice(len(files), size=min(_PROBE, len(files)), replace=False))
-    probes = {int(i): folder._probe(files[int(i)]) for i in pick}
-    ok = [p for p in probes.values() if p is not None]
-    if not ok:
-        raise DataError(f"none of the {len(pick)} sampled image files under {root} could be read; check the files")
-    channels = 1 if all(m in folder._GRAY_MODES for _, m in ok) else 3
-    sizes = {s for s, _ in ok}
-    native = next(iter(sizes))[0] if len(sizes) == 1 and next(iter(sizes))[0] == next(iter(sizes))[1] else folder._DEFAULT_MIXED_SIZE
+    probes, channels, native = folder.probe_folder(root, files, _PROBE)
     size = image_size or native
     stored = stored_size or size
     decoded = len(files) * channels * stored * stored

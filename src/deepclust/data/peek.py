@@ -1,6 +1,6 @@
 """What a dataset looks like, without loading it: channels, native size, image count.
 
-:func:`peek` reads array headers (``npz:``), a few image headers (``folder:``) or a fixed table
+:func:`peek` reads array headers (``npz:``), sampled image headers (``folder:``) or a fixed table
 (the registered datasets), so choosing defaults by data kind (:mod:`deepclust.presets`) costs
 milliseconds even on ImageNet. A source it cannot read raises the same DataError that loading
 it would.
@@ -9,13 +9,14 @@ it would.
 from __future__ import annotations
 
 import io
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from deepclust.data.base import image_layout
+from deepclust.data.folder import _GRAY_MODES, probe_folder
 from deepclust.errors import DataError
 
 __all__ = ["DataShape", "peek", "shape_of"]
@@ -46,7 +47,6 @@ _KNOWN: dict[str, tuple[int, int, int]] = {
     "tiny-imagenet": (3, 64, 100000),
     "imagenet": (3, 224, 1281167),
 }
-_PROBES = 16  # folder images whose headers are read
 
 
 def shape_of(images_shape: tuple[int, ...]) -> DataShape:
@@ -57,57 +57,44 @@ def shape_of(images_shape: tuple[int, ...]) -> DataShape:
     return DataShape(channels=c, size=min(h, w), n_samples=n)
 
 
+_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def _read_header(f, z, key: str) -> tuple[int, ...]:
+    """The shape in the .npy header of member ``key`` (``f`` open on it, left at its data)."""
+    read = _HEADERS.get(np.lib.format.read_magic(f))
+    return tuple(int(v) for v in (read(f)[0] if read is not None else z[key].shape))  # other versions: load it
+
+
 def _npz_shape(path: Path) -> DataShape:
-    if not path.is_file():
-        raise DataError(f"npz file not found: {path}; pass npz:PATH pointing at an existing .npz file")
-    try:
-        with zipfile.ZipFile(path) as z:
-            names = set(z.namelist())
-            if "images.npy" in names:
-                with z.open("images.npy") as f:
-                    version = np.lib.format.read_magic(f)
-                    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-                    shape, _, _ = read(f)  # the header only, no data
-                shape = tuple(int(v) for v in shape)
-            else:
-                shape = None
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise DataError(f"{path} is not a readable .npz archive ({type(exc).__name__}); save arrays with numpy.savez") from None
-    if shape is not None:
-        if len(shape) == 3:
-            return DataShape(1, min(shape[1:]), shape[0])
-        if len(shape) == 4 and (shape[3] in (1, 3) or shape[1] in (1, 3)):
-            c_last = shape[3] in (1, 3)
-            hw = shape[1:3] if c_last else shape[2:4]
-            return DataShape(shape[3] if c_last else shape[1], min(hw), shape[0])
-        raise DataError(f"{path}: images have rank {len(shape)} (shape {shape}); "
-                        "expected (N, H, W) grayscale or (N, H, W, 3) RGB")
-    with np.load(path, allow_pickle=False) as z:
-        if "jpeg" not in z.files or "offsets" not in z.files:
-            raise DataError(f"{path} has no image array (keys found: {sorted(z.files)}); expected 'images' or 'jpeg' + 'offsets'")
-        offsets = z["offsets"]
-        first = bytes(z["jpeg"][int(offsets[0]):int(offsets[1])])
-    with Image.open(io.BytesIO(first)) as im:
-        return DataShape(1 if im.mode in ("L", "1", "I;16") else 3, min(im.size), int(len(offsets) - 1))
+    from deepclust.data.npz import _LAYOUT_HINT, _open_npz  # the loader's own error lines
+
+    with _open_npz(path) as z:
+        if "images" in z.files:
+            with z.zip.open("images.npy") as f:  # the header only, no pixels
+                shape = _read_header(f, z, "images")
+            layout = image_layout(shape, str(path))
+            n = shape[0]
+            nchw = (n, 1, *shape[1:]) if layout == "NHW" else (n, shape[3], *shape[1:3]) if layout == "NHWC" else shape
+            return shape_of(nchw)
+        if "jpeg" in z.files and "offsets" in z.files:
+            offsets = z["offsets"]
+            with z.zip.open("jpeg.npy") as f:  # the first file's bytes, not the whole archive
+                _read_header(f, z, "jpeg")
+                f.read(int(offsets[0]))
+                first = f.read(int(offsets[1]) - int(offsets[0]))
+            with Image.open(io.BytesIO(first)) as im:
+                return DataShape(1 if im.mode in _GRAY_MODES else 3, min(im.size), int(len(offsets) - 1))
+        raise DataError(f"{path} has no image array (keys found: {sorted(z.files)}); {_LAYOUT_HINT}")
 
 
 def _folder_shape(root: Path) -> DataShape:
-    from deepclust.data.folder import list_image_files
+    """Channels and native side by the streaming loader's own probe (folder.probe_folder)."""
+    from deepclust.data.imagenet import list_folder
 
-    files = list_image_files(root)
-    step = max(1, len(files) // _PROBES)
-    sizes, gray = [], 0
-    for p in files[::step][:_PROBES]:
-        try:
-            with Image.open(p) as im:
-                sizes.append(min(im.size))
-                gray += im.mode in ("L", "1", "I;16", "LA")
-        except Exception:  # noqa: BLE001 - an unreadable file is reported when the data is loaded
-            continue
-    if not sizes:
-        raise DataError(f"image folder {root}: none of the first images could be read; check that they are valid image files")
-    channels = 1 if gray == len(sizes) else 3
-    return DataShape(channels, int(np.median(sizes)), len(files))
+    root, files = list_folder(root)
+    _, channels, size = probe_folder(root, files)
+    return DataShape(channels, size, len(files))
 
 
 def peek(name: str, data_dir: str | None = None) -> DataShape:
