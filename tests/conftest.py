@@ -19,3 +19,24 @@ def shared_data() -> Path:
             "(or set DEEPCLUST_TEST_DATA)"
         )
     return path.resolve()
+
+
+@pytest.fixture
+def interrupt_in_epoch(monkeypatch: pytest.MonkeyPatch):
+    """``interrupt_in_epoch(e, error=KeyboardInterrupt)``: the trainer raises ``error`` (Ctrl-C
+    by default; a kill, a failure) as epoch ``e`` (0-based) starts, until the returned
+    ``undo()`` (the test's ``monkeypatch.undo()``) is called."""
+    from deepclust.engine.trainer import Trainer
+
+    original = Trainer._train_epoch
+
+    def arm(epoch: int, error: type[BaseException] = KeyboardInterrupt):
+        def interrupted(self, images, e, iters):
+            if e == epoch:
+                raise error()
+            return original(self, images, e, iters)
+
+        monkeypatch.setattr(Trainer, "_train_epoch", interrupted)
+        return monkeypatch.undo
+
+    return arm

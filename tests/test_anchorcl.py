@@ -480,12 +480,11 @@ def test_instance_warmup_out_of_range() -> None:
         make_anchorcl(instance_warmup=1.0)
 
 
-def test_instance_warmup_resumes_exactly(tmp_path, monkeypatch) -> None:
+def test_instance_warmup_resumes_exactly(tmp_path, interrupt_in_epoch) -> None:
     """The re-initialisation at the warm-up's end reads the training images again, on a
     resumed run too (the trainer's bind_data): a run stopped at the end of the warm-up and
     resumed ends with the weights of a straight one."""
     from deepclust.engine import io, train
-    from deepclust.engine.trainer import Trainer
     from deepclust.errors import DeepClustError
 
     def cfg(out):
@@ -499,17 +498,10 @@ def test_instance_warmup_resumes_exactly(tmp_path, monkeypatch) -> None:
 
     straight, split = tmp_path / "a", tmp_path / "b"
     train(cfg(straight))
-    original = Trainer._train_epoch
-
-    def stop_in_second_epoch(self, images, epoch, iters):
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return original(self, images, epoch, iters)
-
-    monkeypatch.setattr(Trainer, "_train_epoch", stop_in_second_epoch)
+    undo = interrupt_in_epoch(1)
     with pytest.raises(DeepClustError, match="checkpoint of epoch 1"):
         train(cfg(split))
-    monkeypatch.undo()
+    undo()
     train(cfg(split), resume=True)
     a, b = io.load_checkpoint(straight)["model"], io.load_checkpoint(split)["model"]
     for k in a:

@@ -52,17 +52,6 @@ def _epochs(out: Path) -> list[int]:
     return [json.loads(x)["epoch"] for x in (out / io.METRICS).read_text().splitlines()]
 
 
-def _kill_at(monkeypatch: pytest.MonkeyPatch, epoch: int, error: type[BaseException] = Killed) -> None:
-    original = Trainer._train_epoch
-
-    def train_epoch(self, images, e, iters):
-        if e == epoch:
-            raise error()
-        return original(self, images, e, iters)
-
-    monkeypatch.setattr(Trainer, "_train_epoch", train_epoch)
-
-
 # ----- a full disk ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("failure", ["torch", "enospc"])
 def test_full_disk_is_one_line_and_keeps_the_last_checkpoint(failure: str, data: Path, tmp_path: Path,
@@ -128,17 +117,17 @@ def test_damaged_checkpoint_is_reported_corrupt(data: Path, tmp_path: Path, caps
 @pytest.mark.parametrize("override", ["train.checkpoint_every=0", "eval.batch_size=0", "optim.lr=-1",
                                       "model.feature_dim=0", "model.width=0", "model.stem=foo", "train.eval_every=-1"])
 def test_bad_config_values_fail_before_training(override: str, data: Path, tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    _kill_at(monkeypatch, 0, AssertionError)  # an epoch would fail the test
+                                                monkeypatch: pytest.MonkeyPatch, interrupt_in_epoch, capsys) -> None:
+    interrupt_in_epoch(0, AssertionError)  # an epoch would fail the test
     _one_line(capsys, main([*_train(data, tmp_path / "run"), override]), override.split("=")[0])
     assert not (tmp_path / "run").exists()
 
 
 # ----- kills and resumes ---------------------------------------------------------------------------------
 def test_kill_after_an_unsaved_epoch_then_resume_logs_each_epoch_once(data: Path, tmp_path: Path,
-                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                       monkeypatch: pytest.MonkeyPatch, interrupt_in_epoch) -> None:
     out = tmp_path / "run"
-    _kill_at(monkeypatch, 3)  # killed in epoch 4: epochs 1-3 are logged, the checkpoint is of epoch 2
+    interrupt_in_epoch(3, Killed)  # killed in epoch 4: epochs 1-3 are logged, the checkpoint is of epoch 2
     with pytest.raises(Killed):
         main(_train(data, out, "--epochs", "5", "train.checkpoint_every=2"))
     monkeypatch.undo()
@@ -148,9 +137,9 @@ def test_kill_after_an_unsaved_epoch_then_resume_logs_each_epoch_once(data: Path
 
 
 def test_run_killed_before_its_first_checkpoint_is_not_mixed(data: Path, tmp_path: Path,
-                                                             monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+                                                             monkeypatch: pytest.MonkeyPatch, interrupt_in_epoch, capsys) -> None:
     out = tmp_path / "run"
-    _kill_at(monkeypatch, 1)
+    interrupt_in_epoch(1, Killed)
     with pytest.raises(Killed):
         main(_train(data, out, "--epochs", "2", "train.checkpoint_every=2"))
     monkeypatch.undo()
@@ -163,9 +152,9 @@ def test_run_killed_before_its_first_checkpoint_is_not_mixed(data: Path, tmp_pat
 
 
 def test_ctrl_c_in_the_first_epoch_says_nothing_was_saved(data: Path, tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+                                                          monkeypatch: pytest.MonkeyPatch, interrupt_in_epoch, capsys) -> None:
     out = tmp_path / "run"
-    _kill_at(monkeypatch, 0, KeyboardInterrupt)
+    interrupt_in_epoch(0)
     line = _one_line(capsys, main(_train(data, out, "--epochs", "1")), "nothing was saved")
     assert "none" not in line and "resume" not in line
     monkeypatch.undo()

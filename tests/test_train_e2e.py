@@ -82,25 +82,17 @@ def test_crash_during_save_keeps_last_checkpoint(tmp_path: Path, monkeypatch: py
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temporary file left
 
 
-def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from deepclust.engine.trainer import Trainer
+def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(tmp_path: Path, interrupt_in_epoch) -> None:
     from deepclust.errors import DeepClustError
 
     straight = tmp_path / "straight"
     train(tiny_cfg(straight, epochs=3, checkpoint_every=5))
     out = tmp_path / "interrupted"
-    original = Trainer._train_epoch
-
-    def interrupt_in_third_epoch(self, images, epoch, iters):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        return original(self, images, epoch, iters)
-
-    monkeypatch.setattr(Trainer, "_train_epoch", interrupt_in_third_epoch)
+    undo = interrupt_in_epoch(2)
     # checkpoint_every=5: no periodic checkpoint exists yet when Ctrl-C arrives in epoch 3.
     with pytest.raises(DeepClustError, match="checkpoint of epoch 2"):
         train(tiny_cfg(out, epochs=3, checkpoint_every=5))
-    monkeypatch.undo()
+    undo()
     assert io.load_checkpoint(out)["epoch"] == 2
     train(tiny_cfg(out, epochs=3, checkpoint_every=5), resume=True)
     a, b = io.load_checkpoint(straight)["model"], io.load_checkpoint(out)["model"]

@@ -93,9 +93,7 @@ def data_kind(shape: DataShape) -> str:
 
 def kind_defaults(method: str, kind: str, shape: DataShape) -> dict[str, Any]:
     """The preset (a nested config dict) of ``kind`` for ``method`` on data of ``shape``."""
-    if kind == "features":
-        return {"optim": {"schedule": "cosine"}}
-    if kind == "natural":
+    if kind in ("features", "natural"):  # the method's own views and backbone rule
         return {"optim": {"schedule": "cosine"}}
     if kind != "glyph":
         raise ValueError(f"unknown data kind {kind!r}; one of {', '.join(KINDS)}")
