@@ -120,8 +120,9 @@ def test_glyph_preset_per_method_is_valid() -> None:
         preset = kind_defaults(method, "glyph", DataShape(1, 16, 9000))
         cfg = resolve_config({"method": method, **preset})
         assert cfg.data.image_size == 16 and cfg.model.width == 32
-        big = kind_defaults(method, "glyph", DataShape(1, 28, 10000))
-        assert big["data"]["image_size"] == 28 and big["model"]["width"] == 16
+        for side in (8, 28, 32):  # smaller glyphs are resized up, larger ones down
+            other = kind_defaults(method, "glyph", DataShape(1, side, 10000))
+            assert other["data"]["image_size"] == 16 and other["model"]["width"] == 32
 
 
 @pytest.mark.parametrize("n", [100, 1797, 4000, 9000, 10000, 60000, 1_281_167])
