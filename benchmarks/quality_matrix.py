@@ -25,7 +25,10 @@ cell's row has the load average after it).
 The record (``<out-dir>/quality_matrix<tag>.json``) is rewritten atomically after every cell;
 at the end it holds a table (per method x dataset x mode: mean and min over the seeds of ACC,
 NMI, ARI, raw-pixel k-means ACC / NMI, wall time, and whether the min beats k-means by at least
-5 points in both ACC and NMI), also written as Markdown beside it (``.md``).
+5 points in both ACC and NMI), also written as Markdown beside it (``.md``). ``--update``
+re-runs only the planned cells of an existing record (after a change that touches them) and
+keeps the others; ``runs`` lists every invocation, and each cell's own record its date and
+commit.
 """
 
 from __future__ import annotations
@@ -124,6 +127,15 @@ def run_cell(method: str, key: str, mode: str, seed: int, a: argparse.Namespace,
     return row
 
 
+def _cell_key(c: dict[str, Any]) -> tuple[str, str, str, int]:
+    return c["method"], c["dataset"], c["mode"], c["seed"]
+
+
+def _cell_order(c: dict[str, Any]) -> tuple[int, int, int, int]:
+    """Datasets, then methods, modes and seeds, in the order this script lists them."""
+    return list(DATASETS).index(c["dataset"]), METHODS.index(c["method"]), ("defaults", "config").index(c["mode"]), c["seed"]
+
+
 def aggregate(cells: list[dict[str, Any]], margin: float = MARGIN) -> list[dict[str, Any]]:
     """One row per (method, dataset, mode): mean and min over the seeds that finished, raw-pixel
     k-means, wall time, and ``beats_kmeans`` (every seed finished and the min ACC and min NMI are
@@ -213,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", default=os.environ.get("DEEPCLUST_DATA", "../shared/data"))
     p.add_argument("--out-dir", default=str(RESULTS))
     p.add_argument("--tag", help="record name suffix (default: '' or '_smoke')")
+    p.add_argument("--update", action="store_true",
+                   help="keep the other cells of the existing record: re-run only the planned cells, rewrite the table")
     p.add_argument("--smoke", action="store_true",
                    help="tiny: digits, 1 epoch, seed 0, batch 64, k-means n_init 2 (well under a minute)")
     p.add_argument("overrides", nargs="*", help="key=value for every cell (a benchmark knob, not a default)")
@@ -259,6 +273,16 @@ def main(argv: list[str] | None = None) -> int:
     argv_ = argv if argv is not None else sys.argv[1:]
     plan = [(m, k, mode, s) for k in keys for m in methods for mode in modes for s in seeds]
     record["settings"] |= {"jobs": a.jobs, "threads_per_cell": a.threads}
+    runs = [{"date": date, "command": argv_, "cells": len(plan)}]
+    if a.update and path.exists():  # every cell keeps its own record (cell_record), date and commit included
+        old = json.loads(path.read_text())
+        record["cells"] = sorted((c for c in old["cells"] if _cell_key(c) not in set(plan)), key=_cell_order)
+        runs = [*old.get("runs", [{"date": old.get("date"), "command": old.get("command"), "cells": len(old["cells"])}]), *runs]
+        for key in ("methods", "seeds", "modes"):  # the union, in the old record's order
+            record["settings"][key] = [*old["settings"][key], *(v for v in record["settings"][key] if v not in old["settings"][key])]
+        record["settings"]["datasets"] = old["settings"]["datasets"] | record["settings"]["datasets"]
+        record["table"] = aggregate(record["cells"])
+    record["runs"] = runs
     done = 0
     with ThreadPoolExecutor(max_workers=max(1, a.jobs)) as pool:  # threads wait on child processes
         futures = {pool.submit(run_cell, m, k, mode, s, a, cells_dir): (m, k, mode, s) for m, k, mode, s in plan}
@@ -268,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
             row["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
             done += 1
             record["cells"].append(row)
-            record["cells"].sort(key=lambda r: plan.index((r["method"], r["dataset"], r["mode"], r["seed"])))
+            record["cells"].sort(key=_cell_order)
             record["table"] = aggregate(record["cells"])
             stamp_record(record, start, "benchmarks/quality_matrix.py", argv_, date)
             write_record(record, path)
@@ -278,7 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     record["complete"] = True
     stamp_record(record, start, "benchmarks/quality_matrix.py", argv_, date)
     write_record(record, path)
-    md = markdown(record["table"], f"Quality matrix ({a.epochs} epochs, seeds {','.join(map(str, seeds))}, {date})")
+    runs_note = f"; cells from {len(runs)} runs, the last on {date}: the record's runs" if len(runs) > 1 else f", {date}"
+    md = markdown(record["table"], f"Quality matrix ({a.epochs} epochs, seeds {','.join(map(str, seeds))}{runs_note})")
     if skipped:
         md += "\nSkipped (no data): " + "; ".join(f"{k}: {w}" for k, w in skipped.items()) + "\n"
     from deepclust.engine.io import write_text

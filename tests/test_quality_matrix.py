@@ -140,3 +140,34 @@ def test_make_glyphs_builds_a_balanced_reproducible_npz(tmp_path: Path) -> None:
     assert a["images"].max() == 255 and a["images"].reshape(60, -1).std(axis=1).min() > 10  # no blank glyph
     assert peek(f"npz:{tmp_path / 'a.npz'}").size == 16
     assert load_dataset(f"npz:{tmp_path / 'a.npz'}", "train+test").n_classes == 10
+
+
+def test_update_reruns_only_the_planned_cells_and_keeps_the_others(tmp_path: Path) -> None:
+    """``--update``: a hand-made record with three cells; re-running one of them replaces that
+    cell only, keeps the other two untouched, and the table is recomputed from all three."""
+    mod = _module()
+
+    def cell(method: str, seed: int, acc: float) -> dict:
+        return {"method": method, "dataset": "digits", "split": "train+test", "mode": "defaults", "seed": seed,
+                "status": "ok", "acc": acc, "nmi": acc, "ari": acc, "wall_time_s": 1.0,
+                "kmeans_raw_pixels": {"acc": 0.5, "nmi": 0.5, "ari": 0.4, "n_init": 2}}
+
+    old = {"settings": {"methods": ["idfd", "cdc"], "seeds": [0, 1], "modes": ["defaults"],
+                        "datasets": {"digits": {"name": "digits"}}},
+           "cells": [cell("idfd", 0, 0.9), cell("cdc", 0, 0.8), cell("cdc", 1, 0.7)], "date": "then", "command": ["old"]}
+    (tmp_path / "quality_matrix_smoke.json").write_text(json.dumps(old))
+    cmd = [sys.executable, str(SCRIPT), "--smoke", "--update", "--methods", "cdc", "--out-dir", str(tmp_path)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    rec = json.loads((tmp_path / "quality_matrix_smoke.json").read_text())
+    keys = [(c["method"], c["seed"]) for c in rec["cells"]]
+    assert keys == [("idfd", 0), ("cdc", 0), ("cdc", 1)]  # the script's order: methods, then seeds
+    new = rec["cells"][1]
+    assert new["status"] == "ok" and "cell_record" in new and new["acc"] != 0.8
+    assert rec["cells"][0] == old["cells"][0] and rec["cells"][2] == old["cells"][2]
+    assert [r["command"] for r in rec["runs"]] == [["old"], cmd[2:]]
+    assert rec["settings"]["methods"] == ["idfd", "cdc"] and rec["settings"]["seeds"] == [0, 1]
+    cdc = next(t for t in rec["table"] if t["method"] == "cdc")
+    assert cdc["n_seeds"] == 2 and cdc["acc_min"] == round(min(new["acc"], 0.7), 4)
+    assert cdc["acc_mean"] == round(statistics.fmean([new["acc"], 0.7]), 4)
+    assert "2 runs" in (tmp_path / "quality_matrix_smoke.md").read_text()
