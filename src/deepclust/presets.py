@@ -71,9 +71,10 @@ _GLYPH_METHOD: dict[str, dict[str, Any]] = {
     "anchorcl": {
         "optim": {"name": "adam", "lr": 1e-3, "weight_decay": 0.0},
         "train": {"batch_size": 128},
-        # the first quarter of the epochs on the instance loss alone, then k-means centres from
-        # the trained features: from the untrained network 2 of 3 digits seeds merged two classes
-        "method_args": {"instance_warmup": 0.25},
+        # the first half of the epochs on the instance loss alone, then k-means centres from
+        # the trained features: from the untrained network 2 of 3 digits seeds merged two classes;
+        # 0.5 instead of 0.25 lifted the worst Fashion-MNIST seed from 0.620 to 0.660
+        "method_args": {"instance_warmup": 0.5},
     },
 }
 
