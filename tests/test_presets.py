@@ -87,13 +87,27 @@ def test_the_runs_own_values_win_over_the_preset() -> None:
 
 @pytest.mark.parametrize("method", list_methods())
 def test_shipped_configs_are_untouched(method: str) -> None:
-    for name in ("digits", "cifar10"):
-        path = packaged_config(f"{method}/{name}")
-        if path is None:
-            continue
+    path = packaged_config(f"{method}/cifar10")
+    if path is not None:
         raw = _config_from_args([str(path)], {})
         assert raw["defaults"] == "method"
         assert resolve_config(raw, auto=True).to_dict() == resolve_config(raw).to_dict()
+
+
+@pytest.mark.parametrize("method", list_methods())
+def test_digits_configs_are_the_glyph_preset(method: str) -> None:
+    """configs/<method>/digits.yaml is the flag form on digits plus K, the protocol and the
+    schedule's length: the same config whether or not the caller asks for auto defaults."""
+    raw = _config_from_args([str(packaged_config(f"{method}/digits"))], {})
+    cfg = resolve_config(raw)
+    assert raw["defaults"] == "glyph" and cfg.to_dict() == resolve_config(raw, auto=True).to_dict()
+    flag = resolve_config(_config_from_args(["train.epochs=40", "train.checkpoint_every=10"],
+                                            {"method": method, "data": "digits", "n_clusters": 10}), auto=True)
+    want, got = flag.to_dict(), cfg.to_dict()
+    for d in (want, got):
+        d["data"].pop("train_split"), d["data"].pop("eval_split")
+    assert got == want
+    assert cfg.data.train_split == cfg.data.eval_split == "train+test"
 
 
 def test_forced_kind_and_bad_choice() -> None:
