@@ -59,6 +59,7 @@ DATASETS: dict[str, tuple[str, str, str | None, int | None]] = {
     "cifar10-jpeg-5k": ("cifar10-jpeg", "test", "cifar10", 5000),
 }
 DEFAULT_DATASETS = ("digits", "glyphs16", "fashion-mnist-5k")  # cifar10-jpeg-5k: ResNet-18, a GPU's job
+MODES = ("defaults", "config")
 MARGIN = 0.05  # "beats k-means": the min over seeds at least 5 points above it, ACC and NMI
 SMOKE_OVERRIDES = ["train.batch_size=64", "eval.n_init=2"]
 
@@ -133,7 +134,7 @@ def _cell_key(c: dict[str, Any]) -> tuple[str, str, str, int]:
 
 def _cell_order(c: dict[str, Any]) -> tuple[int, int, int, int]:
     """Datasets, then methods, modes and seeds, in the order this script lists them."""
-    return list(DATASETS).index(c["dataset"]), METHODS.index(c["method"]), ("defaults", "config").index(c["mode"]), c["seed"]
+    return list(DATASETS).index(c["dataset"]), METHODS.index(c["method"]), MODES.index(c["mode"]), c["seed"]
 
 
 def aggregate(cells: list[dict[str, Any]], margin: float = MARGIN) -> list[dict[str, Any]]:
@@ -218,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--glyphs", default="data/glyphs16.npz", help="the glyphs16 file (built by make_glyphs.py when missing)")
     p.add_argument("--seeds", help="comma-separated (default: 0,1,2)")
     p.add_argument("--epochs", type=int, help="every cell, both modes (default: 40)")
-    p.add_argument("--mode", choices=("defaults", "config", "both"), help="default: defaults")
+    p.add_argument("--mode", choices=(*MODES, "both"), help="default: defaults")
     p.add_argument("--cell-timeout-s", type=float, default=600.0, help="a cell past it is recorded as timed_out")
     p.add_argument("--jobs", type=int, default=1, help="cells run at once (each with --threads threads)")
     p.add_argument("--threads", type=int, help="threads per cell (default: torch's own; set cores / jobs)")
@@ -238,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     keys = (a.datasets or ",".join(DEFAULT_DATASETS)).split(",")
     seeds = [int(s) for s in (a.seeds or "0,1,2").split(",")]
     a.epochs = a.epochs or 40
-    modes = {"both": ["defaults", "config"], None: ["defaults"]}.get(a.mode, [a.mode])
+    modes = {"both": list(MODES), None: ["defaults"]}.get(a.mode, [a.mode])
     for k in keys:
         if k not in DATASETS:
             p.error(f"unknown dataset {k!r}; valid: {', '.join(DATASETS)}")
@@ -276,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     runs = [{"date": date, "command": argv_, "cells": len(plan)}]
     if a.update and path.exists():  # every cell keeps its own record (cell_record), date and commit included
         old = json.loads(path.read_text())
-        record["cells"] = sorted((c for c in old["cells"] if _cell_key(c) not in set(plan)), key=_cell_order)
+        planned = set(plan)
+        record["cells"] = sorted((c for c in old["cells"] if _cell_key(c) not in planned), key=_cell_order)
         runs = [*old.get("runs", [{"date": old.get("date"), "command": old.get("command"), "cells": len(old["cells"])}]), *runs]
         for key in ("methods", "seeds", "modes"):  # the union, in the old record's order
             record["settings"][key] = [*old["settings"][key], *(v for v in record["settings"][key] if v not in old["settings"][key])]

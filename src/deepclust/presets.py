@@ -100,8 +100,12 @@ def kind_defaults(method: str, kind: str, shape: DataShape) -> dict[str, Any]:
         return {"optim": {"schedule": "cosine"}}
     if kind != "glyph":
         raise ValueError(f"unknown data kind {kind!r}; one of {', '.join(KINDS)}")
+    # Every glyph at 16 px, width 32: on the Fashion-MNIST draw (28 px) every method's worst
+    # seed rose (ACC 0.56-0.70 at 28 px, width 16 -> 0.62-0.72) for about the same CPU time,
+    # while IDFD at 28 px, width 32 stayed at 0.58 (benchmarks/results/exploration_16/).
     out: dict[str, Any] = {
-        "model": {"backbone": "small_cnn", "feature_dim": 128},
+        "data": {"image_size": 16},
+        "model": {"backbone": "small_cnn", "feature_dim": 128, "width": 32},
         "optim": {"schedule": "cosine"},
         "augment": dict(_GLYPH_AUGMENT),
     }
@@ -114,11 +118,6 @@ def kind_defaults(method: str, kind: str, shape: DataShape) -> dict[str, Any]:
         b = int(min(128, max(16, 2 ** round(math.log2(max(1, shape.n_samples) / 100)))))
         out["train"] = {"batch_size": b}
         out["optim"] = {**out["optim"], "lr": round(_LR_AT_BATCH[method](b), 6)}
-    # Every glyph at 16 px, width 32: on the Fashion-MNIST draw (28 px) every method's worst
-    # seed rose (ACC 0.56-0.70 at 28 px, width 16 -> 0.62-0.72) for about the same CPU time,
-    # while IDFD at 28 px, width 32 stayed at 0.58 (benchmarks/results/exploration_16/).
-    out["data"] = {"image_size": 16}
-    out["model"]["width"] = 32
     for section, values in _GLYPH_METHOD.get(method, {}).items():  # sections are flat dicts here
         out[section] = {**out.get(section, {}), **values}
     return out
