@@ -9,7 +9,9 @@ split), runs k-means (same n_init) on the raw pixels of the same images, and wri
 the command, the date and the wall times. For a method that predicts with its own head (SeCu,
 CDC, AnchorCL) the record also holds k-means on the trained network's clean features (the
 method's ``infer`` features, same n_init), as a diagnostic: how the head compares with k-means
-on the representation it was trained with.
+on the representation it was trained with. A config on a data kind's preset (``defaults:
+glyph``, as the digits and Fashion-MNIST ones) is sized for the images it trains on (a
+``--subset``'s), as the flag form is (``--defaults``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from deepclust.bench import bench_config, machine_info, stamp_record, write_reco
 from deepclust.cluster import kmeans
 from deepclust.config import packaged_config
 from deepclust.data import load_dataset
+from deepclust.data.peek import shape_of
 from deepclust.engine.trainer import Trainer
 from deepclust.metrics import evaluate
 
@@ -40,7 +43,6 @@ def flag_form_config(method: str, data: str, data_dir: str, device: str, n_clust
     kind's preset then reads instead of the dataset's headers."""
     from deepclust.cli import _config_from_args
     from deepclust.config import resolve_config
-    from deepclust.data.peek import shape_of
 
     flags = {"method": method, "data": data, "data_dir": data_dir, "n_clusters": n_clusters, "device": device}
     raw = _config_from_args([*overrides, "train.progress=false"], flags)
@@ -87,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             cfg = bench_config(a.method, a.data, a.data_dir, device=a.device, overrides=over)
             data = subset(load_dataset(cfg.data.name, a.split, a.data_dir), a.subset)
+            if cfg.defaults != "method":  # a config on a kind's preset: sized for the images it trains on
+                cfg = bench_config(a.method, a.data, a.data_dir, device=a.device, overrides=over,
+                                   shape=shape_of(tuple(data.images.shape)))
         cfg.train.out = str(Path(tmp) / "run")
         t0 = time.time()
         pixels = data.images.flatten(1).float() / 255.0

@@ -110,6 +110,41 @@ def test_digits_configs_are_the_glyph_preset(method: str) -> None:
     assert cfg.data.train_split == cfg.data.eval_split == "train+test"
 
 
+# What a dataset config on the glyph preset may set: the data, the protocol, the schedule's
+# length and how often it saves, evaluates and restarts k-means; nothing that trains differently.
+RUN_KEYS = {"method", "defaults", "n_clusters", "data.name", "data.train_split", "data.eval_split", "train.epochs",
+            "train.checkpoint_every", "train.eval_every", "eval.n_init"}
+
+
+def _leaves(d: dict, prefix: str = "") -> set[str]:
+    return set().union(*(_leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}"} for k, v in d.items()))
+
+
+@pytest.mark.parametrize("method", list_methods())
+def test_fashion_mnist_configs_are_the_glyph_preset(method: str) -> None:
+    """configs/<method>/fashion-mnist.yaml (after the quality matrix showed the hand-made 28 px
+    ones below raw-pixel k-means) sets only RUN_KEYS over the glyph preset, and resolves to the
+    flag form on Fashion-MNIST with those values: 16 px, width 32, no flips."""
+    raw = _config_from_args([str(packaged_config(f"{method}/fashion-mnist"))], {})
+    assert raw["defaults"] == "glyph" and _leaves(raw) <= RUN_KEYS, sorted(_leaves(raw) - RUN_KEYS)
+    cfg = resolve_config(raw)
+    flag = resolve_config({k: v for k, v in raw.items() if k != "defaults"}, auto=True)
+    assert cfg.to_dict() == flag.to_dict() and flag.defaults == "glyph"
+    assert (cfg.data.image_size, cfg.model.width, cfg.augment.flip_p) == (16, 32, 0.0)
+
+
+def test_bench_config_sizes_a_preset_config_for_the_given_shape() -> None:
+    """``bench_config`` (quality.py's config mode): the Fashion-MNIST SeCu config is on the
+    glyph preset, so its batch follows N / 100 of the images given (5,000: 64), and of the
+    dataset's headers (60,000 training images: 128) without a shape."""
+    from deepclust.bench import bench_config
+
+    assert bench_config("secu", "fashion-mnist", shape=DataShape(1, 28, 5000)).train.batch_size == 64
+    assert bench_config("secu", "fashion-mnist").train.batch_size == 128
+    assert bench_config("secu", "cifar10", shape=DataShape(3, 32, 5000)).train.batch_size == \
+        bench_config("secu", "cifar10").train.batch_size  # defaults: method, no preset to size
+
+
 def test_forced_kind_and_bad_choice() -> None:
     cfg = resolve_config({"method": "secu", "defaults": "glyph", "data": {"name": "digits"}})
     assert cfg.defaults == "glyph" and cfg.augment.flip_p == 0.0
@@ -141,8 +176,8 @@ def test_glyph_preset_per_method_is_valid() -> None:
 
 @pytest.mark.parametrize("n", [100, 1797, 4000, 9000, 10000, 60000, 1_281_167])
 def test_small_data_batch_rule(n: int) -> None:
-    """IDFD and SeCu on glyph data: B = the power of two nearest N / 100 (in log scale),
-    clipped to [16, 128]; lr 0.05 sqrt(B / 128) (IDFD) and 0.1 B / 128 (SeCu)."""
+    """SeCu on glyph data: B = the power of two nearest N / 100 (in log scale), clipped to
+    [16, 128], lr 0.1 B / 128; IDFD: B = 16 at every size, lr 0.05 sqrt(16 / 128)."""
     target = n / 100
     powers = [2 ** k for k in range(4, 8)]  # 16 .. 128
     want = min(powers, key=lambda p: abs(np.log2(p) - np.log2(target)))
@@ -152,8 +187,8 @@ def test_small_data_batch_rule(n: int) -> None:
         want = 128
     idfd = kind_defaults("idfd", "glyph", DataShape(1, 16, n))
     secu = kind_defaults("secu", "glyph", DataShape(1, 16, n))
-    assert idfd["train"]["batch_size"] == want == secu["train"]["batch_size"]
-    assert idfd["optim"]["lr"] == pytest.approx(0.05 * (want / 128) ** 0.5, rel=1e-4)
+    assert secu["train"]["batch_size"] == want and idfd["train"]["batch_size"] == 16
+    assert idfd["optim"]["lr"] == pytest.approx(0.05 * (16 / 128) ** 0.5, rel=1e-4)
     assert secu["optim"]["lr"] == pytest.approx(0.1 * want / 128, rel=1e-4)
     # the contrastive methods keep their batch: their negatives are the batch
     assert kind_defaults("cdc", "glyph", DataShape(1, 16, n))["train"]["batch_size"] == 256

@@ -122,7 +122,7 @@ def test_quality_subset_is_a_fixed_draw_and_sets_the_preset_size() -> None:
     assert q.subset(data, None) is data and q.subset(data, 10**6) is data
     cfg = q.flag_form_config("idfd", "digits", "", "cpu", 10, [], images=a.images)
     assert cfg.defaults == "glyph" and cfg.train.batch_size == 16  # 500 images: B = 16 (the 1,797 of digits: 16 too)
-    big = q.flag_form_config("idfd", "digits", "", "cpu", 10, [], images=torch.zeros(9000, 1, 8, 8, dtype=torch.uint8))
+    big = q.flag_form_config("secu", "digits", "", "cpu", 10, [], images=torch.zeros(9000, 1, 8, 8, dtype=torch.uint8))
     assert big.train.batch_size == 64  # the size the preset saw is the given images', not the dataset's
 
 

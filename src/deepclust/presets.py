@@ -85,6 +85,23 @@ _GLYPH_METHOD: dict[str, dict[str, Any]] = {
 _LR_AT_BATCH = {"idfd": lambda b: 0.05 * math.sqrt(b / 128), "secu": lambda b: 0.1 * b / 128}
 
 
+def _glyph_batch(method: str, n_samples: int) -> int:
+    """The batch of IDFD and SeCu on glyph data of ``n_samples`` images.
+
+    IDFD and SeCu take no negatives from the batch (a memory bank; cluster centres), and on
+    small data they need many small steps: on digits (1,797 images, 40 epochs) batch 128 gave
+    IDFD ACC 0.81 and SeCu 0.20 (collapsed: whole batches took one label), batch 16 with a
+    lower rate 0.92 and 0.95. SeCu: B ~ N / 100, a power of two in [16, 128]. IDFD: 16 at every
+    size, since its 40-epoch runs are short of steps (80 epochs lift Fashion-MNIST's 0.635 to
+    0.700): on the 5,000-image Fashion-MNIST draw the worst of seeds 0-2 went ACC 0.635 / NMI
+    0.609 (B 64), 0.660 / 0.622 (32), 0.690 / 0.636 (16), for about 35 % more time
+    (benchmarks/results/exploration_16/, "Third round").
+    """
+    if method == "idfd":
+        return 16
+    return int(min(128, max(16, 2 ** round(math.log2(max(1, n_samples) / 100)))))
+
+
 def data_kind(shape: DataShape) -> str:
     """``features`` for vectors, ``glyph`` for one channel at <= 32 px, else ``natural``."""
     if shape.n_features > 0:
@@ -109,13 +126,8 @@ def kind_defaults(method: str, kind: str, shape: DataShape) -> dict[str, Any]:
         "optim": {"schedule": "cosine"},
         "augment": dict(_GLYPH_AUGMENT),
     }
-    if method in _LR_AT_BATCH and shape.n_samples > 0:
-        # IDFD and SeCu take no negatives from the batch (a memory bank; cluster centres), and
-        # on small data they need many small steps: on digits (1,797 images, 40 epochs) batch
-        # 128 gave IDFD ACC 0.81 and SeCu 0.20 (collapsed: whole batches took one label), batch
-        # 16 with a lower rate gave 0.92 and 0.95. So B ~ N / 100, a power of two in [16, 128],
-        # and the rate by _LR_AT_BATCH.
-        b = int(min(128, max(16, 2 ** round(math.log2(max(1, shape.n_samples) / 100)))))
+    if method in _LR_AT_BATCH and shape.n_samples > 0:  # the batch by _glyph_batch, the rate by _LR_AT_BATCH
+        b = _glyph_batch(method, shape.n_samples)
         out["train"] = {"batch_size": b}
         out["optim"] = {**out["optim"], "lr": round(_LR_AT_BATCH[method](b), 6)}
     for section, values in _GLYPH_METHOD.get(method, {}).items():  # sections are flat dicts here

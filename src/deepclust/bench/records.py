@@ -82,9 +82,11 @@ def write_record(record: dict[str, Any], path: str | Path) -> Path:
 
 def bench_config(method: str, data: str, data_dir: str | None = None, backbone: str | None = None,
                  batch_size: int | None = None, device: str = "auto",
-                 overrides: list[str] | None = None) -> Any:
+                 overrides: list[str] | None = None, shape: Any = None) -> Any:
     """The resolved config of a throughput run: the packaged ``<method>/<data>`` config when
-    there is one (the paper's model, views and batch size), else the method's defaults."""
+    there is one (the paper's model, views and batch size), else the method's defaults.
+    ``shape`` (a :class:`deepclust.data.peek.DataShape`): the data a ``defaults: <kind>``
+    config's preset is sized for (a subset's), instead of the dataset's headers."""
     from deepclust.config import deep_merge, load_yaml, packaged_config, parse_override, resolve_config
 
     path = packaged_config(f"{method}/{data}")
@@ -99,6 +101,6 @@ def bench_config(method: str, data: str, data_dir: str | None = None, backbone: 
     raw = deep_merge(raw, over)
     for item in overrides or []:
         raw = deep_merge(raw, parse_override(item))
-    return resolve_config(raw)
+    return resolve_config(raw, shape=shape)
 
 
