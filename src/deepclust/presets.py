@@ -1,11 +1,11 @@
 """Defaults by data kind: what a run without a dataset config gets (``defaults: auto``).
 
-A shipped or paper config says ``defaults: method`` (the digits configs: ``defaults: glyph``)
-and keeps exactly its own values over the method's defaults (``METHOD.defaults()``, the CIFAR
-recipes of the papers). A run given only a dataset (``deepclust train --method M --data
-npz:... --n-clusters K``, a user YAML without ``defaults``, the scikit-learn estimator) gets
-``defaults: auto``: the data is peeked at (:func:`deepclust.data.peek`, headers only) and
-classified, and that kind's preset is merged between the method's defaults and the run's own
+A shipped or paper config says ``defaults: method`` (the digits and Fashion-MNIST configs:
+``defaults: glyph``) and keeps exactly its own values over the method's defaults
+(``METHOD.defaults()``, the CIFAR recipes of the papers). A run given only a dataset
+(``deepclust train --method M --data npz:... --n-clusters K``, a user YAML without
+``defaults``, the scikit-learn estimator) gets ``defaults: auto``: the data is peeked at
+(:func:`deepclust.data.peek`, headers only) and classified, and that kind's preset is merged between the method's defaults and the run's own
 values, so anything the run sets still wins.
 
 The rule (README "Defaults by data kind"):
@@ -53,7 +53,7 @@ _GLYPH_AUGMENT: dict[str, Any] = {
 
 # Per method on glyph data (library choices, measured in benchmarks/quality_matrix.py):
 _GLYPH_METHOD: dict[str, dict[str, Any]] = {
-    "idfd": {  # batch and lr by dataset size: kind_defaults
+    "idfd": {  # batch 16 and its lr: kind_defaults
         "optim": {"name": "sgd", "momentum": 0.9, "weight_decay": 5e-4},
     },
     "secu": {  # batch and lr by dataset size: kind_defaults
