@@ -61,7 +61,10 @@ DATASETS: dict[str, tuple[str, str, str | None, int | None]] = {
     "fashion-mnist-5k": ("fashion-mnist", "test", "fashion-mnist", 5000),
     "cifar10-jpeg-5k": ("cifar10-jpeg", "test", "cifar10", 5000),
 }
-BUILDERS = {"glyphs16": ("glyphs", "make_glyphs.py"), "mnist-5k": ("mnist", "make_mnist5k.py")}  # key -> (path option, script)
+# key -> (path option, script, default file); the option's value fills {option} in the name
+BUILDERS = {"glyphs16": ("glyphs", "make_glyphs.py", "data/glyphs16.npz"),
+            "mnist-5k": ("mnist", "make_mnist5k.py", "data/mnist5k.npz")}
+DEFAULT_PATHS = {option: file for option, _, file in BUILDERS.values()}
 DEFAULT_DATASETS = ("digits", "glyphs16", "mnist-5k", "fashion-mnist-5k")  # cifar10-jpeg-5k: ResNet-18, a GPU's job
 MODES = ("defaults", "config")
 MARGIN = 0.05  # "beats k-means": the min over seeds at least 5 points above it, ACC and NMI
@@ -69,11 +72,10 @@ SMOKE_OVERRIDES = ["train.batch_size=64", "eval.n_init=2"]
 
 
 def cell_command(method: str, key: str, mode: str, seed: int, epochs: int, data_dir: str,
-                 out_dir: Path, overrides: list[str], glyphs: str = "data/glyphs16.npz",
-                 mnist: str = "data/mnist5k.npz") -> list[str]:
-    """The ``benchmarks/quality.py`` command line of one cell."""
+                 out_dir: Path, overrides: list[str], paths: dict[str, str] = DEFAULT_PATHS) -> list[str]:
+    """The ``benchmarks/quality.py`` command line of one cell (``paths``: the BUILDERS files)."""
     name, split, cfg_name, n = DATASETS[key]
-    name = name.format(glyphs=glyphs, mnist=mnist)
+    name = name.format(**paths)
     cmd = [sys.executable, str(HERE / "quality.py"), "--method", method, "--split", split, "--data-dir", data_dir,
            "--epochs", str(epochs), "--seed", str(seed), "--out-dir", str(out_dir), "--tag", f"_{mode}_seed{seed}",
            *(["--subset", str(n)] if n else [])]
@@ -111,7 +113,7 @@ def run_cell(method: str, key: str, mode: str, seed: int, a: argparse.Namespace,
     if mode == "config" and (cfg_name is None or packaged_config(f"{method}/{cfg_name}") is None):
         return {**row, "status": "no_config"}
     out_dir = cells_dir / f"{method}_{key}_{mode}_seed{seed}"
-    cmd = cell_command(method, key, mode, seed, a.epochs, a.data_dir, out_dir, a.overrides, a.glyphs, a.mnist)
+    cmd = cell_command(method, key, mode, seed, a.epochs, a.data_dir, out_dir, a.overrides, built_paths(a))
     status, rc, tail, wall = run_child(cmd, a.cell_timeout_s, a.threads)
     row |= {"status": status, "returncode": rc, "wall_time_s": wall,
             "command": " ".join(["python", *[str(Path(c).relative_to(HERE.parent)) if c.startswith(str(HERE)) else c for c in cmd[1:]]])}
@@ -198,6 +200,11 @@ def markdown(table: list[dict[str, Any]], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def built_paths(a: argparse.Namespace) -> dict[str, str]:
+    """The BUILDERS files the command line names (``--glyphs``, ``--mnist``)."""
+    return {option: getattr(a, option) for option, _, _ in BUILDERS.values()}
+
+
 def available(key: str, data_dir: str, paths: dict[str, str]) -> str | None:
     """None when the dataset loads from ``data_dir`` (a BUILDERS one: from its file in
     ``paths``, built there when missing), else the reason (one line)."""
@@ -222,8 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--methods", help=f"comma-separated (default: {','.join(METHODS)})")
     p.add_argument("--datasets", help=f"comma-separated, of {', '.join(DATASETS)} (default: {','.join(DEFAULT_DATASETS)})")
-    p.add_argument("--glyphs", default="data/glyphs16.npz", help="the glyphs16 file (built by make_glyphs.py when missing)")
-    p.add_argument("--mnist", default="data/mnist5k.npz", help="the mnist-5k file (built by make_mnist5k.py when missing)")
+    for key, (option, script, file) in BUILDERS.items():
+        p.add_argument(f"--{option}", default=file, help=f"the {key} file (built by {script} when missing)")
     p.add_argument("--seeds", help="comma-separated (default: 0,1,2)")
     p.add_argument("--epochs", type=int, help="every cell, both modes (default: 40)")
     p.add_argument("--mode", choices=(*MODES, "both"), help="default: defaults")
@@ -263,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     path = out / f"quality_matrix{tag}.json"
     cells_dir = out / f"quality_matrix{tag}_cells"
     skipped = {}
-    paths = {"glyphs": a.glyphs, "mnist": a.mnist}
+    paths = built_paths(a)
     for k in list(keys):
         why = available(k, a.data_dir, paths)
         if why is not None:

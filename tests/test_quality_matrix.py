@@ -67,9 +67,9 @@ def test_cell_commands_and_the_timeout() -> None:
     c = qm.cell_command("idfd", "cifar10-jpeg-5k", "config", 0, 40, "/d", Path("/o"), [])
     assert "--defaults" not in c and c[c.index("--data") + 1] == "cifar10" and "data.name=cifar10-jpeg" in c
     assert c[c.index("--subset") + 1] == "5000" and "--subset" not in d
-    g = qm.cell_command("secu", "glyphs16", "defaults", 0, 40, "/d", Path("/o"), [], glyphs="/g/x.npz")
+    g = qm.cell_command("secu", "glyphs16", "defaults", 0, 40, "/d", Path("/o"), [], paths={"glyphs": "/g/x.npz"})
     assert g[g.index("--data") + 1] == "npz:/g/x.npz"
-    m = qm.cell_command("cdc", "mnist-5k", "defaults", 0, 40, "/d", Path("/o"), [], mnist="/m/y.npz")
+    m = qm.cell_command("cdc", "mnist-5k", "defaults", 0, 40, "/d", Path("/o"), [], paths={"mnist": "/m/y.npz"})
     assert m[m.index("--data") + 1] == "npz:/m/y.npz" and "--subset" not in m
     status, _, _, wall = qm.run_child([sys.executable, "-c", "import time; time.sleep(30)"], 1.0)
     assert status == "timed_out" and wall < 10

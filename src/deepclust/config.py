@@ -3,10 +3,10 @@
 A run is described by :class:`Config`, a tree of dataclasses. It is built from, in order of
 precedence (later wins): the dataclass defaults, the method's own defaults
 (``METHOD.defaults``), the preset of the data's kind (``defaults: auto``, see
-:mod:`deepclust.presets`; shipped configs say ``defaults: method`` and skip it, the digits ones
-``defaults: glyph``), a YAML file, and ``key.sub=value`` overrides or command-line flags.
-Unknown keys are errors that name the closest valid key. The resolved config is saved next
-to every run's results.
+:mod:`deepclust.presets`; shipped configs say ``defaults: method`` and skip it, the digits and
+Fashion-MNIST ones ``defaults: glyph``), a YAML file, and ``key.sub=value`` overrides or
+command-line flags. Unknown keys are errors that name the closest valid key. The resolved
+config is saved next to every run's results.
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ A shipped or paper config says ``defaults: method`` (the digits and Fashion-MNIS
 (``METHOD.defaults()``, the CIFAR recipes of the papers). A run given only a dataset
 (``deepclust train --method M --data npz:... --n-clusters K``, a user YAML without
 ``defaults``, the scikit-learn estimator) gets ``defaults: auto``: the data is peeked at
-(:func:`deepclust.data.peek`, headers only) and classified, and that kind's preset is merged between the method's defaults and the run's own
-values, so anything the run sets still wins.
+(:func:`deepclust.data.peek`, headers only) and classified, and that kind's preset is merged
+between the method's defaults and the run's own values, so anything the run sets still wins.
 
 The rule (README "Defaults by data kind"):
 
