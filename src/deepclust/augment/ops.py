@@ -47,6 +47,8 @@ __all__ = [
     "blur",
     "gaussian_blur",
     "solarize",
+    "random_affine",
+    "random_stroke",
     "normalize",
     "RAND_AUGMENT_OPS",
     "rand_augment_op",
@@ -597,6 +599,26 @@ def random_affine(x: Tensor, degrees: float, translate: float, shear: float, p: 
     moved = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     keep = (u[:, 4] >= p).view(-1, 1, 1, 1)
     return torch.where(keep, x, moved)
+
+
+def random_stroke(x: Tensor, strength: float, p: float = 1.0,
+                  generator: torch.Generator | None = None) -> Tensor:
+    """Thicker or thinner strokes per sample (glyph-like data), applied with probability p.
+
+    ``x + t (M(x) - x)`` with ``M`` a 3x3 grey-level dilation (max filter) or erosion (min
+    filter), each with probability 1/2, and ``t ~ U(0, strength)``: a continuous change of the
+    stroke width by up to one pixel on each side, the bold / light variation of fonts and pens.
+    Dilation and erosion are equally likely, so it does not matter whether strokes are bright on
+    dark or dark on bright. Borders: the filters ignore the outside (max-pool padding is -inf).
+    Draws 3 uniforms per sample whatever ``p`` is, so the stream is fixed.
+    """
+    _check_batch(x)
+    u = _rand((x.shape[0], 3), generator, x.device)
+    dilated = F.max_pool2d(x, 3, stride=1, padding=1)
+    eroded = -F.max_pool2d(-x, 3, stride=1, padding=1)
+    target = torch.where((u[:, 1] < 0.5).view(-1, 1, 1, 1), dilated, eroded)
+    t = torch.where(u[:, 0] < p, u[:, 2] * strength, torch.zeros_like(u[:, 2]))
+    return x + _per_sample(t, x) * (target - x)  # between x and M(x): stays in [0, 1]
 
 
 def _geometric_theta(name: str, mag: Tensor, h: int, w: int) -> Tensor:

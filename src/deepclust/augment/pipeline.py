@@ -69,6 +69,8 @@ class AugmentConfig:
     ``affine_*``: with probability ``affine_p`` a rotation by up to ``affine_degrees``, a shear
     by up to ``affine_shear`` degrees and a shift by up to ``affine_translate`` of the side
     (:func:`deepclust.augment.ops.random_affine`), the "small affine moves" of glyph presets.
+    ``stroke_*``: with probability ``stroke_p`` strokes get thicker or thinner by a blend of up
+    to ``stroke_strength`` towards a 3x3 dilation or erosion (:func:`deepclust.augment.ops.random_stroke`).
     """
 
     crop_scale: tuple[float, float] = (0.2, 1.0)
@@ -86,6 +88,8 @@ class AugmentConfig:
     affine_degrees: float = 10.0
     affine_translate: float = 0.1
     affine_shear: float = 5.0
+    stroke_p: float = 0.0
+    stroke_strength: float = 1.0
     feature_noise: float = 0.5
     feature_dropout: float = 0.5
 
@@ -98,7 +102,8 @@ class AugmentConfig:
             raise ConfigError("augment.jitter must be [brightness, contrast, saturation, hue] with "
                               f"all values >= 0 and hue <= 0.5, got {list(self.jitter)!r}")
         self.jitter = jitter  # type: ignore[assignment]
-        for name in ("jitter_p", "grayscale_p", "flip_p", "blur_p", "solarize_p", "affine_p"):
+        for name in ("jitter_p", "grayscale_p", "flip_p", "blur_p", "solarize_p", "affine_p", "stroke_p",
+                     "stroke_strength"):
             setattr(self, name, _probability(name, getattr(self, name)))
         self.blur_sigma = _range("blur_sigma", self.blur_sigma, 0.0, None, low_open=True)
         k = self.blur_kernel
@@ -158,7 +163,7 @@ class Augment(_Normalizing):
 
     uint8 (B, C, H, W) -> float [0, 1] -> random resized crop -> colour jitter (p) ->
     grayscale (p) -> blur (p) -> solarize (p) -> horizontal flip (p) -> small affine move (p:
-    rotation, shear, shift; glyph-like data) -> normalise, giving
+    rotation, shear, shift; glyph-like data) -> stroke width (p; glyph-like data) -> normalise, giving
     float32 (B, C, size, size) on the input's device. C = 1 keeps one channel (jitter acts on
     brightness and contrast only, grayscale is a no-op). ``mean``/``std`` None: no
     normalisation (AnchorCL).
@@ -191,6 +196,8 @@ class Augment(_Normalizing):
             x = ops.random_hflip(x, cfg.flip_p, generator)
         if cfg.affine_p > 0:
             x = ops.random_affine(x, cfg.affine_degrees, cfg.affine_translate, cfg.affine_shear, cfg.affine_p, generator)
+        if cfg.stroke_p > 0:
+            x = ops.random_stroke(x, cfg.stroke_strength, cfg.stroke_p, generator)
         return self._normalize(x)
 
     def extra_repr(self) -> str:
