@@ -30,6 +30,7 @@ from deepclust.config import packaged_config
 from deepclust.data import load_dataset
 from deepclust.data.peek import shape_of
 from deepclust.engine.trainer import Trainer
+from deepclust.errors import DeepClustError
 from deepclust.metrics import evaluate
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -136,4 +137,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except DeepClustError as exc:  # a bad override, a missing dataset: one line, not a traceback
+        print(f"quality: error: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -76,6 +76,18 @@ def test_cell_commands_and_the_timeout() -> None:
     assert qm.run_child([sys.executable, "-c", "raise SystemExit(3)"], 30)[:2] == ("failed", 3)
 
 
+def test_bad_arguments_stop_with_one_line_before_any_cell(tmp_path: Path) -> None:
+    # "--methods secu cdc" (space-separated) once made "cdc" an override of every cell
+    r = subprocess.run([sys.executable, str(SCRIPT), "--methods", "secu", "cdc", "--out-dir", str(tmp_path)],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and "comma-separated" in r.stderr and "Traceback" not in r.stderr
+    assert not any(tmp_path.iterdir())
+    q = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "quality.py"), "--method", "idfd", "--data", "digits",
+                        "--defaults", "--out-dir", str(tmp_path), "cdc"], capture_output=True, text=True, cwd=ROOT)
+    assert q.returncode == 2 and "Traceback" not in q.stderr
+    assert q.stderr.strip().splitlines()[-1].startswith("quality: error: override 'cdc'")
+
+
 def test_smoke_matrix_writes_every_cell_and_a_table_that_recomputes(tmp_path: Path) -> None:
     cmd = [sys.executable, str(SCRIPT), "--smoke", "--methods", "idfd,secu", "--out-dir", str(tmp_path)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
