@@ -47,7 +47,7 @@ def flag_form_config(method: str, data: str, data_dir: str, device: str, n_clust
 
     flags = {"method": method, "data": data, "data_dir": data_dir, "n_clusters": n_clusters, "device": device}
     raw = _config_from_args([*overrides, "train.progress=false"], flags)
-    return resolve_config(raw, auto=True, shape=None if images is None else shape_of(tuple(images.shape), images))
+    return resolve_config(raw, auto=True, shape=None if images is None else shape_of(tuple(images.shape)))
 
 
 def subset(data, n: int | None, seed: int = 0):
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             data = subset(load_dataset(cfg.data.name, a.split, a.data_dir), a.subset)
             if cfg.defaults != "method":  # a config on a kind's preset: sized for the images it trains on
                 cfg = bench_config(a.method, a.data, a.data_dir, device=a.device, overrides=over,
-                                   shape=shape_of(tuple(data.images.shape), data.images))
+                                   shape=shape_of(tuple(data.images.shape)))
         cfg.train.out = str(Path(tmp) / "run")
         t0 = time.time()
         pixels = data.images.flatten(1).float() / 255.0

@@ -29,15 +29,11 @@ def test_data_kind_rule(shape: DataShape, kind: str) -> None:
     assert data_kind(shape) == kind
 
 
-def _dims(shape: DataShape) -> tuple[int, int, int]:
-    return shape.channels, shape.size, shape.n_samples
-
-
 def test_peek_npz_folder_and_names(tmp_path) -> None:
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "g.npz", images=rng.integers(0, 255, (7, 12, 12), dtype=np.uint8))
     np.savez(tmp_path / "c.npz", images=rng.integers(0, 255, (5, 20, 24, 3), dtype=np.uint8))
-    assert _dims(peek(f"npz:{tmp_path / 'g.npz'}")) == (1, 12, 7)  # strokes: tests/test_strokes.py
+    assert peek(f"npz:{tmp_path / 'g.npz'}") == DataShape(1, 12, 7)
     assert peek(f"npz:{tmp_path / 'c.npz'}") == DataShape(3, 20, 5)
     import io
 
@@ -58,8 +54,8 @@ def test_peek_npz_folder_and_names(tmp_path) -> None:
     (tmp_path / "f").mkdir()
     for i in range(2):
         Image.fromarray(rng.integers(0, 255, (30, 30), dtype=np.uint8)).save(tmp_path / "f" / f"{i}.png")
-    assert _dims(peek(f"folder:{tmp_path / 'f'}")) == (1, 30, 2)
-    assert peek("digits") == DataShape(1, 8, 1797, strokes=True) and peek("cifar10").channels == 3
+    assert peek(f"folder:{tmp_path / 'f'}") == DataShape(1, 30, 2)
+    assert peek("digits") == DataShape(1, 8, 1797) and peek("cifar10").channels == 3
     assert shape_of((4, 1, 9, 9)) == DataShape(1, 9, 4) and shape_of((4, 6)).n_features == 6
     with pytest.raises(DataError, match="not found"):
         peek(f"npz:{tmp_path / 'missing.npz'}")

@@ -328,7 +328,7 @@ class DeepClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         if self.lr is not None:
             raw["optim"] = {"lr": float(self.lr)}
         # defaults by data kind (deepclust/presets.py) from X's own shape, not from a file
-        return resolve_config(deep_merge(raw, copy.deepcopy(self.config or {})), shape=shape_of(tuple(data.images.shape), data.images), auto=True)
+        return resolve_config(deep_merge(raw, copy.deepcopy(self.config or {})), shape=shape_of(tuple(data.images.shape)), auto=True)
 
     # ----- fit ------------------------------------------------------------------------------------
     def fit(self, X: Any, y: Any = None) -> DeepClusterer:

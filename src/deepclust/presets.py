@@ -17,8 +17,7 @@ The rule (README "Defaults by data kind"):
   views without a horizontal flip or colour jitter beyond brightness/contrast, gentle crops
   (scale [0.5, 1], ratio [0.8, 1.25]) and small affine moves (p 0.5: up to 10 degrees, 5
   degrees of shear, 10 % shift); a cosine schedule; per method the optimiser and the few
-  settings that fail on such data (below); on line drawings (not filled shapes such as
-  garments: :mod:`deepclust.data.strokes`) SeCu and CDC also get stroke-width changes (p 0.5).
+  settings that fail on such data (below), for SeCu and CDC stroke-width changes (p 0.5).
 - **natural**: everything else (RGB, or grayscale above 32 px). The method's own SimCLR-style
   views and backbone choice (models.auto_backbone: ResNet-18 with the stem for the size), a
   cosine schedule.
@@ -32,7 +31,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from deepclust.data.peek import GLYPH_MAX_SIDE, DataShape
+from deepclust.data.peek import DataShape
 
 __all__ = ["DEFAULTS_CHOICES", "KINDS", "data_kind", "describe", "kind_defaults"]
 
@@ -52,15 +51,12 @@ _GLYPH_AUGMENT: dict[str, Any] = {
     "affine_shear": 5.0,
 }
 
-# Stroke-width views (augment.stroke_p) for SeCu and CDC on line drawings (DataShape.strokes):
-# without them both split confusable digits by stroke weight (bold / light faces) instead of by
-# digit. On glyphs16-tune, seeds 0-2, ACC went SeCu 0.767 / 0.784 / 0.695 -> 0.998 / 0.999 /
-# 0.994, CDC 0.665 / 0.646 / 0.631 -> 0.871 / 0.989 / 0.927 (benchmarks/results/exploration_16/,
-# "Stroke width"). On filled shapes they hurt: on the Fashion-MNIST draw SeCu's seed 2 fell from
-# 0.729 to 0.650 and CDC's seed 1 from 0.691 to 0.596. IDFD and AnchorCL pass without them and
-# were not measured with them, so they do not get them yet.
+# Stroke-width views (augment.stroke_p): without them SeCu and CDC split confusable digits by
+# stroke weight (bold / light faces) instead of by digit. On glyphs16-tune, seeds 0-2, ACC went
+# SeCu 0.767 / 0.784 / 0.695 -> 0.998 / 0.999 / 0.994, CDC 0.665 / 0.646 / 0.631 -> 0.871 / 0.989 / 0.927
+# (benchmarks/results/exploration_16/, "Stroke width"). IDFD and AnchorCL pass without them and
+# were not re-measured with them, so they do not get them yet.
 _GLYPH_STROKE: dict[str, Any] = {"stroke_p": 0.5, "stroke_strength": 1.0}
-_STROKE_METHODS = ("secu", "cdc")
 
 # Per method on glyph data (library choices, measured in benchmarks/quality_matrix.py):
 _GLYPH_METHOD: dict[str, dict[str, Any]] = {
@@ -69,12 +65,13 @@ _GLYPH_METHOD: dict[str, dict[str, Any]] = {
     },
     "secu": {  # batch and lr by dataset size: kind_defaults
         "optim": {"name": "sgd", "momentum": 0.9, "weight_decay": 1e-4, "warmup_epochs": 3},
-        "augment": {"blur_sigma": [0.1, 1.0]},
+        "augment": {"blur_sigma": [0.1, 1.0], **_GLYPH_STROKE},
         "method_args": {"n_heads": 3},
     },
     "cdc": {
         "optim": {"name": "adam", "lr": 1e-3, "weight_decay": 0.0},
         "train": {"batch_size": 256},
+        "augment": dict(_GLYPH_STROKE),
         # tau_p 0.5: the categorical weight exp(p_a.p_b / tau_p) spans [1, e^2] instead of [1, e]
         # (Reading A, spec cdc.md 3.2); with 1.0 the head fell below k-means on Fashion-MNIST
         # for 2 of 3 seeds (benchmarks/results/cdc_fashion-mnist_test_cpu_taup1*.json)
@@ -117,7 +114,7 @@ def data_kind(shape: DataShape) -> str:
     """``features`` for vectors, ``glyph`` for one channel at <= 32 px, else ``natural``."""
     if shape.n_features > 0:
         return "features"
-    if shape.channels == 1 and shape.size <= GLYPH_MAX_SIDE:
+    if shape.channels == 1 and shape.size <= 32:
         return "glyph"
     return "natural"
 
@@ -143,14 +140,11 @@ def kind_defaults(method: str, kind: str, shape: DataShape) -> dict[str, Any]:
         out["optim"] = {**out["optim"], "lr": round(_LR_AT_BATCH[method](b), 6)}
     for section, values in _GLYPH_METHOD.get(method, {}).items():  # sections are flat dicts here
         out[section] = {**out.get(section, {}), **values}
-    if method in _STROKE_METHODS and shape.strokes:  # line drawings only (data/strokes.py)
-        out["augment"] = {**out["augment"], **_GLYPH_STROKE}
     return out
 
 
 def describe(kind: str, shape: DataShape) -> str:
     """One log line: the kind and why."""
-    strokes = {True: ", line drawings", False: ", filled shapes", None: ""}[shape.strokes]
     what = (f"{shape.n_features}-d feature vectors" if shape.n_features else
-            f"{'grayscale' if shape.channels == 1 else 'RGB'} images of {shape.size} px{strokes}")
+            f"{'grayscale' if shape.channels == 1 else 'RGB'} images of {shape.size} px")
     return f"defaults for {kind} data ({what}, {shape.n_samples:,} samples; README 'Defaults by data kind')"

@@ -2,10 +2,8 @@
 
 :func:`peek` reads array headers (``npz:``), sampled image headers (``folder:``) or a fixed table
 (the registered datasets), so choosing defaults by data kind (:mod:`deepclust.presets`) costs
-milliseconds even on ImageNet. Only small grayscale (glyph-like) sources are read further: an
-npz's pixels, a folder's sampled files, to tell line drawings from filled shapes
-(:mod:`deepclust.data.strokes`). A source it cannot read raises the same DataError that
-loading it would.
+milliseconds even on ImageNet. A source it cannot read raises the same DataError that loading
+it would.
 """
 
 from __future__ import annotations
@@ -15,38 +13,30 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from deepclust.data.base import image_layout
-from deepclust.data.folder import _GRAY_MODES, decode_image, probe_folder
-from deepclust.data.strokes import is_line_drawing
+from deepclust.data.folder import _GRAY_MODES, probe_folder
 from deepclust.errors import DataError
 
-__all__ = ["GLYPH_MAX_SIDE", "DataShape", "peek", "shape_of"]
-
-GLYPH_MAX_SIDE = 32  # one channel up to this side: glyph-like (presets.data_kind)
+__all__ = ["DataShape", "peek", "shape_of"]
 
 
 @dataclass(frozen=True)
 class DataShape:
     """Channels (1 or 3), native side in pixels (the shorter side; 0 for feature vectors),
-    image count (approximate for folders: the files found), feature length (0: images) and, for
-    glyph-like images (one channel, <= 32 px), whether they are line drawings
-    (:mod:`deepclust.data.strokes`)."""
+    image count (approximate for folders: the files found) and feature length (0: images)."""
 
     channels: int
     size: int
     n_samples: int
     n_features: int = 0
-    strokes: bool | None = None  # glyph-like images: line drawings (True) or filled shapes; None: not known
 
 
-# name -> (channels, native size, training images[, strokes]); ImageNet subsets are stored at
-# their own sizes; the strokes as data/strokes.py measures them (digits 0.88, Fashion-MNIST 0.42).
-_KNOWN: dict[str, tuple] = {
-    "digits": (1, 8, 1797, 0, True),
-    "fashion-mnist": (1, 28, 60000, 0, False),
+# name -> (channels, native size, training images); ImageNet subsets are stored at their own sizes.
+_KNOWN: dict[str, tuple[int, int, int]] = {
+    "digits": (1, 8, 1797),
+    "fashion-mnist": (1, 28, 60000),
     "cifar10": (3, 32, 50000),
     "cifar10-jpeg": (3, 32, 50000),
     "cifar100": (3, 32, 50000),
@@ -59,18 +49,12 @@ _KNOWN: dict[str, tuple] = {
 }
 
 
-def _glyph_like(channels: int, size: int) -> bool:
-    return channels == 1 and 0 < size <= GLYPH_MAX_SIDE
-
-
-def shape_of(images_shape: tuple[int, ...], images: np.ndarray | torch.Tensor | None = None) -> DataShape:
-    """The shape of an in-memory array: (N, D) features, (N, C, H, W) uint8 images; with the
-    ``images`` themselves, glyph-like ones are also told line drawings or filled shapes."""
+def shape_of(images_shape: tuple[int, ...]) -> DataShape:
+    """The shape of an in-memory array: (N, D) features, (N, C, H, W) uint8 images."""
     if len(images_shape) == 2:
         return DataShape(channels=1, size=0, n_samples=int(images_shape[0]), n_features=int(images_shape[1]))
     n, c, h, w = (int(v) for v in images_shape)
-    strokes = is_line_drawing(images) if images is not None and _glyph_like(c, min(h, w)) else None
-    return DataShape(channels=c, size=min(h, w), n_samples=n, strokes=strokes)
+    return DataShape(channels=c, size=min(h, w), n_samples=n)
 
 
 _HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
@@ -92,15 +76,7 @@ def _npz_shape(path: Path) -> DataShape:
             layout = image_layout(shape, str(path))
             n = shape[0]
             nchw = (n, 1, *shape[1:]) if layout == "NHW" else (n, shape[3], *shape[1:3]) if layout == "NHWC" else shape
-            found = shape_of(nchw)
-            if not _glyph_like(found.channels, found.size):
-                return found
-            # small grayscale images: their pixels are cheap (<= 1 KB an image), and the glyph
-            # preset asks whether they are strokes
-            pixels = np.asarray(z["images"])
-            if pixels.dtype != np.uint8:
-                return found  # the loader refuses it with its own line
-            return shape_of(nchw, pixels.reshape(n, 1, *nchw[2:]) if layout != "NCHW" else pixels)
+            return shape_of(nchw)
         if "jpeg" in z.files and "offsets" in z.files:
             offsets = z["offsets"]
             with z.zip.open("jpeg.npy") as f:  # the first file's bytes, not the whole archive
@@ -117,12 +93,8 @@ def _folder_shape(root: Path) -> DataShape:
     from deepclust.data.imagenet import list_folder
 
     root, files = list_folder(root)
-    probes, channels, size = probe_folder(root, files)
-    strokes = None
-    if _glyph_like(channels, size):  # decode the probed sample (small files) to tell strokes
-        pixels = [decode_image(files[i], "L", None) for i, p in probes.items() if p is not None]
-        strokes = is_line_drawing([a for a in pixels if a is not None])
-    return DataShape(channels, size, len(files), strokes=strokes)
+    _, channels, size = probe_folder(root, files)
+    return DataShape(channels, size, len(files))
 
 
 def peek(name: str, data_dir: str | None = None) -> DataShape:
