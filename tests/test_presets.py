@@ -77,14 +77,6 @@ def test_flag_form_gets_the_glyph_preset_and_logs_it(caplog) -> None:
     assert plain.defaults == "method" and plain.augment.flip_p == 0.5 and plain.augment.affine_p == 0.0
 
 
-@pytest.mark.parametrize("method", list_methods())
-def test_glyph_stroke_views_only_where_measured(method: str) -> None:
-    cfg = resolve_config(_config_from_args([], {"method": method, "data": "digits"}), auto=True)
-    # SeCu and CDC split digits by stroke weight without them (presets._GLYPH_STROKE)
-    assert cfg.augment.stroke_p == (0.5 if method in ("secu", "cdc") else 0.0)
-    assert resolve_config({"method": method}).augment.stroke_p == 0.0  # paper defaults: none
-
-
 def test_the_runs_own_values_win_over_the_preset() -> None:
     raw = _config_from_args(["augment.flip_p=0.5", "optim.lr=0.01", "data.image_size=24"],
                             {"method": "idfd", "data": "digits"})

@@ -17,7 +17,7 @@ The rule (README "Defaults by data kind"):
   views without a horizontal flip or colour jitter beyond brightness/contrast, gentle crops
   (scale [0.5, 1], ratio [0.8, 1.25]) and small affine moves (p 0.5: up to 10 degrees, 5
   degrees of shear, 10 % shift); a cosine schedule; per method the optimiser and the few
-  settings that fail on such data (below), for SeCu and CDC stroke-width changes (p 0.5).
+  settings that fail on such data (below).
 - **natural**: everything else (RGB, or grayscale above 32 px). The method's own SimCLR-style
   views and backbone choice (models.auto_backbone: ResNet-18 with the stem for the size), a
   cosine schedule.
@@ -51,13 +51,6 @@ _GLYPH_AUGMENT: dict[str, Any] = {
     "affine_shear": 5.0,
 }
 
-# Stroke-width views (augment.stroke_p): without them SeCu and CDC split confusable digits by
-# stroke weight (bold / light faces) instead of by digit. On glyphs16-tune, seeds 0-2, ACC went
-# SeCu 0.767 / 0.784 / 0.695 -> 0.998 / 0.999 / 0.994, CDC 0.665 / 0.646 / 0.631 -> 0.871 / 0.989 / 0.927
-# (benchmarks/results/exploration_16/, "Stroke width"). IDFD and AnchorCL pass without them and
-# were not re-measured with them, so they do not get them yet.
-_GLYPH_STROKE: dict[str, Any] = {"stroke_p": 0.5, "stroke_strength": 1.0}
-
 # Per method on glyph data (library choices, measured in benchmarks/quality_matrix.py):
 _GLYPH_METHOD: dict[str, dict[str, Any]] = {
     "idfd": {  # batch 16 and its lr: kind_defaults
@@ -65,13 +58,12 @@ _GLYPH_METHOD: dict[str, dict[str, Any]] = {
     },
     "secu": {  # batch and lr by dataset size: kind_defaults
         "optim": {"name": "sgd", "momentum": 0.9, "weight_decay": 1e-4, "warmup_epochs": 3},
-        "augment": {"blur_sigma": [0.1, 1.0], **_GLYPH_STROKE},
+        "augment": {"blur_sigma": [0.1, 1.0]},
         "method_args": {"n_heads": 3},
     },
     "cdc": {
         "optim": {"name": "adam", "lr": 1e-3, "weight_decay": 0.0},
         "train": {"batch_size": 256},
-        "augment": dict(_GLYPH_STROKE),
         # tau_p 0.5: the categorical weight exp(p_a.p_b / tau_p) spans [1, e^2] instead of [1, e]
         # (Reading A, spec cdc.md 3.2); with 1.0 the head fell below k-means on Fashion-MNIST
         # for 2 of 3 seeds (benchmarks/results/cdc_fashion-mnist_test_cpu_taup1*.json)
