@@ -1,4 +1,4 @@
-"""``ops.random_stroke`` (the glyph views' stroke-width change) against scipy.ndimage's grey-level
+"""``ops.random_stroke`` (an opt-in stroke-width view for glyph-like data) against scipy.ndimage's grey-level
 dilation and erosion, and its config keys."""
 
 from __future__ import annotations
