@@ -260,9 +260,14 @@ def main(argv: list[str] | None = None) -> int:
     for m in methods:
         if m not in METHODS:
             p.error(f"unknown method {m!r}; valid: {', '.join(METHODS)}")
-    for o in a.overrides:  # before any cell runs: "--methods secu cdc" would fail every cell
-        if "=" not in o:
-            p.error(f"expected key=value overrides, got {o!r} (--methods and --datasets are comma-separated)")
+    from deepclust.config import parse_override
+    from deepclust.errors import ConfigError
+
+    for o in a.overrides:  # the cells' own check, before any runs: "--methods secu cdc" would fail every cell
+        try:
+            parse_override(o)
+        except ConfigError as exc:
+            p.error(f"{exc} (--methods and --datasets are comma-separated)")
     tag = a.tag if a.tag is not None else ("_smoke" if a.smoke else "")
 
     from deepclust.bench import machine_info, stamp_record, write_record
