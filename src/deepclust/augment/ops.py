@@ -602,23 +602,27 @@ def random_affine(x: Tensor, degrees: float, translate: float, shear: float, p: 
 
 
 def random_stroke(x: Tensor, strength: float, p: float = 1.0,
-                  generator: torch.Generator | None = None) -> Tensor:
+                  generator: torch.Generator | None = None, thin: float = 0.5) -> Tensor:
     """Thicker or thinner strokes per sample (glyph-like data), applied with probability p.
 
-    ``x + t (M(x) - x)`` with ``M`` a 3x3 grey-level dilation (max filter) or erosion (min
-    filter), each with probability 1/2, and ``t ~ U(0, strength)``: a continuous change of the
-    stroke width by up to one pixel on each side, the bold / light variation of fonts and pens.
-    Dilation and erosion are equally likely, so it does not matter whether strokes are bright on
-    dark or dark on bright. Borders: the filters ignore the outside (max-pool padding is -inf).
-    Draws 3 uniforms per sample whatever ``p`` is, so the stream is fixed. Opt-in (no preset
-    uses it): at full strength it fixed SeCu and CDC on glyphs16 but hurt digits, mnist-5k and
-    Fashion-MNIST (benchmarks/results/exploration_16/, "Stroke width").
+    ``x + t (M(x) - x)`` with ``t ~ U(0, strength)`` and ``M`` a 3x3 grey-level filter that
+    thins the strokes with probability ``thin`` and thickens them otherwise: a continuous change
+    of the stroke width by up to one pixel on each side, the bold / light variation of fonts and
+    pens. Which filter thickens follows each image's polarity: where the mean of its border
+    pixels is above its mean (dark strokes on a bright page) erosion (min filter) thickens,
+    otherwise dilation (max filter). ``thin = 0`` only thickens, which keeps thin strokes (small
+    MNIST-like digits) from being erased. Borders: the filters ignore the outside (max-pool
+    padding is -inf). Draws 3 uniforms per sample whatever ``p`` is, so the stream is fixed.
+    Opt-in (no preset uses it): benchmarks/results/exploration_16/, "Stroke width".
     """
     _check_batch(x)
     u = _rand((x.shape[0], 3), generator, x.device)
     dilated = F.max_pool2d(x, 3, stride=1, padding=1)
     eroded = -F.max_pool2d(-x, 3, stride=1, padding=1)
-    target = torch.where((u[:, 1] < 0.5).view(-1, 1, 1, 1), dilated, eroded)
+    border = torch.cat((x[:, :, 0], x[:, :, -1], x[:, :, :, 0], x[:, :, :, -1]), dim=2).mean(dim=(1, 2))
+    dark_strokes = border > x.mean(dim=(1, 2, 3))
+    use_dilation = (u[:, 1] >= thin) != dark_strokes  # thicken bright strokes / thin dark ones
+    target = torch.where(use_dilation.view(-1, 1, 1, 1), dilated, eroded)
     t = torch.where(u[:, 0] < p, u[:, 2] * strength, torch.zeros_like(u[:, 2]))
     return x + _per_sample(t, x) * (target - x)  # between x and M(x): stays in [0, 1]
 

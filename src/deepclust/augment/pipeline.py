@@ -70,7 +70,8 @@ class AugmentConfig:
     by up to ``affine_shear`` degrees and a shift by up to ``affine_translate`` of the side
     (:func:`deepclust.augment.ops.random_affine`), the "small affine moves" of glyph presets.
     ``stroke_*``: with probability ``stroke_p`` strokes get thicker or thinner by a blend of up
-    to ``stroke_strength`` towards a 3x3 dilation or erosion (:func:`deepclust.augment.ops.random_stroke`).
+    to ``stroke_strength`` towards a 3x3 dilation or erosion; a share ``stroke_thin`` of them thins the
+    strokes, the rest thicken them (:func:`deepclust.augment.ops.random_stroke`).
     """
 
     crop_scale: tuple[float, float] = (0.2, 1.0)
@@ -90,6 +91,7 @@ class AugmentConfig:
     affine_shear: float = 5.0
     stroke_p: float = 0.0
     stroke_strength: float = 1.0
+    stroke_thin: float = 0.5
     feature_noise: float = 0.5
     feature_dropout: float = 0.5
 
@@ -103,7 +105,7 @@ class AugmentConfig:
                               f"all values >= 0 and hue <= 0.5, got {list(self.jitter)!r}")
         self.jitter = jitter  # type: ignore[assignment]
         for name in ("jitter_p", "grayscale_p", "flip_p", "blur_p", "solarize_p", "affine_p", "stroke_p",
-                     "stroke_strength"):
+                     "stroke_strength", "stroke_thin"):
             setattr(self, name, _probability(name, getattr(self, name)))
         self.blur_sigma = _range("blur_sigma", self.blur_sigma, 0.0, None, low_open=True)
         k = self.blur_kernel
@@ -197,7 +199,7 @@ class Augment(_Normalizing):
         if cfg.affine_p > 0:
             x = ops.random_affine(x, cfg.affine_degrees, cfg.affine_translate, cfg.affine_shear, cfg.affine_p, generator)
         if cfg.stroke_p > 0:
-            x = ops.random_stroke(x, cfg.stroke_strength, cfg.stroke_p, generator)
+            x = ops.random_stroke(x, cfg.stroke_strength, cfg.stroke_p, generator, cfg.stroke_thin)
         return self._normalize(x)
 
     def extra_repr(self) -> str:
