@@ -38,10 +38,13 @@ def _reference(x: np.ndarray, u: np.ndarray, strength: float, p: float, thin: fl
 def test_random_stroke_matches_scipy(seed: int, strength: float, p: float, thin: float) -> None:
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(8, 1, 12, 10, generator=g)
-    x[:4] = x[:4] * 0.3  # dark pages
+    x[:4] = x[:4] * 0.3  # dark pages with a bright blot
+    x[:4, :, 3:9, 3:7] = 1.0
     x[4:, :, 3:9, 3:7] = 0.0  # bright pages with a dark blot
     x[4:, :, :3] = x[4:, :, :3] * 0.2 + 0.8
     x[4:, :, -3:] = x[4:, :, -3:] * 0.2 + 0.8
+    ring = torch.cat((x[:, 0, 0], x[:, 0, -1], x[:, 0, :, 0], x[:, 0, :, -1]), dim=1).mean(dim=1)
+    assert (ring > x.mean(dim=(1, 2, 3))).tolist() == [False] * 4 + [True] * 4  # both polarities
     out = ops.random_stroke(x, strength, p, generator=torch.Generator().manual_seed(7), thin=thin)
     u = torch.rand((8, 3), generator=torch.Generator().manual_seed(7)).numpy()  # the op's own draws
     ref = _reference(x.numpy(), u, strength, p, thin)
