@@ -127,7 +127,7 @@ def smoke_sizes(npz: Path) -> Sizes:
             "train.batch_size=64", "eval.n_init=2")
     return Sizes(overrides=over,
                  bench_args=("--warmup", "1", "--windows", "2", "--steps", "2", "--rounds", "1", "--workers", "1"),
-                 tta_target=0.99, tta_train_cap_s=2.0, tta_startup_s=5.0, min_part_s=4.0, floor_s=30.0,
+                 tta_target=0.99, tta_train_cap_s=2.0, tta_startup_s=5.0, min_part_s=4.0, floor_s=60.0,
                  margin_s=1.0,
                  # one thread: on a loaded 2-core machine the main process's OpenMP threads spin
                  # while they wait and starve the reference loop's DataLoader worker (seen: a
@@ -473,7 +473,7 @@ def select_parts(names: str | None) -> list[Part]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", default=None, help="folder holding cifar10/{train,test}.jpeg.npz (not with --smoke)")
-    p.add_argument("--budget-s", type=float, default=None, help="wall-clock budget (default 540; --smoke: 110)")
+    p.add_argument("--budget-s", type=float, default=None, help="wall-clock budget (default 540; --smoke: 240)")
     p.add_argument("--out", default=None, help="where the records go (default benchmarks/results/)")
     p.add_argument("--device", default="auto", help="auto | cuda | cuda:N | cpu (--smoke: cpu)")
     p.add_argument("--smoke", action="store_true", help="the same code on the CPU, tiny sizes, synthetic images")
@@ -500,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def suite(a: argparse.Namespace, argv: list[str]) -> int:
-    budget = a.budget_s if a.budget_s is not None else (110.0 if a.smoke else 540.0)
+    budget = a.budget_s if a.budget_s is not None else (240.0 if a.smoke else 540.0)
     if not budget > 0:
         raise ConfigError(f"--budget-s must be positive, got {a.budget_s}")
     parts = select_parts(a.parts)
