@@ -174,6 +174,18 @@ def test_glyph_preset_per_method_is_valid() -> None:
             assert other["data"]["image_size"] == 16 and other["model"]["width"] == 32
 
 
+@pytest.mark.parametrize("method", list_methods())
+def test_glyph_stroke_views_are_thicken_only_at_half_strength_for_secu_and_cdc(method: str) -> None:
+    """SeCu and CDC on glyphs: p 0.5, never thinner, half-way to a 3x3 dilation; IDFD and
+    AnchorCL, and every method on natural images, keep stroke views off."""
+    glyph = resolve_config({"method": method, **kind_defaults(method, "glyph", DataShape(1, 16, 5000))}).augment
+    want = (0.5, 0.0, 0.5) if method in ("secu", "cdc") else (0.0, None, None)
+    got = (glyph.stroke_p, glyph.stroke_thin, glyph.stroke_strength)
+    assert got[0] == want[0] and (want[0] == 0 or got == want), got
+    natural = resolve_config({"method": method, **kind_defaults(method, "natural", DataShape(3, 32, 5000))}).augment
+    assert natural.stroke_p == 0.0
+
+
 @pytest.mark.parametrize("n", [100, 1797, 4000, 9000, 10000, 60000, 1_281_167])
 def test_small_data_batch_rule(n: int) -> None:
     """SeCu on glyph data: B = the power of two nearest N / 100 (in log scale), clipped to
