@@ -147,12 +147,15 @@ def _cell_order(c: dict[str, Any]) -> tuple[int, int, int, int]:
 def aggregate(cells: list[dict[str, Any]], margin: float = MARGIN) -> list[dict[str, Any]]:
     """One row per (method, dataset, mode): mean and min over the seeds that finished, raw-pixel
     k-means, wall time, and ``beats_kmeans`` (every seed finished and the min ACC and min NMI are
-    both at least ``margin`` above k-means'; None when a seed is missing)."""
+    both at least ``margin`` above k-means'; None when a seed is missing). A group whose every
+    cell is ``no_config`` (``--mode both`` on a dataset without a shipped config) has no row."""
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for c in cells:
         groups.setdefault((c["method"], c["dataset"], c["mode"]), []).append(c)
     table = []
     for (method, key, mode), rows in groups.items():
+        if all(r["status"] == "no_config" for r in rows):
+            continue
         ok = [r for r in rows if r["status"] == "ok"]
         counts: dict[str, int] = {}
         for r in rows:

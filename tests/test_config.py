@@ -54,3 +54,13 @@ def test_round_trip_through_dict() -> None:
     cfg = resolve_config({"method": "idfd", "train": {"epochs": 4}, "augment": {"flip_p": 0.5}})
     again = resolve_config(cfg.to_dict())
     assert again.to_dict() == cfg.to_dict()
+
+
+@pytest.mark.parametrize("text", ["train.amp=off", "train.amp=no", "train.amp=false"])
+def test_amp_off_survives_yaml_booleans(text: str) -> None:
+    """YAML 1.1 reads ``off`` as false; the NaN error tells users to set train.amp=off, so it
+    must resolve to "off" (it failed as 'False'), while true is still refused."""
+    raw = deep_merge({"method": "idfd"}, parse_override(text))
+    assert resolve_config(raw).train.amp == "off"
+    with pytest.raises(ConfigError, match="train.amp"):
+        resolve_config(deep_merge({"method": "idfd"}, parse_override("train.amp=on")))

@@ -144,6 +144,39 @@ def test_fused_update_equals_unfused(name):
             torch.testing.assert_close(a.double(), r, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
+@pytest.mark.parametrize("fused", [True, False])
+def test_a_step_the_grad_scaler_skips_changes_nothing(name, fused):
+    """fp16 training: GradScaler skips a step whose gradients overflowed (the first steps at
+    scale 2^16 usually do). Afterwards the finite steps must give what they give without the
+    skipped one; torch's fused SGD alone read uninitialised momentum buffers there (NaN)."""
+    if fused and not fused_supported(name, CPU):
+        pytest.skip(f"this torch has no fused {name} on the CPU")
+    g = torch.Generator().manual_seed(2)
+    params0 = [torch.randn(10, 32, generator=g), torch.randn(33, generator=g)]
+    steps = [[torch.randn(p.shape, generator=g) for p in params0] for _ in range(3)]
+    kw = {"lr": 0.05, "weight_decay": 1e-3, **({"momentum": 0.9} if name == "sgd" else {})}
+    params = [nn.Parameter(p.clone()) for p in params0]
+    opt = make_optimizer(name, [{"params": params}], CPU, fused, **kw)
+    scaler = torch.amp.GradScaler("cpu")
+    for i, grads in enumerate([None, *steps]):
+        opt.zero_grad(set_to_none=True)
+        if grads is None:  # an overflow: inf in every gradient
+            scaler.scale(sum((p * float("inf")).sum() for p in params)).backward()
+        else:  # d/dp (scale * sum(p * g)) = scale * g: after unscaling, exactly g
+            scaler.scale(sum((p * gr).sum() for p, gr in zip(params, grads))).backward()
+        scaler.step(opt)
+        scaler.update()
+    if name == "sgd":
+        want = _sgd_reference(params0, steps, 0.05, 0.9, 1e-3, False)
+    else:
+        want = [w.double() for w in _run(lambda ps: getattr(torch.optim, {"adam": "Adam", "adamw": "AdamW"}[name])(
+            [{"params": ps}], **kw), params0, steps)]
+    for got, w in zip(params, want):
+        assert torch.isfinite(got).all()
+        torch.testing.assert_close(got.detach().double(), w, rtol=1e-5, atol=1e-6)
+
+
 def test_make_optimizer_flags():
     p = [nn.Parameter(torch.zeros(3))]
     opt = make_optimizer("sgd", [{"params": p}], CPU, False, lr=0.1)

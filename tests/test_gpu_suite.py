@@ -66,7 +66,7 @@ def test_smoke_runs_every_part_and_writes_a_complete_record(tmp_path: Path) -> N
     for method in ("idfd", "secu"):
         f = rec["parts"][f"bench_{method}"]["figures"]
         assert f["deepclust_images_per_s"] > 0 and f["reference_images_per_s"] > 0
-        assert f["speedup"] == pytest.approx(f["deepclust_images_per_s"] / f["reference_images_per_s"], rel=0.01)
+        assert f["speedup"] == pytest.approx(f["deepclust_images_per_s"] / f["reference_images_per_s"], rel=0.01, abs=5e-4)  # rounded to 3 decimals
         assert f["meets_goal"] == (f["speedup"] >= 3.0)
         assert json.loads((tmp_path / f["record_file"]).read_text())["method"] == method  # deepclust bench's own record
     tta = rec["parts"]["tta_idfd"]

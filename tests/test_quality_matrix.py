@@ -46,7 +46,10 @@ def test_table_aggregation_on_hand_made_rows() -> None:
         # c: one seed timed out -> mean / min over the two that finished, no verdict
         _row("c", 0, 0.60, 0.50, 0.4), _row("c", 1, None, None, None, status="timed_out", wall=600), _row("c", 2, 0.70, 0.60, 0.2),
     ]
+    # d: config mode where no config ships: every cell no_config -> no row at all
+    rows += [{"method": "d", "dataset": "digits", "mode": "config", "seed": s, "status": "no_config"} for s in range(3)]
     table = {t["method"]: t for t in qm.aggregate(rows)}
+    assert "d" not in table
     # transcribed by hand
     a, b, c = table["a"], table["b"], table["c"]
     assert (a["acc_mean"], a["acc_min"], a["nmi_mean"], a["nmi_min"], a["ari_mean"], a["ari_min"]) == (0.85, 0.8, 0.75, 0.7, 0.6, 0.5)

@@ -192,6 +192,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"config key '{where}' must be a number, got {value!r}")
         return float(value)
     if tp is str:
+        if isinstance(value, bool):  # YAML 1.1 reads off/on/no/yes as booleans: train.amp=off is "off"
+            return "on" if value else "off"
         if not isinstance(value, str):
             return str(value)
         return value

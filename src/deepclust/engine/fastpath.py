@@ -162,10 +162,29 @@ def make_optimizer(name: str, groups: list[dict[str, Any]], device: torch.device
         raise ConfigError(f"optim.name for make_optimizer must be sgd, adam or adamw (lars: engine/lars.LARS), got '{name}'")
     cls = _OPTIMIZERS[name]
     if resolve_fused(fused, name, device):
-        return cls(groups, fused=True, **kwargs)
+        opt = cls(groups, fused=True, **kwargs)
+        if name == "sgd":
+            _zero_momentum_buffers(opt)
+        return opt
     if device.type == "cuda":
         return cls(groups, foreach=True, **kwargs)  # multi-tensor kernels: fewer launches
     return cls(groups, **kwargs)
+
+
+def _zero_momentum_buffers(opt: torch.optim.Optimizer) -> None:
+    """Start fused SGD's momentum buffers at zero (float32, like the parameters).
+
+    torch's fused SGD allocates the buffers of its first step with ``empty_like`` and fills them
+    in the kernel; when ``GradScaler`` skips that step (an fp16 overflow, which the first steps at
+    scale 2^16 usually are), the kernel skips too and the next step reads uninitialised memory:
+    SeCu's centres went to NaN under fp16 on the CPU (torch 2.14, tests/test_fastpath.py). With
+    zero buffers and no dampening, ``b = m b + g`` gives ``b = g`` on the first step, the same
+    update as the unfused first step.
+    """
+    for group in opt.param_groups:
+        if group.get("momentum", 0) and not group.get("dampening", 0):
+            for p in group["params"]:
+                opt.state[p].setdefault("momentum_buffer", torch.zeros_like(p, memory_format=torch.preserve_format))
 
 
 def _nhwc_input(_: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
