@@ -159,7 +159,7 @@ def test_a_step_the_grad_scaler_skips_changes_nothing(name, fused):
     params = [nn.Parameter(p.clone()) for p in params0]
     opt = make_optimizer(name, [{"params": params}], CPU, fused, **kw)
     scaler = torch.amp.GradScaler("cpu")
-    for i, grads in enumerate([None, *steps]):
+    for grads in [None, *steps]:
         opt.zero_grad(set_to_none=True)
         if grads is None:  # an overflow: inf in every gradient
             scaler.scale(sum((p * float("inf")).sum() for p in params)).backward()
