@@ -179,9 +179,10 @@ def test_glyph_stroke_views_are_thicken_only_at_half_strength_for_secu_and_cdc(m
     """SeCu and CDC on glyphs: p 0.5, never thinner, half-way to a 3x3 dilation; IDFD and
     AnchorCL, and every method on natural images, keep stroke views off."""
     glyph = resolve_config({"method": method, **kind_defaults(method, "glyph", DataShape(1, 16, 5000))}).augment
-    want = (0.5, 0.0, 0.5) if method in ("secu", "cdc") else (0.0, None, None)
-    got = (glyph.stroke_p, glyph.stroke_thin, glyph.stroke_strength)
-    assert got[0] == want[0] and (want[0] == 0 or got == want), got
+    if method in ("secu", "cdc"):
+        assert (glyph.stroke_p, glyph.stroke_thin, glyph.stroke_strength) == (0.5, 0.0, 0.5)
+    else:
+        assert glyph.stroke_p == 0.0
     natural = resolve_config({"method": method, **kind_defaults(method, "natural", DataShape(3, 32, 5000))}).augment
     assert natural.stroke_p == 0.0
 
