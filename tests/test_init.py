@@ -102,7 +102,7 @@ def _dino_training() -> tuple[dict, dict]:
         "student": {**_prefixed(student, "module.backbone."), **_prefixed(_dino_head(), "module.")},
         "teacher": {**_prefixed(teacher, "backbone."), **_dino_head()},
         "optimizer": {}, "epoch": 100,
-        "args": argparse.Namespace(arch="resnet50", out_dim=60000),  # not loadable with weights_only
+        "args": argparse.Namespace(arch="resnet50", out_dim=60000),  # admitted by name (INIT_GLOBALS)
     }
     return ckpt, teacher  # DINO's own evaluation reads the teacher
 

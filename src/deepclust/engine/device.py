@@ -54,15 +54,36 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """The states of Python's, NumPy's and torch's global RNGs as tensors, numbers and tuples,
+    so a checkpoint holding them loads with ``torch.load(weights_only=True)``."""
+    state = {"python": random.getstate(), "numpy": _numpy_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
+def _numpy_state() -> dict:
+    """NumPy's legacy global MT19937 state with its 624-word key as an int64 tensor (lossless:
+    the words are uint32); a NumPy array would need pickle's NumPy classes to load."""
+    st = np.random.get_state(legacy=False)
+    return {"bit_generator": st["bit_generator"], "key": torch.from_numpy(st["state"]["key"].astype(np.int64)),
+            "pos": int(st["state"]["pos"]), "has_gauss": int(st["has_gauss"]), "gauss": float(st["gauss"])}
+
+
+def _set_numpy_state(state: dict | tuple) -> None:
+    """Restore :func:`_numpy_state`, or the tuple of ``np.random.get_state()`` that checkpoints
+    of deepclust <= dd4f959 hold."""
+    if isinstance(state, dict):
+        key = state["key"].cpu().numpy().astype(np.uint32)
+        state = {"bit_generator": state["bit_generator"], "state": {"key": key, "pos": int(state["pos"])},
+                 "has_gauss": int(state["has_gauss"]), "gauss": float(state["gauss"])}
+    np.random.set_state(state)
+
+
 def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, words, gauss = state["python"]
+    random.setstate((version, tuple(words), gauss))
+    _set_numpy_state(state["numpy"])
     torch.set_rng_state(state["torch"].cpu())  # a checkpoint loaded onto a GPU moves these too
     if "cuda" in state and torch.cuda.is_available():
         # a run resumed on another machine may see fewer GPUs: restore those it has

@@ -12,6 +12,11 @@ write (disk full, quota, permissions; torch reports a full disk as a ``RuntimeEr
 Checkpoints carry a SHA-256 over their content (every tensor's bytes, dtype and shape, and
 every other value), checked on load: a file damaged after it was written is reported as
 corrupt instead of loading garbage weights.
+
+A file from elsewhere is data, never code: checkpoints are read with ``torch.load(...,
+weights_only=True)``, which rebuilds tensors and plain containers only. The few NumPy types that
+checkpoints written before deepclust stored its RNG states as tensors hold are allowed by name
+(:data:`LEGACY_GLOBALS`); a file that needs any other type is refused with one line naming it.
 """
 
 from __future__ import annotations
@@ -21,7 +26,12 @@ import errno
 import hashlib
 import json
 import os
+import pickle
+import pickletools
+import re
 import secrets
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any, Callable, IO
 
@@ -157,16 +167,88 @@ def save_checkpoint(obj: dict[str, Any], path: str | Path) -> None:
     atomic_write(Path(path), lambda fh: torch.save(state, fh))
 
 
+def _legacy_globals() -> list[Any]:
+    """NumPy's array, dtype and scalar constructors, under the names NumPy 1.x and 2.x pickle
+    them as: the RNG state of ``np.random.get_state()`` in checkpoints of deepclust <= dd4f959
+    (and any NumPy scalar a statistic left in them). They build arrays from bytes; no code runs."""
+    try:
+        from numpy._core import multiarray  # NumPy 2
+    except ImportError:  # pragma: no cover - NumPy 1.x
+        from numpy.core import multiarray
+    names: list[Any] = [np.ndarray, np.dtype]
+    for module in ("numpy._core.multiarray", "numpy.core.multiarray"):
+        names += [(multiarray._reconstruct, f"{module}._reconstruct"), (multiarray.scalar, f"{module}.scalar")]
+    dtypes = getattr(np, "dtypes", None)  # NumPy >= 1.25 pickles some dtypes by their class
+    names += [getattr(dtypes, n) for n in dir(dtypes) if n.endswith("DType") and n[0].isupper()] if dtypes else []
+    return names
+
+
+LEGACY_GLOBALS: list[Any] = _legacy_globals()
+_REFUSED = re.compile(r"GLOBAL ([\w.]+)")
+
+
+def _pickle_globals(path: Path) -> list[str]:
+    """The module.name of every global a (torch zip or plain) pickle file refers to, read with
+    pickletools (which parses the opcodes and runs nothing)."""
+    if zipfile.is_zipfile(path):
+        return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    found: list[str] = []
+    strings: list[str] = []
+    try:
+        with open(path, "rb") as fh:
+            for op, arg, _ in pickletools.genops(fh):
+                if isinstance(arg, str):
+                    strings.append(arg)
+                if op.name == "GLOBAL":
+                    found.append(str(arg).replace(" ", "."))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    found.append(f"{strings[-2]}.{strings[-1]}")
+    except Exception:  # noqa: BLE001 - a damaged file: name what was found before the damage
+        pass
+    return found
+
+
+def _refused_type(path: Path, exc: BaseException, allowed: list[str]) -> str | None:
+    """The first type ``path`` needs beyond what ``weights_only`` loads and ``allowed`` (None:
+    the file names none; it is damaged or not a pickle)."""
+    named = _REFUSED.search(str(exc))
+    if named:
+        return named.group(1)
+    extra = [g for g in _pickle_globals(path) if g not in allowed]
+    return extra[0] if extra else None
+
+
+def _global_name(g: Any) -> str:
+    return g[1] if isinstance(g, tuple) else f"{g.__module__}.{g.__qualname__}"
+
+
+def read_torch_file(path: Path, what: str, allowed: list[Any] = (), map_location: Any = "cpu") -> Any:  # type: ignore[assignment]
+    """``torch.load(path, weights_only=True)`` with ``allowed`` types admitted by name: never a
+    full unpickling, so a crafted file cannot run code. A file that needs another type is one
+    :class:`CheckpointError` line naming the type and the file."""
+    try:
+        with torch.serialization.safe_globals(list(allowed)), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")  # torch's note on protocol 4 files
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        kind = _refused_type(path, exc, [_global_name(g) for g in allowed])
+        if kind is None:
+            raise CheckpointError(f"{what} '{path}' cannot be read (UnpicklingError); it may be truncated or not a torch file") from None
+        raise CheckpointError(
+            f"{what} '{path}' needs the Python type '{kind}' to load; deepclust reads only tensors and plain data "
+            "from a file (never code): pass a file of weights, e.g. saved as a state dict or .safetensors"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - any other failure means a damaged file or not a torch file
+        raise CheckpointError(f"{what} '{path}' cannot be read ({type(exc).__name__}); it may be truncated or not a torch file") from None
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     p = Path(path)
     if p.is_dir():
         p = p / CHECKPOINT
     if not p.is_file():
         raise CheckpointError(f"no checkpoint at '{p}'; pass a run directory written by 'deepclust train'")
-    try:
-        ckpt = torch.load(p, map_location=map_location, weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file
-        raise CheckpointError(f"checkpoint '{p}' cannot be read ({type(exc).__name__}); it may be truncated or not a deepclust checkpoint") from None
+    ckpt = read_torch_file(p, "checkpoint", LEGACY_GLOBALS, map_location)
     if not isinstance(ckpt, dict) or "method" not in ckpt or "model" not in ckpt:
         raise CheckpointError(f"'{p}' is not a deepclust checkpoint")
     verify_checksum(ckpt, p)

@@ -10,6 +10,7 @@ Accepted sources, told apart by their key layout:
 - DINO (``teacher`` / ``student`` / ``state_dict`` of a training checkpoint, or a bare dict, with
   ``module.`` and ``backbone.`` prefixes; ``head.*`` is dropped);
 - SwAV (``module.`` prefix; ``projection_head.*`` and ``prototypes.*`` are dropped);
+- any of these as a ``.safetensors`` file (read with the ``safetensors`` library);
 - ``torchvision:NAME.WEIGHTS`` (e.g. ``torchvision:resnet50.IMAGENET1K_V2``): torchvision's
   published weights, read from (or downloaded into) torchvision's own cache under
   ``$TORCH_HOME/hub/checkpoints``.
@@ -18,16 +19,21 @@ torchvision's ResNet names (conv1, bn1, layer1..4) are those of deepclust's ResN
 ``net.``; ImageNet-trained weights need ``model.stem=imagenet`` (the 7x7 stem). Every key must
 fit: the first one that does not is named in a one-line :class:`CheckpointError`. The returned
 record (source, file, format, sha256) goes into the run's results and checkpoints.
+
+A file from elsewhere is data, never code: ``.pth``/``.pt`` files are read with
+``torch.load(weights_only=True)``, admitting by name only ``argparse.Namespace`` (DINO's ``args``)
+and the NumPy types of older deepclust checkpoints; a file that needs any other type is refused
+with one line naming the type. ``.safetensors`` files hold tensors only.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import hashlib
 import io as _io
 import logging
 import os
-import pickle
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -35,7 +41,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from deepclust.engine.io import verify_checksum
+from deepclust.engine.io import LEGACY_GLOBALS, read_torch_file, verify_checksum
 from deepclust.errors import CheckpointError
 from deepclust.models.backbones import ResNetBackbone
 
@@ -43,10 +49,13 @@ log = logging.getLogger(__name__)
 
 __all__ = ["KINDS", "check_source", "init_backbone", "map_resnet_keys", "read_source"]
 
-KINDS = ("a deepclust run, a torchvision ResNet state dict, a MoCo v2/v3, DINO or SwAV ResNet checkpoint, "
-         "or torchvision:NAME.WEIGHTS")
+KINDS = ("a deepclust run, a torchvision ResNet state dict, a MoCo v2/v3, DINO or SwAV ResNet checkpoint "
+         "(.pth or .safetensors), or torchvision:NAME.WEIGHTS")
 TORCHVISION = "torchvision:"
-CHECKPOINT = "checkpoint.pt"  # the run-directory file name (engine/io.py; not imported: no engine dependency)
+CHECKPOINT = "checkpoint.pt"  # the run-directory file name (engine/io.py)
+# The only non-tensor types an --init file may hold: DINO's argparse Namespace (a plain attribute
+# bag) and the NumPy RNG state of older deepclust checkpoints.
+INIT_GLOBALS = [*LEGACY_GLOBALS, argparse.Namespace]
 # Prefixes of the encoder inside SSL checkpoints, most specific first.
 _PREFIXES = (
     ("module.encoder_q.", "moco_v2"), ("encoder_q.", "moco_v2"),
@@ -92,7 +101,7 @@ def _torchvision_weights(spec: str) -> tuple[dict[str, torch.Tensor], Path]:
     try:
         # torch.hub prints 'Downloading: ...' itself; keep the CLI's output to its one error line.
         with contextlib.redirect_stdout(_io.StringIO()), contextlib.redirect_stderr(_io.StringIO()):
-            state = weights.get_state_dict(progress=False, check_hash=True)  # the hash prefix in the file name
+            state = weights.get_state_dict(progress=False, check_hash=True, weights_only=True)  # hash: in the name
     except Exception as exc:  # noqa: BLE001 - no network, a proxy, a bad hash: all mean "not available"
         if was_cached:
             raise CheckpointError(
@@ -107,18 +116,19 @@ def _torchvision_weights(spec: str) -> tuple[dict[str, torch.Tensor], Path]:
 
 
 def _read_file(path: Path) -> Any:
+    """The content of an --init file as tensors and plain data; never a full unpickling."""
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path)
+    return read_torch_file(path, "model.init", INIT_GLOBALS)
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # Training checkpoints (DINO's argparse Namespace, deepclust's RNG states) hold more than
-        # tensors; the user named this file, so read it as a full pickle, as deepclust's own loader does.
-        pass
-    except Exception as exc:  # noqa: BLE001
-        raise CheckpointError(f"model.init '{path}' cannot be read ({type(exc).__name__}); it may be truncated or not a torch checkpoint") from None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001
-        raise CheckpointError(f"model.init '{path}' cannot be read ({type(exc).__name__}); it may be truncated or not a torch checkpoint") from None
+        return load_file(path, device="cpu")
+    except Exception as exc:  # noqa: BLE001 - SafetensorError, OSError, a bad header: not readable
+        raise CheckpointError(f"model.init '{path}' cannot be read ({type(exc).__name__}); it may be truncated or not a safetensors file") from None
 
 
 def check_source(source: str) -> None:
@@ -157,8 +167,6 @@ def _tensors(obj: Any) -> dict[str, torch.Tensor]:
 def map_resnet_keys(obj: Any, source: str) -> tuple[dict[str, torch.Tensor], str]:
     """(weights under torchvision's ResNet names without any head, format) of an SSL or
     torchvision checkpoint; a :class:`CheckpointError` when it holds no ResNet."""
-    if isinstance(obj, nn.Module):  # a whole pickled model
-        obj = obj.state_dict()
     sd = _tensors(obj)
     if isinstance(obj, dict) and not any(k.startswith(("conv1.", "module.")) for k in sd):
         # Training checkpoints wrap the weights: MoCo / SwAV 'state_dict', DINO 'teacher' (what
