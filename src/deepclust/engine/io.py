@@ -193,13 +193,20 @@ def _pickle_globals(path: Path) -> list[str]:
     if zipfile.is_zipfile(path):
         return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
     found: list[str] = []
-    strings: list[str] = []
+    strings: list[Any] = []  # the strings pushed so far, memo gets included (STACK_GLOBAL pops two)
+    memo: dict[int, Any] = {}
     try:
         with open(path, "rb") as fh:
             for op, arg, _ in pickletools.genops(fh):
-                if isinstance(arg, str):
+                if isinstance(arg, str) and "UNICODE" in op.name or "STRING" in op.name:
                     strings.append(arg)
-                if op.name == "GLOBAL":
+                elif op.name == "MEMOIZE":
+                    memo[len(memo)] = strings[-1] if strings else None
+                elif op.name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                    memo[int(arg)] = strings[-1] if strings else None
+                elif op.name in ("GET", "BINGET", "LONG_BINGET"):
+                    strings.append(memo.get(int(arg)))
+                elif op.name == "GLOBAL":
                     found.append(str(arg).replace(" ", "."))
                 elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
                     found.append(f"{strings[-2]}.{strings[-1]}")
@@ -208,13 +215,25 @@ def _pickle_globals(path: Path) -> list[str]:
     return found
 
 
+def _torch_allowed() -> set[str]:
+    """The globals ``weights_only`` loads by default (tensor rebuilds, OrderedDict, ...)."""
+    try:
+        from torch._weights_only_unpickler import _get_allowed_globals
+
+        return set(_get_allowed_globals())
+    except Exception:  # noqa: BLE001 - a private helper: without it, name the first global found
+        return set()
+
+
 def _refused_type(path: Path, exc: BaseException, allowed: list[str]) -> str | None:
     """The first type ``path`` needs beyond what ``weights_only`` loads and ``allowed`` (None:
     the file names none; it is damaged or not a pickle)."""
     named = _REFUSED.search(str(exc))
     if named:
         return named.group(1)
-    extra = [g for g in _pickle_globals(path) if g not in allowed]
+    known = {*allowed, *_torch_allowed()}
+    extra = [g for g in _pickle_globals(path) if g not in known]
+    extra.sort(key=lambda g: g.startswith("torch."))  # name a foreign type before torch's own helpers
     return extra[0] if extra else None
 
 
