@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import os
@@ -491,10 +492,19 @@ def _fake_cifar100(root: Path, per_class: dict[str, int]) -> None:
     _pickle(root / "cifar-100-python" / "meta", {"fine_label_names": fine_names, "coarse_label_names": coarse_names})
 
 
-def test_cifar100_coarse_labels_come_from_pickles_and_match_spec(tmp_path: Path) -> None:
+def _trust(monkeypatch: pytest.MonkeyPatch, root: Path) -> None:
+    """Let the fake cifar-100-python/ files pass as official: their md5s replace torchvision's."""
+    from deepclust.data import standard
+
+    md5s = {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in (root / "cifar-100-python").iterdir()}
+    monkeypatch.setattr(standard, "_official_md5s", lambda: md5s)
+
+
+def test_cifar100_coarse_labels_come_from_pickles_and_match_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from deepclust.data.standard import cifar100_fine_to_coarse
 
     _fake_cifar100(tmp_path, {"train": 2, "test": 1})
+    _trust(monkeypatch, tmp_path)
     fine = load_dataset("cifar100", "train+test", data_dir=str(tmp_path))
     coarse = load_dataset("cifar100-20", "train+test", data_dir=str(tmp_path))
     assert fine.n_samples == coarse.n_samples == 300 and fine.images.shape == (300, 3, 32, 32)
@@ -510,15 +520,36 @@ def test_cifar100_coarse_labels_come_from_pickles_and_match_spec(tmp_path: Path)
     assert fine.classes[4] == "beaver" and coarse.classes[CIFAR100_COARSE_OF_FINE[4]] == "aquatic_mammals"
 
 
-def test_cifar100_inconsistent_pickles_and_missing(tmp_path: Path) -> None:
+def test_cifar100_inconsistent_pickles_and_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _fake_cifar100(tmp_path, {"train": 2, "test": 1})
     path = tmp_path / "cifar-100-python" / "train"
     with open(path, "rb") as fh:
         entry = pickle.load(fh)
     entry["coarse_labels"][0] = (entry["coarse_labels"][0] + 1) % 20
     _pickle(path, entry)
+    _trust(monkeypatch, tmp_path)
     _raises_one_line(lambda: load_dataset("cifar100-20", data_dir=str(tmp_path)), "more than one coarse label")
     _raises_one_line(lambda: load_dataset("cifar100-20", data_dir=str(tmp_path / "none")), "cifar-100-python/", "DEEPCLUST_DATA")
+
+
+class _Payload:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return Path.touch, (Path(self.marker),)
+
+
+def test_cifar100_reads_only_official_files_and_no_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The batches are pickles: a file whose md5 is not the official one is refused unread, and
+    even a file that passed is unpickled with NumPy's array types only (issue #30)."""
+    _fake_cifar100(tmp_path, {"train": 1, "test": 1})
+    _raises_one_line(lambda: load_dataset("cifar100", data_dir=str(tmp_path)), "not the official file", "md5")
+    marker = tmp_path / "MARKER"
+    _pickle(tmp_path / "cifar-100-python" / "meta", {"fine_label_names": _Payload(marker)})
+    _trust(monkeypatch, tmp_path)
+    _raises_one_line(lambda: load_dataset("cifar100", data_dir=str(tmp_path)), "cannot read")
+    assert not marker.exists()
 
 
 def test_stl10_splits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

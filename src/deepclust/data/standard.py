@@ -103,6 +103,8 @@ def load_digits(data_dir: Path | None = None, split: str = "train", image_size: 
 def _cifar10_exact(data_dir: Path, part: str) -> ImageData:
     from torchvision.datasets import CIFAR10
 
+    # torchvision unpickles the python batches only after their md5s matched the official
+    # release's (CIFAR10._check_integrity; RuntimeError otherwise): no other file is unpickled.
     try:
         ds = CIFAR10(str(data_dir), train=(part == "train"), download=False)
     except RuntimeError:
@@ -157,12 +159,42 @@ def load_cifar10(
 # ---------------------------------------------------------------- CIFAR-100
 
 
+def _official_md5s() -> dict[str, str]:
+    """The md5 of each file of the official cifar-100-python.tar.gz, as torchvision lists them."""
+    from torchvision.datasets import CIFAR100
+
+    return {**dict(CIFAR100.train_list), **dict(CIFAR100.test_list), CIFAR100.meta["filename"]: CIFAR100.meta["md5"]}
+
+
+_RECONSTRUCT = np.zeros(0).__reduce__()[0]  # NumPy's array reconstructor (numpy.core / numpy._core)
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Builds NumPy arrays and plain containers only: every other global is refused."""
+
+    def find_class(self, module: str, name: str):  # noqa: ANN201 - pickle's signature
+        if module in ("numpy.core.multiarray", "numpy._core.multiarray") and name == "_reconstruct":
+            return _RECONSTRUCT
+        if module == "numpy" and name in ("ndarray", "dtype"):
+            return getattr(np, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not part of a CIFAR batch")
+
+
 def _unpickle(path: Path) -> dict:
+    """A CIFAR-100 python batch. These files are pickles, and unpickling runs code a crafted file
+    carries: a file is read only after its md5 matched the official release's (the check
+    torchvision's CIFAR100 makes; torchvision's own CIFAR10 reader checks its batches so too),
+    and then with an unpickler that builds NumPy arrays and plain containers only."""
+    from torchvision.datasets.utils import check_integrity
+
+    if not path.is_file():
+        raise DataError(f"cifar100: missing {path}; cifar-100-python/ must hold train, test and meta")
+    md5 = _official_md5s().get(path.name)
+    if md5 is None or not check_integrity(str(path), md5):
+        raise DataError(f"cifar100: {path} is not the official file (its md5 differs); re-extract cifar-100-python.tar.gz")
     try:
         with open(path, "rb") as fh:
-            return pickle.load(fh, encoding="latin1")
-    except FileNotFoundError:
-        raise DataError(f"cifar100: missing {path}; cifar-100-python/ must hold train, test and meta") from None
+            return _ArrayUnpickler(fh, encoding="latin1").load()
     except Exception as exc:  # noqa: BLE001
         raise DataError(f"cifar100: cannot read {path} ({type(exc).__name__}); re-extract cifar-100-python.tar.gz") from None
 
