@@ -209,6 +209,24 @@ def fault_injection(work: Path, kills: int, seed: int, epochs: int = EPOCHS, kil
 
 
 # ----- bad inputs ---------------------------------------------------------------------------------------
+class _Payload:
+    """Unpickling this touches ``marker``: the code a crafted checkpoint carries (issue #30)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return Path.touch, (Path(self.marker),)
+
+
+def _crafted_file(path: Path, marker: Path) -> Path:
+    """A checkpoint-shaped torch file whose unpickling would run the payload."""
+    import torch
+
+    torch.save({"method": "idfd", "model": {"w": torch.ones(2)}, "epoch": 1, "rng": _Payload(marker)}, path)
+    return path
+
+
 def _cli(args: list[str], env_extra: dict[str, str] | None = None, sigint_when: Path | None = None,
          python: str | None = None) -> dict[str, Any]:
     """Run the CLI (or a Python snippet); ``sigint_when``: Ctrl-C once that file appears (training started)."""
@@ -298,6 +316,16 @@ def bad_input_table(work: Path) -> list[dict[str, Any]]:
         finally:
             subprocess.run(["umount", str(mnt)], capture_output=True)
 
+    def crafted(*command: str, init: bool = False) -> dict[str, Any]:
+        """A run directory (or an --init file) whose checkpoint carries a payload: refused, never run."""
+        d = Path(fresh("crafted"))
+        shutil.copytree(run, d)
+        marker = work / "PAYLOAD_RAN"
+        marker.unlink(missing_ok=True)
+        ckpt = _crafted_file(d / io.CHECKPOINT, marker)
+        args = [*base, "--epochs", "1", "--init", str(ckpt), "--out", fresh("o")] if init else [*command, str(d)]
+        return {**_cli(args), "payload_ran": marker.exists()}
+
     est = ("import numpy as np, sys\nfrom deepclust import DeepClusterer\nfrom deepclust.errors import DeepClustError\n"
            "x = np.random.default_rng(0).normal(size=(90, 8)).astype('float32')\n"
            "try:\n    DeepClusterer('idfd', n_clusters=3, epochs=2, batch_size=16, device='cpu', lr=1e6).fit(x)\n"
@@ -311,6 +339,10 @@ def bad_input_table(work: Path) -> list[dict[str, Any]]:
         ("resume train.epochs=1 after 2 epochs", lambda: _cli(["resume", run, "train.epochs=1"])),
         ("resume --device cpu (documented: exit 0)", lambda: _cli(["resume", run, "train.epochs=3", "--device", "cpu"])),
         ("estimator with lr=1e6", lambda: _cli([], python=est)),
+        ("crafted checkpoint.pt (pickle payload), then resume", lambda: crafted("resume")),
+        ("crafted checkpoint.pt (pickle payload), then eval", lambda: crafted("eval")),
+        ("crafted checkpoint.pt (pickle payload), then predict", lambda: crafted("predict")),
+        ("crafted checkpoint (pickle payload) as --init", lambda: crafted(init=True)),
     ]
     table = []
     for name, make in rows:
