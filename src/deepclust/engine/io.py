@@ -33,7 +33,7 @@ import secrets
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any, Callable, IO
+from typing import IO, Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -198,7 +198,7 @@ def _pickle_globals(path: Path) -> list[str]:
     try:
         with open(path, "rb") as fh:
             for op, arg, _ in pickletools.genops(fh):
-                if isinstance(arg, str) and "UNICODE" in op.name or "STRING" in op.name:
+                if isinstance(arg, str) and ("UNICODE" in op.name or "STRING" in op.name):
                     strings.append(arg)
                 elif op.name == "MEMOIZE":
                     memo[len(memo)] = strings[-1] if strings else None
@@ -241,7 +241,7 @@ def _global_name(g: Any) -> str:
     return g[1] if isinstance(g, tuple) else f"{g.__module__}.{g.__qualname__}"
 
 
-def read_torch_file(path: Path, what: str, allowed: list[Any] = (), map_location: Any = "cpu") -> Any:  # type: ignore[assignment]
+def read_torch_file(path: Path, what: str, allowed: Sequence[Any] = (), map_location: Any = "cpu") -> Any:
     """``torch.load(path, weights_only=True)`` with ``allowed`` types admitted by name: never a
     full unpickling, so a crafted file cannot run code. A file that needs another type is one
     :class:`CheckpointError` line naming the type and the file."""
