@@ -177,8 +177,9 @@ def list_encoders(pattern: str = "") -> list[str]:
 
 
 def _unknown(kind: str, name: str, known: list[str]) -> ConfigError:
-    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
-    hint = f"; did you mean {', '.join(f'{kind}:{c}' for c in close)}?" if close else ""
+    arch, dot, tag = name.partition(".")
+    close = difflib.get_close_matches(arch, known, n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join(f'{kind}:{c}{dot}{tag}' for c in close)}?" if close else ""
     return ConfigError(f"unknown {kind} model {name!r}{hint} (deepclust.pretrained.list_encoders() lists them)")
 
 
