@@ -79,8 +79,8 @@ def counting(encoder: Encoder):
     del encoder.forward
 
 
-def _reference_features(net: torch.nn.Module, arrays: np.ndarray) -> torch.Tensor:
-    """timm's own eval transform on PIL images, then the pooled pre-logits features."""
+def _reference_features(net: torch.nn.Module, arrays: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """timm's own eval transform on PIL images, and the pooled pre-logits features of its output."""
     from PIL import Image
     from timm.data import create_transform, resolve_data_config
 
@@ -88,7 +88,7 @@ def _reference_features(net: torch.nn.Module, arrays: np.ndarray) -> torch.Tenso
     tf = create_transform(**cfg)
     x = torch.stack([tf(Image.fromarray(a)) for a in arrays])
     with torch.no_grad():
-        return net.forward_head(net.forward_features(x), pre_logits=True)
+        return x, net.forward_head(net.forward_features(x), pre_logits=True)
 
 
 def test_lite0_loads_by_position_and_matches_timm(weights: Path, encoder: Encoder, images: ImageData, caplog) -> None:
@@ -99,9 +99,12 @@ def test_lite0_loads_by_position_and_matches_timm(weights: Path, encoder: Encode
     assert len(raw) == len(target)
     ref.load_state_dict({k: v for k, v in zip(target, raw.values())})
     arrays = images.images.permute(0, 2, 3, 1).numpy()[:8]
-    expected = _reference_features(ref, arrays)
+    x_ref, expected = _reference_features(ref, arrays)
     with torch.no_grad():
         got = encoder(images.images[:8])
+        x = encoder.prepare(images.images[:8])
+        assert torch.equal(encoder.net(x_ref), expected)  # the same network, weight for weight
+    assert x.shape == x_ref.shape and float((x - x_ref).abs().max()) < 0.25  # ~3 grey levels on noise images
     assert got.dtype == torch.float32 and got.shape == (8, 1280) == (8, encoder.dim)
     cos = torch.nn.functional.cosine_similarity(got, expected, dim=1)
     assert float(cos.min()) > 0.995, cos  # PIL's bicubic (uint8) vs torch's antialiased bicubic (float)
@@ -112,6 +115,20 @@ def test_lite0_loads_by_position_and_matches_timm(weights: Path, encoder: Encode
     with caplog.at_level(logging.INFO, logger="deepclust.pretrained"):
         create_encoder(f"timm:tf_efficientnet_lite0@{weights}", image_size=SIZE)
     assert sum("loaded by position" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_lite0_classifies_sample_photos(weights: Path) -> None:
+    """End to end at the weights' own 224 px: scikit-learn's two sample photos through the encoder
+    and the file's ImageNet classifier give ImageNet's 'palace' (698) and 'daisy' (985)."""
+    from sklearn.datasets import load_sample_image
+
+    enc = create_encoder(f"timm:tf_efficientnet_lite0@{weights}")
+    assert enc.preprocess.input_size == 224 and enc.preprocess.resize_size == 256
+    raw = torch.load(weights, map_location="cpu", weights_only=True)
+    photos = torch.stack([torch.from_numpy(load_sample_image(n).copy()).permute(2, 0, 1) for n in ("china.jpg", "flower.jpg")])
+    with torch.no_grad():
+        logits = enc(photos) @ raw["_fc.weight"].T + raw["_fc.bias"]
+    assert logits.argmax(1).tolist() == [698, 985]
 
 
 def test_grayscale_and_timm_named_safetensors(encoder: Encoder, images: ImageData, tmp_path: Path) -> None:
