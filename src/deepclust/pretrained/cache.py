@@ -36,7 +36,7 @@ from deepclust.engine.io import write_json
 logger = logging.getLogger(__name__)
 
 __all__ = ["FORMAT", "cache_key", "default_cache_root", "images_hash", "inspect", "create", "read_progress",
-           "write_progress", "remaining", "merge"]
+           "write_progress", "finish_progress", "remaining", "merge", "split_rows"]
 
 FORMAT = 1
 FEATURES, MANIFEST, PROGRESS = "features.npy", "manifest.json", "progress.json"

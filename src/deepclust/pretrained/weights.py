@@ -30,7 +30,7 @@ from deepclust.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["fit_state_dict", "hf_hub_cache_dir", "read_weights", "find_hf_cached", "torch_hub_checkpoints"]
+__all__ = ["find_hf_cached", "fit_state_dict", "hf_hub_cache_dir", "read_weights", "torch_hub_checkpoints", "url_file"]
 
 _HF_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
 _WRAPPERS = ("state_dict", "model", "model_state_dict", "module")
