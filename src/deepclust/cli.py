@@ -1,4 +1,7 @@
-"""Command line: ``deepclust train | resume | eval | predict | report | sweep-k | demo | selflabel | list``.
+"""Command line: ``deepclust train | resume | eval | predict | report | sweep-k | demo | selflabel | embed | list``.
+
+``embed`` computes (or reuses) a dataset's pretrained embedding in the embedding cache
+(:mod:`deepclust.pretrained`) and prints the cache folder, N, D and the images per second.
 
 Errors a person can fix (a missing path, an unknown key, ...) print one line on stderr and exit
 with status 2, never a traceback.
@@ -165,6 +168,27 @@ def cmd_selflabel(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_embed(args: argparse.Namespace) -> int:
+    from deepclust.data.open import open_dataset
+    from deepclust.pretrained import create_encoder, embed
+
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.image_size is not None and args.image_size < 8:
+        raise ConfigError(f"--image-size must be at least 8 pixels, got {args.image_size}")
+    encoder = create_encoder(args.features, args.image_size)  # a bad spec fails before the data is read
+    # mixed-size folders held in memory are resized to one size: make it the encoder's resize size
+    size = encoder.preprocess.resize_size if args.data.strip().lower().startswith("folder:") else None
+    data = open_dataset(args.data, args.split, args.data_dir, image_size=size, stream="auto")
+    emb = embed(data, encoder, args.cache, device=args.device, batch_size=args.batch_size or 256, progress=not args.quiet)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
+    speed = "reused from the cache" if emb.reused else f"{emb.rows_computed / max(emb.seconds, 1e-9):.1f} images/s"
+    print(f"embedding: {emb.path}")
+    print(f"{emb.n_samples} images x {emb.dim} features ({args.features} on {data.name}, split {data.split}); {speed}")
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from deepclust.data import list_datasets
     from deepclust.methods import list_methods
@@ -260,6 +284,18 @@ def build_parser() -> argparse.ArgumentParser:
     from deepclust.bench import add_bench_parser
 
     add_bench_parser(sub)  # sets func=run_bench: training throughput vs a reference loop, k-means vs scikit-learn
+
+    em = sub.add_parser("embed", help="compute (or reuse) a dataset's pretrained embedding in the embedding cache")
+    em.add_argument("--data", required=True, help="folder:PATH, npz:PATH, a dataset name or imagenet")
+    em.add_argument("--features", required=True,
+                    help="encoder: timm:NAME[@PATH] or torchvision:ARCH.WEIGHTS[@PATH] (weights from local files only)")
+    em.add_argument("--data-dir", help="where datasets live (default $DEEPCLUST_DATA or ./data)")
+    em.add_argument("--split", default="train", help="split of the dataset (default train)")
+    em.add_argument("--cache", help="cache folder (default $DEEPCLUST_CACHE or ~/.cache/deepclust/embeddings)")
+    em.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default 256)")
+    em.add_argument("--image-size", type=int, default=None, help="encoder input size (default: the weights')")
+    em.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    em.set_defaults(func=cmd_embed)
 
     ls = sub.add_parser("list", help="list methods, datasets and backbones")
     ls.set_defaults(func=cmd_list)
