@@ -51,14 +51,17 @@ def test_feature_data_rejects_bad_arrays(bad: np.ndarray) -> None:
     assert "\n" not in str(e.value)
 
 
-def test_feature_statistics_are_per_dimension_with_a_floor() -> None:
+@pytest.mark.parametrize("l2", [False, True])
+def test_feature_statistics_are_per_dimension_with_a_floor(l2: bool) -> None:
     rng = np.random.default_rng(1)
-    x = rng.normal(2.0, 3.0, (50, 6))
-    x[:, 5] = 7.0  # a constant dimension: its std is floored, not zero
-    data = FeatureData.from_arrays(x)
-    cfg = resolve_config({"method": "idfd", "n_clusters": 3})
+    raw = rng.normal(2.0, 3.0, (50, 6))
+    raw[:, 5] = 7.0  # a constant dimension (before L2 normalisation): its std is floored, not zero
+    data = FeatureData.from_arrays(raw)
+    cfg = resolve_config({"method": "idfd", "n_clusters": 3, "augment": {"feature_l2": l2}})
     info = data_info(cfg, data, data)
     assert info.n_features == 6 and info.n_clusters == 3
+    # the statistics of what the views see: the L2-normalised rows where feature_l2 is on
+    x = raw / np.sqrt((raw**2).sum(1, keepdims=True)) if l2 else raw
     std = x.std(0, ddof=1)
     floor = 0.01 * std.mean()
     np.testing.assert_allclose(info.feature_mean, x.mean(0), rtol=1e-6)

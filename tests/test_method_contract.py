@@ -11,13 +11,17 @@ from deepclust.config import resolve_config
 from deepclust.methods import METHODS, ClusteringMethod, DataInfo, create_method, get_method_class
 
 INFO = DataInfo(n_samples=32, n_channels=1, image_size=8, mean=[0.5], std=[0.25], n_clusters=3)
+# feature mode: 64 flattened 8x8 "images", so the same inputs below serve both kinds
+FEATURE_INFO = DataInfo(n_samples=32, n_channels=1, image_size=1, mean=[0.0], std=[1.0], n_clusters=3,
+                        n_features=64, feature_mean=[0.0] * 64, feature_std=[1.0] * 64)
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_every_registered_method_keeps_the_contract(name: str) -> None:
     cls = get_method_class(name)
     assert cls.name == name and issubclass(cls, ClusteringMethod)
-    method = create_method(resolve_config({"method": name, "n_clusters": 3}), INFO)
+    info = INFO if cls.accepts_images else FEATURE_INFO
+    method = create_method(resolve_config({"method": name, "n_clusters": 3}), info)
     assert isinstance(method.backbone, nn.Module)
     assert method.prediction in ("kmeans", "head_argmax")
     bank = method.memory_bank()
@@ -27,7 +31,8 @@ def test_every_registered_method_keeps_the_contract(name: str) -> None:
         w, t = centers
         assert w.ndim == 2 and w.shape[0] == INFO.n_clusters and t > 0
     method.eval()
-    feats, probs = method.infer(torch.randn(4, 1, 8, 8))
+    x = torch.randn(4, 1, 8, 8)
+    feats, probs = method.infer(x if cls.accepts_images else method.eval_transform(x.flatten(1)))
     assert feats.shape[0] == 4
     if method.prediction == "head_argmax":
         assert probs is not None and probs.shape == (4, INFO.n_clusters)
@@ -85,3 +90,14 @@ def test_register_method_adds_a_class_and_refuses_a_taken_name(monkeypatch: pyte
         methods.register_method(Taken)
     with pytest.raises(TypeError):
         methods.register_method(nn.Linear)  # type: ignore[arg-type]
+
+
+def test_a_features_only_method_refuses_images_with_one_line() -> None:
+    from deepclust.errors import ConfigError
+
+    names = [n for n in sorted(METHODS) if not get_method_class(n).accepts_images]
+    assert names  # scan
+    for name in names:
+        with pytest.raises(ConfigError, match="--features") as e:
+            create_method(resolve_config({"method": name, "n_clusters": 3}), INFO)
+        assert "\n" not in str(e.value)

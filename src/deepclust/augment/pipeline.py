@@ -62,10 +62,14 @@ class AugmentConfig:
 
     ``jitter`` is (brightness, contrast, saturation, hue) as in ``ColorJitter``; each
     probability applies per sample. ``blur_kernel`` None: ``2 * ceil(3 * sigma_max) + 1``.
-    ``solarize_threshold`` is on [0, 1] images (0.5 = PIL's 128). ``feature_noise`` and
-    ``feature_dropout`` are used in feature mode only (precomputed vectors, where the image
-    operations have no meaning): the noise standard deviation, in units of each feature's
-    training std, and the probability of masking each value (:mod:`deepclust.augment.features`).
+    ``solarize_threshold`` is on [0, 1] images (0.5 = PIL's 128). The ``feature_*`` fields and
+    ``neighbors`` are used in feature mode only (precomputed vectors, where the image
+    operations have no meaning; :mod:`deepclust.augment.features`): ``feature_views``
+    ``neighbors`` (a view of i is one of its ``neighbors`` nearest neighbours or i itself) or
+    ``noise`` (i itself); ``feature_l2`` L2-normalises every vector first; ``feature_noise``,
+    the noise standard deviation in units of each feature's training std, and
+    ``feature_dropout``, the probability of masking each value (None: 0 with neighbour views,
+    0.5 with noise views).
     ``affine_*``: with probability ``affine_p`` a rotation by up to ``affine_degrees``, a shear
     by up to ``affine_shear`` degrees and a shift by up to ``affine_translate`` of the side
     (:func:`deepclust.augment.ops.random_affine`), the "small affine moves" of glyph presets.
@@ -92,8 +96,11 @@ class AugmentConfig:
     stroke_p: float = 0.0
     stroke_strength: float = 1.0
     stroke_thin: float = 0.5
-    feature_noise: float = 0.5
-    feature_dropout: float = 0.5
+    feature_views: str = "neighbors"
+    feature_l2: bool = True
+    neighbors: int = 20
+    feature_noise: float | None = None
+    feature_dropout: float | None = None
 
     def __post_init__(self) -> None:
         # YAML gives lists; store tuples so configs compare and hash the same either way.
@@ -120,12 +127,24 @@ class AugmentConfig:
             if not _is_number(v) or not 0.0 <= v <= high:
                 raise ConfigError(f"augment.{name} must be a number in [0, {high:g}], got {v!r}")
             setattr(self, name, float(v))
-        if not _is_number(self.feature_noise) or self.feature_noise < 0:
+        self._check_feature_views()
+
+    def _check_feature_views(self) -> None:
+        if self.feature_views not in ("neighbors", "noise"):
+            raise ConfigError(f"augment.feature_views must be 'neighbors' or 'noise', got {self.feature_views!r}")
+        if not isinstance(self.feature_l2, bool):
+            raise ConfigError(f"augment.feature_l2 must be true or false, got {self.feature_l2!r}")
+        if not isinstance(self.neighbors, int) or isinstance(self.neighbors, bool) or self.neighbors < 1:
+            raise ConfigError(f"augment.neighbors must be an integer >= 1, got {self.neighbors!r}")
+        default = 0.0 if self.feature_views == "neighbors" else 0.5
+        noise = default if self.feature_noise is None else self.feature_noise
+        if not _is_number(noise) or noise < 0:
             raise ConfigError(f"augment.feature_noise must be a number >= 0, got {self.feature_noise!r}")
-        self.feature_noise = float(self.feature_noise)
-        if not _is_number(self.feature_dropout) or not 0.0 <= self.feature_dropout < 1.0:
+        self.feature_noise = float(noise)
+        drop = default if self.feature_dropout is None else self.feature_dropout
+        if not _is_number(drop) or not 0.0 <= drop < 1.0:
             raise ConfigError(f"augment.feature_dropout must be in [0, 1), got {self.feature_dropout!r}")
-        self.feature_dropout = float(self.feature_dropout)
+        self.feature_dropout = float(drop)
 
 
 class _Normalizing(nn.Module):

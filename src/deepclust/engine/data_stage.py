@@ -75,14 +75,17 @@ def data_info(cfg: Config, train: ImageData, evald: ImageData) -> DataInfo:
 
 
 def _feature_info(cfg: Config, train: ImageData, evald: ImageData) -> DataInfo:
-    """Feature mode: per-dimension mean/std of the training features (``data.mean``/``std``
-    override them with D values each). The std is floored at 1% of its mean over dimensions,
-    so near-constant dimensions are not blown up into noise."""
+    """Feature mode: per-dimension mean/std of the training features, L2-normalised first where
+    ``augment.feature_l2`` says so, as the views see them (``data.mean``/``std`` override them
+    with D values each). The std is floored at 1% of its mean over dimensions, so
+    near-constant dimensions are not blown up into noise."""
     if not (isinstance(train, FeatureData) and isinstance(evald, FeatureData)) or train.n_features != evald.n_features:
         raise DataError("the trained and the evaluated data must both be feature vectors of the same length D")
     dim = train.n_features
     if cfg.data.mean is None or cfg.data.std is None:
         x = _sample(train).double()
+        if cfg.augment.feature_l2:
+            x = torch.nn.functional.normalize(x, dim=1)
         std = x.std(0) if len(x) > 1 else torch.ones(dim, dtype=torch.float64)
         mean, std = x.mean(0).tolist(), std.clamp_min(max(1e-2 * float(std.mean()), 1e-6)).tolist()
     else:

@@ -130,6 +130,7 @@ class Trainer:
         self.run.start(config_yaml(cfg), self.start_epoch)
         images = self.place_data()
         iters = _iters_per_epoch(self.train_data.n_samples, cfg.train)
+        method.bind_views(images)  # feature mode: the neighbour table of the views (mined, not saved)
         method.bind_data(images)
         if self.start_epoch == 0:
             method.setup(images)

@@ -10,6 +10,7 @@ from deepclust.losses.cdc import (
 from deepclust.losses.contrastive import nt_xent_loss
 from deepclust.losses.dec import anchor_loss, dec_loss, dec_target, student_t_assignment
 from deepclust.losses.idfd import feature_decorrelation_loss, instance_discrimination_loss
+from deepclust.losses.scan import scan_loss
 from deepclust.losses.secu import secu_center_loss, secu_representation_loss
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "feature_decorrelation_loss",
     "instance_discrimination_loss",
     "nt_xent_loss",
+    "scan_loss",
     "secu_center_loss",
     "secu_representation_loss",
     "student_t_assignment",

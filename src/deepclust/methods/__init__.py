@@ -17,6 +17,7 @@ METHODS: dict[str, str | type[ClusteringMethod]] = {
     "secu": "deepclust.methods.secu:SeCu",
     "cdc": "deepclust.methods.cdc:CDC",
     "anchorcl": "deepclust.methods.anchorcl:AnchorCL",
+    "scan": "deepclust.methods.scan:SCAN",
 }
 
 
@@ -70,7 +71,13 @@ def get_method_class(name: str) -> type[ClusteringMethod]:
 def create_method(cfg, info: DataInfo) -> ClusteringMethod:
     """Build the method named by ``cfg.method`` and check the contract of
     :class:`ClusteringMethod` that the engine relies on (a contributor's error, not a user's)."""
-    method = get_method_class(cfg.method)(cfg, info)
+    cls = get_method_class(cfg.method)
+    if not info.n_features and not cls.accepts_images:
+        raise ConfigError(
+            f"method '{cfg.method}' clusters feature vectors, not images: embed the images with a pretrained network "
+            "first (--features timm:NAME, or DeepClusterer(features=...)), or pass an (N, D) array"
+        )
+    method = cls(cfg, info)
     if not isinstance(getattr(method, "backbone", None), nn.Module):
         raise TypeError(f"method '{cfg.method}' ({type(method).__name__}) must assign self.backbone (an nn.Module) in __init__")
     return method

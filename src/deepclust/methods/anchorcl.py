@@ -257,7 +257,7 @@ class AnchorCL(ClusteringMethod):
         if not bool(self.centers_initialized):
             raise RuntimeError("AnchorCL's centres are not initialised: call setup(train_images) before training")
         o = self.opts
-        x, xi, xj = self.eval_transform(images), self.augment(images), self.augment(images)
+        x, xi, xj = self.eval_transform(images), self.view(self.augment, images, indices), self.view(self.augment, images, indices)
         if o.separate_forwards:
             h, hi, hj = self.backbone(x), self.backbone(xi), self.backbone(xj)
         else:

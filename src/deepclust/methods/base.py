@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from deepclust.augment import Augment, EvalTransform, FeatureAugment, FeatureEvalTransform
+from deepclust.cluster.neighbors import nearest_neighbors
 from deepclust.collectives import SINGLE_PROCESS, Collectives
 from deepclust.errors import ConfigError
 from deepclust.models import create_backbone, resolve_model
@@ -85,6 +86,9 @@ class ClusteringMethod(nn.Module):
     backbone: nn.Module
     #: the head whose probabilities :meth:`infer` returns and the record names (SeCu: the K = k one)
     eval_head: int = 0
+    #: False for a method that clusters feature vectors only (SCAN: neighbours of a pretrained
+    #: embedding); create_method then refuses images with one line that says to embed them first
+    accepts_images: ClassVar[bool] = True
 
     @dataclass
     class Options:
@@ -116,10 +120,34 @@ class ClusteringMethod(nn.Module):
         mean, std = self.info.feature_mean, self.info.feature_std
         if mean is None or std is None:
             raise ConfigError("feature mode needs DataInfo.feature_mean and feature_std (the training statistics)")
+        aug = self.cfg.augment
         if isinstance(pipeline, Augment):
-            aug = self.cfg.augment
-            return FeatureAugment(mean, std, noise_std=aug.feature_noise, dropout=aug.feature_dropout)
-        return FeatureEvalTransform(mean, std)
+            return FeatureAugment(mean, std, noise_std=aug.feature_noise, dropout=aug.feature_dropout,
+                                  l2=aug.feature_l2, views=aug.feature_views, neighbors=aug.neighbors)
+        return FeatureEvalTransform(mean, std, l2=aug.feature_l2)
+
+    def view(self, pipeline: nn.Module, images: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """One augmented view of the batch through ``pipeline``. Neighbour views (feature mode)
+        need the batch's instance indices: the view of sample i is one of its neighbours."""
+        if isinstance(pipeline, FeatureAugment):
+            return pipeline(images, indices)
+        return pipeline(images)
+
+    def bind_views(self, train_features: torch.Tensor) -> None:
+        """Called by the trainer at the start of every fit (a resumed one too) with what
+        :meth:`setup` sees. Feature mode with neighbour views: mine the ``augment.neighbors``
+        nearest neighbours of every training vector once (cluster/neighbors.py, exact, float32,
+        on the device) and hand them, with the features, to every neighbour pipeline. The table
+        is a function of the data alone, so a resumed run gets the same one."""
+        pipes = [m for m in self.modules() if isinstance(m, FeatureAugment) and m.uses_neighbors]
+        if not pipes:
+            return
+        x = torch.as_tensor(train_features).float()
+        device = next((b.device for b in pipes[0].buffers()), x.device)
+        x = x.to(device)
+        knn = nearest_neighbors(x, pipes[0].neighbors)
+        for p in pipes:
+            p.bind(x, knn)
 
     # ----- construction helpers -------------------------------------------------------------
     def build_backbone(self) -> nn.Module:

@@ -216,7 +216,7 @@ class CDC(ClusteringMethod):
     def training_step(self, images: torch.Tensor, indices: torch.Tensor, epoch: int) -> StepOutput:
         o = self.opts
         b = images.shape[0]
-        x = torch.cat([self.augment(images), self.augment(images)])
+        x = torch.cat([self.view(self.augment, images, indices), self.view(self.augment, images, indices)])
         out = self(x)
         logits = out["logits"].float()
         l1, l2 = logits[:b], logits[b:]

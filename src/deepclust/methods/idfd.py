@@ -69,7 +69,7 @@ class IDFD(ClusteringMethod):
         return self.head(self.backbone(x))
 
     def training_step(self, images: torch.Tensor, indices: torch.Tensor, epoch: int) -> StepOutput:
-        v = self(self.augment(images))
+        v = self(self.view(self.augment, images, indices))
         # L_ID is a mean over this process's rows (the trainer's gradient average makes it the
         # global mean); FD normalises columns over the batch, so it sees the global batch
         # (pitfall 4), and the memory update uses every process's features and indices.

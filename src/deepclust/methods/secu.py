@@ -313,8 +313,8 @@ class SeCu(ClusteringMethod):
 
     def training_step(self, images: torch.Tensor, indices: torch.Tensor, epoch: int) -> StepOutput:
         o = self.opts
-        x1, q1 = self._branches(self.augment(images))
-        x2, q2 = self._branches(self.augment2(images))
+        x1, q1 = self._branches(self.view(self.augment, images, indices))
+        x2, q2 = self._branches(self.view(self.augment2, images, indices))
         detach_neg = o.center_loss == "secu"
         loss_c = loss_x = x1.new_zeros((), dtype=torch.float32)
         # Under torchrun the assignment runs on the global batch (gathered features and
