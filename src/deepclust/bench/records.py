@@ -24,6 +24,7 @@ def machine_info(device: torch.device | None = None) -> dict[str, Any]:
         "device": dev.type,
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_model(),
         "cpu_model": cpu_model(),
+        "cpu_bf16_flags": cpu_bf16_flags(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "platform": platform.platform(),
@@ -51,6 +52,18 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def cpu_bf16_flags() -> list[str]:
+    """The processor's bf16 matrix/vector flags (amx_bf16, avx512_bf16) from /proc/cpuinfo: whether
+    bf16 can be fast on this CPU, recorded beside every timing."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return sorted(f for f in line.split(":", 1)[1].split() if f in ("amx_bf16", "avx512_bf16"))
+    except OSError:
+        pass
+    return []
 
 
 def loadavg() -> list[float] | None:
