@@ -268,3 +268,20 @@ def test_cpu_hint_for_natural_images_from_scratch(tmp_path: Path, caplog) -> Non
     with caplog.at_level(logging.INFO, logger="deepclust"):
         assert main([*base, "--data", f"npz:{gray}", "--out", str(tmp_path / "b")]) == 0  # glyph: no hint
     assert _hint(caplog.records) == []
+
+
+def test_report_grid_of_plain_feature_vectors_is_a_note(tmp_path: Path) -> None:
+    """A run on feature vectors without images: the report's grid section is a note, not a failure."""
+    from types import SimpleNamespace
+
+    from sklearn.datasets import make_blobs
+
+    from deepclust.config import Config
+    from deepclust.report.build import _grids
+
+    x, y = make_blobs(n_samples=30, centers=2, n_features=4, random_state=0)
+    data = FeatureData.from_arrays(x.astype(np.float32), y)
+    pred = SimpleNamespace(cfg=Config(), data=data, features=torch.from_numpy(x).float(),
+                           labels=torch.from_numpy(y.astype(np.int64)), centers=None)
+    figs, note = _grids(pred, 2, 4, tmp_path, ["0", "1"])
+    assert figs == [] and note.startswith("No image grids") and not list(tmp_path.glob("grid_*.png"))
