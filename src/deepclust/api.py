@@ -23,6 +23,12 @@ Inputs (``X``):
   the CNN and each method's augmentations become Gaussian noise + dropout on standardised
   features (:mod:`deepclust.augment.features`).
 
+With ``features="timm:NAME"`` (any encoder spec of :mod:`deepclust.pretrained`) the images are
+embedded by that pretrained encoder (through the embedding cache: ``config={"data":
+{"cache_dir": ...}}``, else the default root; ``"features_size"`` sets its input size) and the
+method clusters the embeddings in feature mode; ``predict`` and ``transform`` embed new images
+with the same encoder.
+
 ``y`` is never used for training; when given, the fit is scored with it in ``record_``.
 """
 
@@ -238,6 +244,9 @@ class DeepClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
     config : nested config overrides applied last, e.g. ``{"optim": {"schedule": "cosine"}}``.
     out : a run directory to keep (config, metrics, results, checkpoint); None: a temporary one.
     verbose : show the progress bar.
+    features : None (train on X itself) or an encoder spec (``timm:NAME[@PATH]``,
+        ``torchvision:ARCH.WEIGHTS[@PATH]``): images are embedded by that pretrained encoder
+        (cached on disk) and the method clusters the embeddings; X must then be images.
 
     Attributes
     ----------
@@ -269,6 +278,7 @@ class DeepClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         config: dict[str, Any] | None = None,
         out: str | None = None,
         verbose: bool = False,
+        features: str | None = None,
     ) -> None:
         # scikit-learn contract: store verbatim, validate in fit.
         self.method = method
@@ -283,6 +293,7 @@ class DeepClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         self.config = config
         self.out = out
         self.verbose = verbose
+        self.features = features
 
     # ----- configuration -----------------------------------------------------------------------
     def _check_method(self) -> None:
@@ -304,6 +315,8 @@ class DeepClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         for name in ("method_options", "config"):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), dict):
                 raise ConfigError(f"{name} must be None or a dict, got {type(getattr(self, name)).__name__}")
+        if self.features is not None and (not isinstance(self.features, str) or not self.features.strip()):
+            raise ConfigError(f"features must be None or an encoder spec such as 'timm:NAME', got {self.features!r}")
 
     def _build_config(self, data: ImageData, out: str) -> Config:
         n, features = data.n_samples, isinstance(data, FeatureData)
@@ -327,6 +340,8 @@ class DeepClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         }
         if self.lr is not None:
             raw["optim"] = {"lr": float(self.lr)}
+        if self.features is not None:  # recorded: the config says which encoder made the features
+            raw["data"]["features"] = self.features
         # defaults by data kind (deepclust/presets.py) from X's own shape, not from a file
         return resolve_config(deep_merge(raw, copy.deepcopy(self.config or {})), shape=shape_of(tuple(data.images.shape)), auto=True)
 
@@ -338,16 +353,42 @@ class DeepClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         self._check_params(data.n_samples)
         saved_rng = rng_state()  # the run seeds the global RNGs; give the caller theirs back
         try:
+            inputs = self._embed(data) if self.features is not None else data
             if self.out is not None:
-                self._fit_in(data, str(self.out))
+                self._fit_in(inputs, str(self.out), data)
             else:
                 with tempfile.TemporaryDirectory(prefix="deepclust-") as tmp:
-                    self._fit_in(data, tmp)
+                    self._fit_in(inputs, tmp, data)
         finally:
             set_rng_state(saved_rng)
         return self
 
-    def _fit_in(self, data: ImageData, out: str) -> None:
+    # ----- pretrained embeddings (features=) -------------------------------------------------------
+    def _data_option(self, key: str) -> Any:
+        return ((self.config or {}).get("data") or {}).get(key)
+
+    def _embed(self, data: ImageData, weights_hash: str | None = None) -> FeatureData:
+        """``data`` (images) embedded by the ``features`` encoder through the embedding cache;
+        ``weights_hash``: the hash the fit used (a changed weights file raises)."""
+        from deepclust.engine.data_stage import EmbeddedFeatures
+        from deepclust.pretrained import create_encoder, embed
+
+        if isinstance(data, FeatureData):
+            raise DataError(f"features={self.features!r} embeds images, but X holds feature vectors {tuple(data.images.shape)}; "
+                            "pass images, or features=None to cluster the vectors")
+        enc = create_encoder(self.features, self._data_option("features_size"))
+        if weights_hash is not None and enc.weights_hash != weights_hash:
+            raise CheckpointError(f"the encoder weights changed since this DeepClusterer was fitted: {self.features} now "
+                                  f"hashes to {enc.weights_hash}, the fit used {weights_hash}; restore the file or fit again")
+        emb = embed(data, enc, self._data_option("cache_dir"), device=self.device, progress=bool(self.verbose))
+        m = emb.manifest
+        record = {"model": m.get("model"), "weights_hash": m.get("weights_hash"), "preprocess": m.get("preprocess"),
+                  "dim": emb.dim, "cache": str(emb.path), "spec": enc.spec}
+        return EmbeddedFeatures(images=torch.from_numpy(np.array(emb.features, dtype=np.float32)), labels=emb.labels.clone(),
+                                classes=list(emb.classes), name=emb.name, split=emb.split, embedding=record)
+
+    def _fit_in(self, data: ImageData, out: str, given: ImageData | None = None) -> None:
+        """Train on ``data`` (the embedding with ``features``; ``given``: X as passed)."""
         cfg = self._build_config(data, out)
         trainer = Trainer(cfg, data=data)
         trainer.fit()
@@ -366,7 +407,7 @@ class DeepClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         self.seed_ = cfg.train.seed
         self.record_ = _plain(result.record)
         self.run_dir_ = str(result.out) if self.out is not None else None
-        self._set_learned(data, labels, centers)
+        self._set_learned(given if given is not None else data, labels, centers)
 
     def _set_learned(self, data: ImageData, labels: torch.Tensor, centers: torch.Tensor) -> None:
         self.labels_ = labels.cpu().numpy().astype(np.int64)
@@ -391,6 +432,8 @@ class DeepClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
     def _new_data(self, X: Any) -> ImageData:
         check_is_fitted(self, "method_")
         data = as_data(X)
+        if self.features is not None:  # images of any size and 1 or 3 channels: the encoder takes them
+            return self._embed(data, (self.record_.get("embedding") or {}).get("weights_hash"))
         if self.feature_mode_ != isinstance(data, FeatureData):
             want = f"feature vectors (N, {self.n_features_in_})" if self.feature_mode_ else "images"
             raise DataError(f"this DeepClusterer was fitted on {want}; pass the same kind of input")

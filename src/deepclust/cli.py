@@ -35,6 +35,7 @@ _FLAGS = {
     "train_split": "data.train_split",
     "eval_split": "data.eval_split",
     "init": "model.init",
+    "features": "data.features",
 }
 
 
@@ -318,6 +319,8 @@ def _add_train_flags(t: argparse.ArgumentParser, out_help: str) -> None:
     t.add_argument("--eval-split", help="train | test | train+test | ...")
     t.add_argument("--init", help="initial backbone weights: a deepclust run or checkpoint, a torchvision ResNet state dict, "
                    "a MoCo v2/v3, DINO or SwAV ResNet checkpoint, or torchvision:NAME.WEIGHTS")
+    t.add_argument("--features", help="cluster the images' pretrained embedding instead of training a CNN: "
+                   "timm:NAME[@PATH] or torchvision:ARCH.WEIGHTS[@PATH] (data.features; cached, see 'deepclust embed')")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

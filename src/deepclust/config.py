@@ -50,6 +50,10 @@ class DataConfig:
     decoder: str = "pil"  # streamed decoding: pil | torchvision (benchmarks/stream.py)
     workers: int | None = None  # streamed decoding processes (None: cores - 1, at most 8)
     gpu_decode: bool = False  # CUDA: decode the JPEGs of a streamed batch on the GPU (unmeasured)
+    # Pretrained embeddings (issue #27, deepclust/pretrained): cluster the images' features
+    features: str | None = None  # an encoder spec (timm:NAME[@PATH], torchvision:ARCH.WEIGHTS[@PATH]); None: train on the images
+    features_size: int | None = None  # the encoder's input size; None: the weights' own
+    cache_dir: str | None = None  # the embedding cache root; None: $DEEPCLUST_CACHE or ~/.cache/deepclust/embeddings
 
 
 @dataclass
@@ -309,6 +313,12 @@ def _preset(raw: dict[str, Any], method: str, shape: DataShape | None, auto: boo
         raise ConfigError(f"config key 'defaults' must be one of {', '.join(DEFAULTS_CHOICES)}, got {choice!r}")
     if choice == "method":
         return {}
+    spec = (raw.get("data") or {}).get("features")
+    if choice == "auto" and spec:
+        # --features: the run trains on the images' pretrained embedding, whatever the images are
+        n = shape.n_samples if shape is not None else 0
+        log.info("defaults for features data (the pretrained embedding %s of the images; README 'Defaults by data kind')", spec)
+        return {**kind_defaults(method, "features", DataShape(channels=0, size=0, n_samples=n)), "defaults": "features"}
     if shape is None:
         data = raw.get("data") or {}
         try:

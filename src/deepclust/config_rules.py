@@ -122,6 +122,9 @@ RULES: dict[str, Rule | Callable[[], Rule]] = {
     "data.decoder": choice("pil", "torchvision"),
     "data.workers": optional(integer(0), "cores - 1, at most 8"),
     "data.gpu_decode": BOOL,
+    # the spec itself (kind, name, weights file) is checked by pretrained.create_encoder before the images are read
+    "data.features": optional(TEXT, "train on the images"),
+    "data.features_size": optional(integer(8, note=" pixels"), "the weights' own input size"),
     "model.backbone": _backbone,
     "model.stem": choice("auto", "cifar", "stl", "imagenet", "none"),
     "model.feature_dim": integer(1),
@@ -164,6 +167,7 @@ RULES: dict[str, Rule | Callable[[], Rule]] = {
 FREE: dict[str, str] = {
     "method": "checked against the method registry (with the closest name) by resolve_config",
     "data.data_dir": "a path; whether the data is there is checked when it is read",
+    "data.cache_dir": "a path (null: $DEEPCLUST_CACHE or ~/.cache/deepclust/embeddings); created when an embedding is written",
     "train.out": "a path; the run directory rules are in engine/rundir.py",
 }
 

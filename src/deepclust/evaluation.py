@@ -34,7 +34,7 @@ from deepclust.data import ImageData
 from deepclust.engine import io
 from deepclust.engine.device import amp_dtype, resolve_device
 from deepclust.engine.evaluate import add_extras, infer_images, make_record, predict
-from deepclust.engine.data_stage import open_split  # the same storage/streaming choice as training
+from deepclust.engine.data_stage import create_run_encoder, open_split  # the same storage/streaming choice as training
 from deepclust.errors import CheckpointError, ConfigError, DeepClustError
 from deepclust.methods import ClusteringMethod, DataInfo, create_method
 
@@ -71,13 +71,35 @@ def load_run(run_dir: str | Path, device: str = "auto"):
     return cfg, method.to(dev).eval(), info, ckpt, dev
 
 
-def load_run_data(cfg: Config, split: str | None = None) -> tuple[ImageData, ImageData]:
-    """The run's training images and its evaluated images (``split`` overrides the eval split)."""
+def load_run_data(cfg: Config, split: str | None = None, device: torch.device | None = None,
+                  encoder: Any = None) -> tuple[ImageData, ImageData]:
+    """The run's training images and its evaluated images (``split`` overrides the eval split);
+    a ``--features`` run's embeddings of them (from the cache, by ``encoder`` or the run's own
+    ``data.features``, on ``device``)."""
     d = cfg.data
     eval_split = split or d.eval_split
-    train = open_split(cfg, d.train_split)
-    evald = train if eval_split == d.train_split else open_split(cfg, eval_split)
+    enc = encoder if encoder is not None or not d.features else create_run_encoder(cfg)
+    train = open_split(cfg, d.train_split, device, enc)
+    evald = train if eval_split == d.train_split else open_split(cfg, eval_split, device, enc)
     return train, evald
+
+
+def run_encoder(run_dir: str | Path, cfg: Config) -> Any:
+    """The encoder of a ``--features`` run (None for other runs), checked against the weights the
+    run was trained with: a weights file whose hash differs from the one in ``results.json``
+    raises :class:`CheckpointError` (one line)."""
+    if not cfg.data.features:
+        return None
+    enc = create_run_encoder(cfg)
+    recorded = (_results(run_dir).get("embedding") or {}).get("weights_hash")
+    if recorded is None:
+        log.warning("%s records no encoder weights hash (no results.json); the weights are not checked", run_dir)
+    elif recorded != enc.weights_hash:
+        raise CheckpointError(
+            f"the encoder weights changed since '{run_dir}' was trained: {cfg.data.features} now hashes to "
+            f"{enc.weights_hash}, the run used {recorded}; restore that weights file or train the run again"
+        )
+    return enc
 
 
 def kmeans_centers(
@@ -94,7 +116,7 @@ def kmeans_centers(
             log.warning("%s has no results.json with the k-means inertia; confidences use tau = 1", run_dir)
         return centers.float().to(device), max(tau, 1e-12)
     log.warning("the checkpoint in %s has no k-means centres (unfinished run); fitting k-means on its training features", run_dir)
-    train, _ = load_run_data(cfg)
+    train, _ = load_run_data(cfg, device=device)
     feats, _ = infer_images(method, train.images, cfg.eval.batch_size, device, amp_dtype(cfg.train.amp, device), progress)
     km = kmeans(feats, info.n_clusters, n_init=cfg.eval.n_init, seed=cfg.eval.kmeans_seed)
     return km.centers.float(), max(km.inertia / max(len(feats), 1), 1e-12)
@@ -137,7 +159,7 @@ class RunPrediction:
 def predict_run(run_dir: str | Path, device: str = "auto", split: str | None = None, progress: bool = False) -> RunPrediction:
     """Reload a run and predict its evaluated images (k-means runs: the stored centres)."""
     cfg, method, info, ckpt, dev = load_run(run_dir, device)
-    _, data = load_run_data(cfg, split)
+    _, data = load_run_data(cfg, split, dev, run_encoder(run_dir, cfg))
     feats, probs = infer_images(method, data.images, cfg.eval.batch_size, dev, amp_dtype(cfg.train.amp, dev), progress)
     centers, tau = (None, 1.0)
     if method.prediction != "head_argmax" or probs is None:
@@ -163,7 +185,7 @@ def evaluate_run(run_dir: str | Path, features: str | None = None, split: str | 
         cfg.eval.features = features
     if split:
         cfg.data.eval_split = split
-    train, evald = load_run_data(cfg)
+    train, evald = load_run_data(cfg, device=dev, encoder=run_encoder(run_dir, cfg))
     pred = predict(method, cfg, info.n_clusters, train, evald, dev, amp_dtype(cfg.train.amp, dev))
     record = make_record(cfg, pred, evald, info.n_clusters, int(ckpt["epoch"]), dev, io.file_hash(Path(run_dir) / io.CHECKPOINT))
     record = add_extras(record, method, pred, evald)
@@ -173,5 +195,6 @@ def evaluate_run(run_dir: str | Path, features: str | None = None, split: str | 
 
 
 __all__ = [
-    "Config", "RunPrediction", "evaluate_run", "kmeans_centers", "load_run", "load_run_data", "predict_run", "soft_assign",
+    "Config", "RunPrediction", "evaluate_run", "kmeans_centers", "load_run", "load_run_data", "predict_run", "run_encoder",
+    "soft_assign",
 ]

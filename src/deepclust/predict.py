@@ -7,6 +7,11 @@ then clustered the way the run predicts (see :mod:`deepclust.evaluation` for the
 the confidence). Unreadable files are skipped and listed in one warning at the end. The CSV is
 written to a temporary file and renamed at the end, so a half-written file never looks done.
 
+A run trained with ``--features`` (``data.features``) embeds the images with the run's encoder
+instead (through the embedding cache under the run's ``data.cache_dir``; a folder is read at
+the encoder's resize size, unreadable files skipped) and clusters the embeddings; if the
+encoder's weights file no longer hashes to what the run recorded, it stops with one line.
+
 Columns: ``path`` (relative to the folder; for in-memory datasets the image's position),
 ``cluster`` (0..K-1), ``confidence`` (0..1).
 """
@@ -30,7 +35,7 @@ from deepclust.data.folder import decode_image, list_image_files
 from deepclust.engine.device import amp_dtype
 from deepclust.engine.evaluate import infer_images
 from deepclust.errors import ConfigError, DataError
-from deepclust.evaluation import kmeans_centers, load_run, soft_assign
+from deepclust.evaluation import kmeans_centers, load_run, run_encoder, soft_assign
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +87,35 @@ def _dataset_chunks(name: str, split: str, data_dir: str | None, mode: str, chun
         yield names[start : start + chunk_size], images[start : start + chunk_size], []
 
 
+def _embedding_chunks(run_dir: str | Path, cfg, data: str, split: str | None, data_dir: str | None,
+                      dev: torch.device, chunk_size: int, progress: bool):
+    """A ``--features`` run: the embeddings of ``data`` by the run's encoder as the chunks of
+    :func:`_folder_chunks` (names, (n, D) features, unreadable files), and the row count."""
+    from deepclust.data.open import open_dataset
+    from deepclust.pretrained import embed
+
+    enc = run_encoder(run_dir, cfg)  # the weights the run was trained with, or one line
+    folder = data.startswith("folder:")
+    if split is None:
+        split = cfg.data.eval_split if data == cfg.data.name else ("train" if folder else "test")
+    images = open_dataset(data, split, data_dir or cfg.data.data_dir,
+                          image_size=enc.preprocess.resize_size if folder else None, stream="auto")
+    emb = embed(images, enc, cfg.data.cache_dir, device=dev, amp=cfg.train.amp, progress=progress)
+    names = emb.paths if emb.paths is not None else [str(i) for i in range(emb.n_samples)]
+    skipped: list[str] = []
+    if folder:
+        root = Path(data[len("folder:"):].strip()).expanduser().absolute()
+        kept = set(names)
+        skipped = [f.relative_to(root).as_posix() for f in list_image_files(root) if f.relative_to(root).as_posix() not in kept]
+    feats = torch.from_numpy(np.array(emb.features, dtype=np.float32))
+
+    def chunks():
+        for start in range(0, emb.n_samples, chunk_size):
+            yield names[start : start + chunk_size], feats[start : start + chunk_size], skipped if start == 0 else []
+
+    return chunks(), emb.n_samples + len(skipped)
+
+
 def predict_to_csv(
     run_dir: str | Path,
     data: str,
@@ -110,7 +144,9 @@ def predict_to_csv(
         centers, tau = kmeans_centers(run_dir, cfg, method, info, ckpt, dev)
     mode = "L" if info.n_channels == 1 else "RGB"
     size = int(info.image_size)
-    if data.startswith("folder:"):
+    if cfg.data.features:
+        chunks, total = _embedding_chunks(run_dir, cfg, data, split, data_dir, dev, chunk_size, progress)
+    elif data.startswith("folder:"):
         root = Path(data[len("folder:"):].strip()).expanduser().absolute()
         files = list_image_files(root)
         total = len(files)

@@ -1,11 +1,20 @@
 """The data stage of a run: load the splits, compute the statistics the model normalises with,
 fix the number of clusters against the data, and place the training images where the loop
-reads them (resident on the device, gathered from host memory, or streamed from disk)."""
+reads them (resident on the device, gathered from host memory, or streamed from disk).
+
+With ``data.features`` (an encoder spec, ``--features``) every split is opened as images and
+embedded by that encoder (:func:`deepclust.pretrained.embed`, through the on-disk cache under
+``data.cache_dir``): the run trains in feature mode on :class:`EmbeddedFeatures`, which keep
+the embedding's record and the image paths for the report.
+"""
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from deepclust.collectives import Collectives
@@ -20,32 +29,100 @@ from deepclust.engine.stream_loader import StreamLoader
 from deepclust.errors import ConfigError, DataError
 from deepclust.methods import ClusteringMethod, DataInfo
 
-__all__ = ["data_info", "load_data", "n_clusters", "open_split", "place_data"]
+__all__ = [
+    "EmbeddedFeatures", "create_run_encoder", "data_info", "embed_images", "load_data", "n_clusters", "open_images",
+    "open_split", "place_data",
+]
+
+log = logging.getLogger(__name__)
 
 
-def open_split(cfg: Config, split: str) -> ImageData | StreamData:
-    """One split of ``cfg.data``: in memory at its stored size, or streamed (data/open.py)."""
+@dataclass
+class EmbeddedFeatures(FeatureData):
+    """:class:`FeatureData` computed by a pretrained encoder from an image dataset (``name``
+    stays the image dataset's). ``embedding``: what the result record stores under
+    ``"embedding"`` (model, weights_hash, preprocess, dim, cache); ``image_paths``: the image
+    files of a folder, row by row (None for other datasets)."""
+
+    embedding: dict[str, Any] | None = None
+    image_paths: list[str] | None = None
+
+
+def open_images(cfg: Config, split: str, image_size: int | None = None) -> ImageData | StreamData:
+    """One split of ``cfg.data`` as images: in memory at its stored size, or streamed
+    (data/open.py). ``image_size`` replaces ``data.image_size`` (e.g. a display size)."""
     d = cfg.data
     return open_dataset(
-        d.name, split, d.data_dir, d.image_size, stored_size=d.stored_size, stream=d.stream,
+        d.name, split, d.data_dir, image_size or d.image_size, stored_size=d.stored_size, stream=d.stream,
         memory_budget_gb=d.memory_budget_gb, eval_crop=d.eval_crop, decoder=d.decoder, workers=d.workers,
     )
 
 
+def open_split(cfg: Config, split: str, device: torch.device | str | None = None,
+               encoder: Any = None) -> ImageData | StreamData:
+    """One split of ``cfg.data``: the images (:func:`open_images`), or with ``data.features``
+    their embedding (:func:`embed_images`, on ``device``; default ``train.device``)."""
+    if cfg.data.features:
+        return embed_images(cfg, split, device, encoder)
+    return open_images(cfg, split)
+
+
+def create_run_encoder(cfg: Config) -> Any:
+    """The encoder of ``data.features`` at ``data.features_size`` (a bad spec fails here, one line)."""
+    from deepclust.pretrained import create_encoder  # local: timm and the weights load only for --features
+
+    return create_encoder(str(cfg.data.features), cfg.data.features_size)
+
+
+def embed_images(cfg: Config, split: str, device: torch.device | str | None = None,
+                 encoder: Any = None, check_k: bool = False) -> EmbeddedFeatures:
+    """The embedding of split ``split`` of ``cfg.data`` by ``data.features`` (computed once into
+    the cache ``data.cache_dir``, then reused), as :class:`EmbeddedFeatures`. In-memory folders
+    are read at the encoder's resize size (as ``deepclust embed`` reads them, so both share a
+    cache); one info line gives N, D, whether the cache was reused and its folder. ``check_k``:
+    check ``n_clusters`` against the images found before the encoder runs."""
+    from deepclust.pretrained import embed  # local: see create_run_encoder
+
+    d = cfg.data
+    enc = encoder if encoder is not None else create_run_encoder(cfg)
+    folder = d.name.strip().lower().startswith("folder:")
+    images = open_images(cfg, split, d.image_size or (enc.preprocess.resize_size if folder else None))
+    if images.n_samples == 0:
+        raise DataError(f"dataset '{d.name}' split '{split}' holds no images")
+    if check_k and cfg.n_clusters is not None:
+        check_n_clusters(cfg.n_clusters, images.n_samples, "training images")
+    emb = embed(images, enc, d.cache_dir, device=device if device is not None else cfg.train.device,
+                amp=cfg.train.amp, progress=cfg.train.progress)
+    m = emb.manifest
+    log.info("features %s of %s (split %s): %d images x %d features, %s; cache %s", enc.spec, d.name, split,
+             emb.n_samples, emb.dim, "reused" if emb.reused else f"computed in {emb.seconds:.1f} s", emb.path)
+    record = {"model": m.get("model"), "weights_hash": m.get("weights_hash"), "preprocess": m.get("preprocess"),
+              "dim": int(m.get("dim", emb.dim)), "cache": str(emb.path), "spec": enc.spec}
+    return EmbeddedFeatures(images=torch.from_numpy(np.array(emb.features, dtype=np.float32)), labels=emb.labels.clone(),
+                            classes=list(emb.classes), name=emb.name, split=emb.split, embedding=record,
+                            image_paths=emb.paths)
+
+
 def load_data(
-    cfg: Config, data: ImageData | tuple[ImageData, ImageData] | None = None
+    cfg: Config, data: ImageData | tuple[ImageData, ImageData] | None = None, device: torch.device | str | None = None,
 ) -> tuple[ImageData | StreamData, ImageData | StreamData]:
     """The training and the evaluated images (the same object under train+test).
 
     ``data``: in-memory data from the caller (e.g. the estimator) used instead of reading
     ``cfg.data.name``: one :class:`ImageData` / :class:`FeatureData` (trained and evaluated)
     or a (train, eval) pair. ``cfg.data.name`` then only names the data in the records.
+    With ``data.features`` the splits are embedded on ``device`` (:func:`embed_images`); the
+    encoder is built (and ``n_clusters`` checked against the images) before anything is embedded.
     """
     d = cfg.data
     if data is not None:
         train, evald = (data, data) if isinstance(data, ImageData) else data
         if not (isinstance(train, ImageData) and isinstance(evald, ImageData)):
             raise DataError("in-memory data must be an ImageData or FeatureData, or a (train, eval) pair of them")
+    elif d.features:
+        enc = create_run_encoder(cfg)  # an unknown encoder fails before any image is read
+        train = embed_images(cfg, d.train_split, device, enc, check_k=True)
+        evald = train if d.eval_split == d.train_split else embed_images(cfg, d.eval_split, device, enc)
     else:
         train = open_split(cfg, d.train_split)
         evald = train if d.eval_split == d.train_split else open_split(cfg, d.eval_split)

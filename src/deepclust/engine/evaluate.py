@@ -5,6 +5,13 @@ split k-means was fitted on), seed and checkpoint epoch (spec/evaluation.md sect
 Under ``train->test`` k-means is fitted on the training images' features and the evaluated
 images are assigned to the nearest centre. Under torchrun every process infers its shard of the
 images, rank 0 gathers the features and clusters them once (the others get None).
+
+Feature-mode records (the data are (N, D) vectors: ``--features``, an npz of features, an
+array given to the estimator) also carry ``kmeans_baseline``: k-means on the L2-normalised
+input vectors of the evaluated data (not the learned features), with ``eval.n_init`` restarts
+and ``eval.kmeans_seed``, scored like the run where labels exist: what the training added over
+clustering the inputs directly. Runs on a pretrained embedding also record ``embedding`` (the
+encoder's model, weights hash, preprocessing, D and the cache folder).
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from deepclust.cluster import assign_to_centers, kmeans, kmeans_distributed
 from deepclust.collectives import Collectives, split_sizes
 from deepclust.config import Config
 from deepclust.data import ImageData
+from deepclust.data.base import FeatureData
 from deepclust.engine.device import autocast
 from deepclust.errors import ConfigError, DataError
 from deepclust.methods import ClusteringMethod
@@ -239,7 +247,33 @@ def make_record(
                                  "ami_average": "arithmetic"}
     else:
         record["n_eval"] = len(y_pred)
+    if isinstance(eval_data, FeatureData):
+        record["kmeans_baseline"] = kmeans_baseline(eval_data, n_clusters, cfg.eval.n_init, cfg.eval.kmeans_seed, device)
+        embedding = getattr(eval_data, "embedding", None)
+        if embedding:
+            record["embedding"] = dict(embedding)
     return record
+
+
+BASELINE_INPUT = "l2-normalised features"
+
+
+def kmeans_baseline(data: FeatureData, n_clusters: int, n_init: int, seed: int,
+                    device: torch.device | None = None) -> dict[str, Any]:
+    """k-means on the L2-normalised input vectors of ``data`` (on ``device`` when given): with
+    labels ``{"acc", "nmi", "ari", "n_init", "input"}``, without ``{"n_init", "inertia", "input"}``."""
+    x = data.features
+    if device is not None:
+        x = x.to(device)
+    x = torch.nn.functional.normalize(x.float(), dim=1)
+    km = kmeans(x, n_clusters, n_init=n_init, seed=seed)
+    out: dict[str, Any] = {"n_init": n_init, "input": BASELINE_INPUT}
+    if data.has_labels:
+        scores = evaluate(data.labels.numpy(), km.labels.cpu().numpy())
+        out.update({k: float(scores[k]) for k in ("acc", "nmi", "ari")})
+    else:
+        out["inertia"] = float(km.inertia)
+    return out
 
 
 def add_extras(record: dict[str, Any], method: ClusteringMethod, pred: Prediction, eval_data: ImageData) -> dict[str, Any]:

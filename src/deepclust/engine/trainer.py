@@ -92,7 +92,7 @@ class Trainer:
         self.dist, self.device = init_distributed(resolve_device(cfg.train.device))
         self.run.is_main = self.dist.is_main  # under torchrun only rank 0 writes the run directory
         self.amp = amp_dtype(cfg.train.amp, self.device)
-        self.train_data, self.eval_data = load_data(cfg, data)
+        self.train_data, self.eval_data = load_data(cfg, data, self.device)
         self.info = data_info(cfg, self.train_data, self.eval_data)
         self.cfg = cfg = resolve_auto_model(cfg, self.info)  # a copy: the caller's config is not changed
         # On resume the initial weights come from the checkpoint (and its record of them).
@@ -151,7 +151,10 @@ class Trainer:
         try:
             with logging_redirect_tqdm():
                 for epoch in bar:
+                    t_epoch = time.perf_counter()
                     logs = self.state.last_logs = self._train_epoch(images, epoch, iters)
+                    if epoch == self.start_epoch:
+                        self._cpu_hint(time.perf_counter() - t_epoch, epoch + 1)
                     done = epoch + 1
                     bar.set_postfix_str(self._log_epoch(done, logs))
                     boundary = self._checkpoint(done)
@@ -159,6 +162,37 @@ class Trainer:
             self._save_boundary(boundary)
             raise self._interrupted(f"during epoch {done + 1}") from None
         return done, boundary
+
+    def data_kind(self) -> str:
+        """The run's data kind (presets.py): the one the config applied (``defaults``), else
+        from the data: ``features`` for vectors, ``glyph`` for one channel at <= 32 px, else
+        ``natural``."""
+        from deepclust.data.base import FeatureData
+        from deepclust.data.peek import DataShape
+        from deepclust.presets import KINDS, data_kind
+
+        if self.cfg.defaults in KINDS:
+            return self.cfg.defaults
+        data = self.train_data
+        if isinstance(data, FeatureData):
+            return "features"
+        if isinstance(data, StreamData):
+            shape = DataShape(channels=data.n_channels, size=int(data.size), n_samples=data.n_samples)
+        else:
+            shape = DataShape(channels=data.n_channels, size=min(data.image_size), n_samples=data.n_samples)
+        return data_kind(shape)
+
+    def _cpu_hint(self, seconds: float, epoch: int) -> None:
+        """After the first epoch of a CNN trained from scratch on natural images on the CPU: one
+        info line with the epoch's time, the estimate for every epoch, and the faster route."""
+        cfg = self.cfg
+        if self.device.type != "cpu" or cfg.model.init or not self.dist.is_main or self.data_kind() != "natural":
+            return
+        total = seconds * cfg.train.epochs
+        log.info("epoch %d took %s on the CPU: about %s for all %d epochs; training a CNN from scratch on natural "
+                 "images is slow on a CPU: --features timm:NAME (a pretrained encoder, e.g. timm:resnet50.a1_in1k) "
+                 "clusters its embedding in minutes (README 'Pretrained embeddings')",
+                 epoch, _duration(seconds), _duration(total), cfg.train.epochs)
 
     def _log_epoch(self, done: int, logs: dict[str, float]) -> str:
         """The epoch's line in the log and ``metrics.jsonl``, with an evaluation every
@@ -327,6 +361,15 @@ def _fmt(record: dict[str, Any]) -> str:
     if "acc" in record:
         return f"ACC {record['acc']:.4f} NMI {record['nmi']:.4f} ARI {record['ari']:.4f}"
     return f"{record['n_clusters']} clusters (no labels to score)"
+
+
+def _duration(seconds: float) -> str:
+    """``42 s``, ``12.5 min`` or ``3.2 h``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _iters_per_epoch(n: int, t: TrainConfig) -> int:

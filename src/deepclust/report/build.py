@@ -6,7 +6,9 @@ Figures (PNG, beside ``report.html``):
 - ``sizes.png``: the cluster-size histogram;
 - ``grid_<n>.png``: per cluster, the ``per_cluster`` images nearest its centre (k-means runs:
   the stored k-means centre; head runs: the mean feature of the cluster's images), up to 16
-  clusters per PNG;
+  clusters per PNG. A ``--features`` run ranks by its features but shows the original images,
+  read again from the run's image dataset at a display size of at most 64 px (matched by file
+  path for folders); a run on plain feature vectors (no images) has no grid, only a note;
 - ``tsne_clusters.png`` (and ``tsne_classes.png`` where labels exist): t-SNE (van der Maaten &
   Hinton 2008; scikit-learn, PCA init, seeded) of a seeded sample of the learned features;
 - ``confusion.png`` where labels exist: clusters x classes after Hungarian matching
@@ -24,8 +26,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from deepclust.data.base import FeatureData, resize_images
 from deepclust.engine import io
-from deepclust.errors import ConfigError
+from deepclust.engine.data_stage import open_images
+from deepclust.errors import ConfigError, DeepClustError
 from deepclust.evaluation import RunPrediction, predict_run
 from deepclust.metrics import cluster_size_stats, evaluate, match_clusters, matched_confusion
 from deepclust.report import plots
@@ -36,6 +40,7 @@ log = logging.getLogger(__name__)
 __all__ = ["build_report", "nearest_to_centers", "read_metrics", "tsne"]
 
 _ROWS_PER_GRID = 16
+DISPLAY_SIZE = 64  # side of the images a --features run's grids show
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
@@ -96,11 +101,51 @@ def _thumbnail_images(images: Any, nearest: list[np.ndarray]) -> tuple[np.ndarra
     return decoded, [np.searchsorted(shown, np.asarray(r, dtype=np.int64)) for r in nearest]
 
 
-def _grids(pred: RunPrediction, k: int, per_cluster: int, out: Path, names: list[str]) -> list[Figure]:
+def _feature_run_images(pred: RunPrediction, nearest: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]] | str:
+    """The images shown for a run on feature vectors: for a ``--features`` run the rows of
+    ``nearest`` read from the run's image dataset at :data:`DISPLAY_SIZE` (uint8 (n, C, H, W))
+    with ``nearest`` renumbered into them; otherwise, or when the images cannot be matched to
+    the embedding's rows, the note that replaces the grid."""
+    data, cfg = pred.data, pred.cfg
+    if not cfg.data.features:
+        return (f"No image grids: this run clustered feature vectors ({data.name}) without images. Train with "
+                "--features on the images (data.features) to see the images nearest each centre.")
+    try:
+        shown_data = open_images(cfg, data.split, DISPLAY_SIZE)
+    except DeepClustError as exc:
+        return f"No image grids: the images of {cfg.data.name} could not be read for display ({exc})."
+    emb_paths, disp_paths = getattr(data, "image_paths", None), shown_data.paths
+    if emb_paths is not None and disp_paths is not None:
+        pos = {p: i for i, p in enumerate(disp_paths)}
+        try:
+            rows = [np.asarray([pos[emb_paths[int(i)]] for i in r], dtype=np.int64) for r in nearest]
+        except KeyError as exc:
+            return f"No image grids: the image {exc.args[0]} of the embedding is no longer in {cfg.data.name}."
+    elif shown_data.n_samples == data.n_samples:
+        rows = [np.asarray(r, dtype=np.int64) for r in nearest]
+    else:
+        return (f"No image grids: {cfg.data.name} now holds {shown_data.n_samples} images, the embedding "
+                f"{data.n_samples}; the rows cannot be matched.")
+    shown = np.unique(np.concatenate(rows or [np.zeros(0, np.int64)]))
+    images = shown_data.images[torch.from_numpy(shown)]
+    if images.shape[-1] > DISPLAY_SIZE or images.shape[-2] > DISPLAY_SIZE:
+        images = resize_images(images, DISPLAY_SIZE)
+    return images.numpy(), [np.searchsorted(shown, r) for r in rows]
+
+
+def _grids(pred: RunPrediction, k: int, per_cluster: int, out: Path, names: list[str]) -> tuple[list[Figure], str]:
+    """The grid figures, or none and the note that says why."""
     feats, labels = pred.features.numpy(), pred.labels.numpy()
     centers = None if pred.centers is None else pred.centers.numpy()
     nearest = nearest_to_centers(feats, labels, centers, k, per_cluster)
-    images, nearest = _thumbnail_images(pred.data.images, nearest)
+    if isinstance(pred.data, FeatureData):
+        got = _feature_run_images(pred, nearest)
+        if isinstance(got, str):
+            log.info("%s", got)
+            return [], got
+        images, nearest = got
+    else:
+        images, nearest = _thumbnail_images(pred.data.images, nearest)
     y = pred.data.labels.numpy()
     sizes = np.bincount(labels, minlength=k)
     figs = []
@@ -123,7 +168,7 @@ def _grids(pred: RunPrediction, k: int, per_cluster: int, out: Path, names: list
         figs.append(Figure(file, f"Clusters {clusters[0]} to {last}: each row shows the images nearest the cluster's "
                                  "centre, closest on the left; the label gives the cluster's size"
                                  + (" and its most common class" if names else "") + "."))
-    return figs
+    return figs, ""
 
 
 def build_report(
@@ -164,7 +209,8 @@ def build_report(
     sections.append(Section("Cluster sizes", [Figure("sizes.png", f"Images per cluster; size entropy "
                                                      f"{stats['entropy_norm']:.3f} (1 = equal sizes), {stats['empty']} empty.")]))
     steps.update()
-    sections.append(Section("Clusters", _grids(pred, k, per_cluster, out, names)))
+    grids, grid_note = _grids(pred, k, per_cluster, out, names)
+    sections.append(Section("Clusters", grids, text=grid_note))
     steps.update()
 
     rng = np.random.default_rng(seed)
@@ -189,9 +235,15 @@ def build_report(
         ("prediction", "head argmax" if pred.centers is None else "nearest stored k-means centre"),
         ("mean confidence", f"{float(pred.confidence.mean()):.3f}"),
     ]
+    if cfg.data.features:
+        summary.append(("features", f"{cfg.data.features} (pretrained embedding of {cfg.data.name})"))
     for m in ("acc", "nmi", "ari"):
         if results.get(m) is not None:
             summary.append((f"{m.upper()} (results.json)", f"{results[m]:.4f}"))
+    base = results.get("kmeans_baseline") or {}
+    if base.get("acc") is not None:
+        summary.append(("k-means on the L2-normalised inputs: ACC / NMI / ARI",
+                        f"{base['acc']:.4f} / {base['nmi']:.4f} / {base['ari']:.4f}"))
     if names:
         mask = y >= 0
         scores = evaluate(y[mask], labels[mask])
