@@ -15,6 +15,9 @@ from deepclust.errors import ConfigError, DataError
 from deepclust.methods import get_method_class, list_methods
 from deepclust.presets import data_kind, kind_defaults
 
+#: the methods that train on images (SCAN clusters feature vectors only: no image config or preset)
+IMAGE_METHODS = [m for m in list_methods() if get_method_class(m).accepts_images]
+
 
 @pytest.mark.parametrize("shape, kind", [
     (DataShape(1, 8, 1797), "glyph"),
@@ -94,7 +97,7 @@ def test_shipped_configs_are_untouched(method: str) -> None:
         assert resolve_config(raw, auto=True).to_dict() == resolve_config(raw).to_dict()
 
 
-@pytest.mark.parametrize("method", list_methods())
+@pytest.mark.parametrize("method", IMAGE_METHODS)
 def test_digits_configs_are_the_glyph_preset(method: str) -> None:
     """configs/<method>/digits.yaml is the flag form on digits plus K, the protocol and the
     schedule's length: the same config whether or not the caller asks for auto defaults."""
@@ -120,7 +123,7 @@ def _leaves(d: dict, prefix: str = "") -> set[str]:
     return set().union(*(_leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}"} for k, v in d.items()))
 
 
-@pytest.mark.parametrize("method", list_methods())
+@pytest.mark.parametrize("method", IMAGE_METHODS)
 def test_fashion_mnist_configs_are_the_glyph_preset(method: str) -> None:
     """configs/<method>/fashion-mnist.yaml (after the quality matrix showed the hand-made 28 px
     ones below raw-pixel k-means) sets only RUN_KEYS over the glyph preset, and resolves to the
