@@ -74,7 +74,8 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.time()
     data = load_dataset(registered, split, args.data_dir)
     t_load = time.time() - t0
-    emb = embed(data, args.encoder, args.cache, device=args.device, image_size=args.image_size, progress=False)
+    emb = embed(data, args.encoder, args.cache, device=args.device, image_size=args.image_size, amp=args.amp,
+                progress=False)
     x, y = np.asarray(emb.features), data.labels.numpy()
     record: dict[str, Any] = {
         "benchmark": "pretrained", "dataset": name, "source": f"{registered}:{split}", "protocol": "train+test",
@@ -141,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image-size", type=int, default=160)
     p.add_argument("--cache", default=None, help="the embedding cache root (default: DEEPCLUST_CACHE or ~/.cache)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--amp", default="auto", help="the embedding's precision: auto | off | bf16 | fp16")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out-dir", default=str(RESULTS))
     p.add_argument("--table", action="store_true", help="print the table of the records in --out-dir and stop")
