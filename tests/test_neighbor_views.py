@@ -110,3 +110,39 @@ def test_neighbour_views_keep_resume_exact(tmp_path: Path) -> None:
     resumed.fit()
     for a, b in zip(full.method.state_dict().values(), resumed.method.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+# ----- an npz of feature vectors on the command line ----------------------------------------------------
+def test_an_npz_of_features_trains_in_feature_mode_with_its_kmeans_baseline(tmp_path: Path, capsys) -> None:
+    import json
+
+    from deepclust.cli import main
+
+    x, y = make_blobs(300, n_features=10, centers=3, cluster_std=1.0, random_state=1)
+    path = tmp_path / "emb.npz"
+    np.savez(path, features=x.astype(np.float32), labels=y)
+    out = tmp_path / "run"
+    code = main(["train", "--method", "scan", "--data", f"npz:{path}", "--n-clusters", "3", "--epochs", "3",
+                 "--device", "cpu", "--out", str(out), "train.progress=false", "eval.n_init=2"])
+    assert code == 0
+    record = json.loads((out / "results.json").read_text())
+    assert record["acc"] > 0.9 and record["kmeans_baseline"]["acc"] > 0.9
+    assert record["kmeans_baseline"]["input"] == "l2-normalised features"
+    cfg = (out / "config.yaml").read_text()
+    assert "defaults: features" in cfg and "backbone: mlp" in cfg
+
+
+@pytest.mark.parametrize("bad", ["nan", "int", "rank3"])
+def test_a_bad_npz_of_features_is_one_line(bad: str, tmp_path: Path, capsys) -> None:
+    from deepclust.cli import main
+
+    x = np.random.default_rng(0).normal(size=(40, 6)).astype(np.float32)
+    if bad == "nan":
+        x[3, 2] = np.nan
+    arr = {"nan": lambda: x, "int": lambda: x.astype(np.int64), "rank3": lambda: x.reshape(40, 2, 3)}[bad]()
+    path = tmp_path / "bad.npz"
+    np.savez(path, features=arr)
+    code = main(["train", "--method", "scan", "--data", f"npz:{path}", "--n-clusters", "3", "--epochs", "1",
+                 "--device", "cpu", "--out", str(tmp_path / "run"), "train.progress=false"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err

@@ -5,7 +5,10 @@ Layouts (see the shared data README):
 - pixels: ``images`` uint8 (N, H, W) or (N, H, W, 3) (also (N, C, H, W), and float in [0, 1],
   which is scaled by 255), optional ``labels`` int (N,) with -1 for unknown, ``classes`` str (K,);
 - JPEG bytes: ``jpeg`` uint8 (total,) with N files back to back, ``offsets`` int64 (N + 1,),
-  optional ``labels`` and ``classes``. Decoded once and cached as .npy (see :mod:`.cache`).
+  optional ``labels`` and ``classes``. Decoded once and cached as .npy (see :mod:`.cache`);
+- feature vectors: ``features`` float (N, D) (an embedding made elsewhere), optional ``labels``
+  and ``classes``: a :class:`FeatureData`, clustered in feature mode like an (N, D) array
+  given to the estimator.
 
 An npz file has no official split: ``train``, ``test`` and ``train+test`` all give the whole file.
 """
@@ -23,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from deepclust.data.base import ImageData, as_uint8_images, check_split, resize_images
+from deepclust.data.base import FeatureData, ImageData, as_uint8_images, check_split, resize_images
 from deepclust.data.cache import cached_array
 from deepclust.errors import DataError
 
@@ -32,7 +35,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["NPZ_SPLITS", "decode_jpeg_file", "load_npz", "read_npz"]
 
 NPZ_SPLITS = ("train", "test", "train+test")
-_LAYOUT_HINT = "expected 'images' (uint8 N,H,W[,3]) or 'jpeg' + 'offsets' (JPEG bytes), optional 'labels', 'classes'"
+_LAYOUT_HINT = ("expected 'images' (uint8 N,H,W[,3]), 'jpeg' + 'offsets' (JPEG bytes) or 'features' (float N,D), "
+                "optional 'labels', 'classes'")
 _DEFAULT_MIXED_SIZE = 64
 
 
@@ -177,7 +181,11 @@ def read_npz(path: Path, image_size: int | None = None) -> tuple[torch.Tensor, t
     path = Path(path)
     with _open_npz(path) as z:
         keys = sorted(z.files)
-        if "images" in keys:
+        if "features" in keys:
+            images = torch.from_numpy(np.ascontiguousarray(_get(z, "features", path)))
+            if images.ndim != 2 or not torch.is_floating_point(images):
+                raise DataError(f"{path}: 'features' must be a float array (N, D), got {images.dtype} {tuple(images.shape)}")
+        elif "images" in keys:
             raw = _get(z, "images", path)
             _check_finite(raw, path)
             images = as_uint8_images(raw, source=str(path))
@@ -223,5 +231,8 @@ def load_npz(path: str | Path, split: str = "train", image_size: int | None = No
     name = name or f"npz:{p}"
     check_split(name, split, NPZ_SPLITS)
     images, labels, classes = read_npz(p, image_size=image_size)
+    if images.ndim == 2:  # 'features': finite values are checked by FeatureData
+        logger.info("loaded %s: %d feature vectors of length %d", name, images.shape[0], images.shape[1])
+        return FeatureData(images=images, labels=labels, classes=classes, name=name, split=split)
     logger.info("loaded %s: %d images of shape %s", name, images.shape[0], tuple(images.shape[1:]))
     return ImageData(images=images, labels=labels, classes=classes, name=name, split=split)

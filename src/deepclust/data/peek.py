@@ -70,6 +70,10 @@ def _npz_shape(path: Path) -> DataShape:
     from deepclust.data.npz import _LAYOUT_HINT, _open_npz  # the loader's own error lines
 
     with _open_npz(path) as z:
+        if "features" in z.files:
+            with z.zip.open("features.npy") as f:
+                n, d = (_read_header(f, z, "features") + (0, 0))[:2]
+            return DataShape(channels=1, size=0, n_samples=n, n_features=d)
         if "images" in z.files:
             with z.zip.open("images.npy") as f:  # the header only, no pixels
                 shape = _read_header(f, z, "images")
