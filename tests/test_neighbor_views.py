@@ -130,6 +130,15 @@ def test_an_npz_of_features_trains_in_feature_mode_with_its_kmeans_baseline(tmp_
     assert record["kmeans_baseline"]["input"] == "l2-normalised features"
     cfg = (out / "config.yaml").read_text()
     assert "defaults: features" in cfg and "backbone: mlp" in cfg
+    # predict reads the same npz of features; self-labelling (image views) refuses in one line
+    csv = tmp_path / "c.csv"
+    assert main(["predict", str(out), "--data", f"npz:{path}", "--out", str(csv), "--device", "cpu"]) == 0
+    rows = csv.read_text().splitlines()
+    assert rows[0] == "path,cluster,confidence" and len(rows) == 301
+    capsys.readouterr()
+    assert main(["selflabel", str(out), "--epochs", "1", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "feature vectors" in err
 
 
 @pytest.mark.parametrize("bad", ["nan", "int", "rank3"])

@@ -31,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from deepclust.data import load_dataset
+from deepclust.data.base import FeatureData
 from deepclust.data.folder import decode_image, list_image_files
 from deepclust.engine.device import amp_dtype
 from deepclust.engine.evaluate import infer_images
@@ -72,10 +73,12 @@ def _folder_chunks(
 
 def _dataset_chunks(name: str, split: str, data_dir: str | None, mode: str, chunk_size: int):
     """The same chunks for a registered / npz dataset, read into memory first (the eval
-    transform resizes them to the run's size)."""
+    transform resizes them to the run's size); an npz of feature vectors gives its rows."""
     data = load_dataset(name, split, data_dir)
     images = data.images
-    if images.shape[1] != (1 if mode == "L" else 3):
+    if isinstance(data, FeatureData):  # an npz of feature vectors: rows as they are (the run checks D)
+        pass
+    elif images.shape[1] != (1 if mode == "L" else 3):
         # Match the run's channels: gray -> RGB by repetition, RGB -> gray by ITU-R 601 luma (as Pillow's "L").
         if mode == "L":
             w = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)

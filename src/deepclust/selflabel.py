@@ -173,6 +173,11 @@ def selflabel(
     if (epochs is not None and epochs < 1) or batch_size < 2:
         raise ConfigError("epochs must be >= 1 and batch_size >= 2")
     cfg, method, info, ckpt, dev = load_run(run_dir, device)
+    if info.n_features:  # its strong view is an image augmentation (RandAugment, Cutout)
+        raise ConfigError(
+            f"'{run_dir}' clusters feature vectors: self-labelling trains on strong image augmentations and "
+            "applies to runs on images only"
+        )
     if epochs is None:
         epochs = default_epochs(cfg.data.name)
     seed_everything(cfg.train.seed if seed is None else seed)
