@@ -91,11 +91,21 @@ def _cfg(method: str, out: Path, epochs: int = 2) -> object:
 def test_every_method_trains_on_neighbour_views_bound_at_fit(method: str, tmp_path: Path) -> None:
     data = _blobs()
     trainer = Trainer(_cfg(method, tmp_path), data=data)
+    seen: list[torch.Tensor] = []
+    first = trainer.method.training_step
+
+    def step(images, indices, epoch):  # the table the views use while training
+        seen.extend(p.knn for p in trainer.method.modules() if isinstance(p, FeatureAugment))
+        return first(images, indices, epoch)
+
+    trainer.method.training_step = step
     trainer.fit()
     pipes = [m for m in trainer.method.modules() if isinstance(m, FeatureAugment)]
-    assert pipes and all(p.uses_neighbors and p.knn is not None for p in pipes)
+    assert pipes and all(p.uses_neighbors for p in pipes) and seen
     ref = nearest_neighbors(data.features, 7)
-    assert all(torch.equal(p.knn.cpu(), ref) for p in pipes)
+    assert all(k is not None and torch.equal(k.cpu(), ref) for k in seen)
+    # released when training ends: a fitted model does not carry the training features
+    assert all(p.knn is None and p.table is None for p in pipes)
 
 
 def test_neighbour_views_keep_resume_exact(tmp_path: Path) -> None:

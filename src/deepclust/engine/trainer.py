@@ -137,6 +137,7 @@ class Trainer:
         broadcast_state(method, self.dist)  # torchrun: one model on every process (no-op otherwise)
         t0 = time.time()
         done, boundary = self._train_epochs(images, iters)
+        method.release_views()  # the neighbour table and its copy of the features: not kept in the model
         record, pred = self._finish(done, boundary, t0)
         self.result = FitResult(record, pred, method, self.info, self.out, cfg)
         return self.dist.broadcast_object(record)  # every process returns rank 0's record

@@ -149,6 +149,13 @@ class ClusteringMethod(nn.Module):
         for p in pipes:
             p.bind(x, knn)
 
+    def release_views(self) -> None:
+        """Called by the trainer when training ends: the neighbour pipelines drop the training
+        features and the table, so a fitted model (a pickled estimator) does not carry them."""
+        for m in self.modules():
+            if isinstance(m, FeatureAugment):
+                m.table = m.knn = None
+
     # ----- construction helpers -------------------------------------------------------------
     def build_backbone(self) -> nn.Module:
         info = self.info
