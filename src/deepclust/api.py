@@ -370,7 +370,7 @@ class DeepClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
     def _embed(self, data: ImageData, weights_hash: str | None = None) -> FeatureData:
         """``data`` (images) embedded by the ``features`` encoder through the embedding cache;
         ``weights_hash``: the hash the fit used (a changed weights file raises)."""
-        from deepclust.engine.data_stage import EmbeddedFeatures
+        from deepclust.engine.data_stage import embedded_features
         from deepclust.pretrained import create_encoder, embed
 
         if isinstance(data, FeatureData):
@@ -381,11 +381,7 @@ class DeepClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
             raise CheckpointError(f"the encoder weights changed since this DeepClusterer was fitted: {self.features} now "
                                   f"hashes to {enc.weights_hash}, the fit used {weights_hash}; restore the file or fit again")
         emb = embed(data, enc, self._data_option("cache_dir"), device=self.device, progress=bool(self.verbose))
-        m = emb.manifest
-        record = {"model": m.get("model"), "weights_hash": m.get("weights_hash"), "preprocess": m.get("preprocess"),
-                  "dim": emb.dim, "cache": str(emb.path), "spec": enc.spec}
-        return EmbeddedFeatures(images=torch.from_numpy(np.array(emb.features, dtype=np.float32)), labels=emb.labels.clone(),
-                                classes=list(emb.classes), name=emb.name, split=emb.split, embedding=record)
+        return embedded_features(emb, enc.spec)
 
     def _fit_in(self, data: ImageData, out: str, given: ImageData | None = None) -> None:
         """Train on ``data`` (the embedding with ``features``; ``given``: X as passed)."""

@@ -30,8 +30,8 @@ from deepclust.errors import ConfigError, DataError
 from deepclust.methods import ClusteringMethod, DataInfo
 
 __all__ = [
-    "EmbeddedFeatures", "create_run_encoder", "data_info", "embed_images", "load_data", "n_clusters", "open_images",
-    "open_split", "place_data",
+    "EmbeddedFeatures", "create_run_encoder", "data_info", "embed_images", "embedded_features", "load_data",
+    "n_clusters", "open_images", "open_split", "place_data",
 ]
 
 log = logging.getLogger(__name__)
@@ -93,11 +93,17 @@ def embed_images(cfg: Config, split: str, device: torch.device | str | None = No
         check_n_clusters(cfg.n_clusters, images.n_samples, "training images")
     emb = embed(images, enc, d.cache_dir, device=device if device is not None else cfg.train.device,
                 amp=cfg.train.amp, progress=cfg.train.progress)
-    m = emb.manifest
     log.info("features %s of %s (split %s): %d images x %d features, %s; cache %s", enc.spec, d.name, split,
              emb.n_samples, emb.dim, "reused" if emb.reused else f"computed in {emb.seconds:.1f} s", emb.path)
+    return embedded_features(emb, enc.spec)
+
+
+def embedded_features(emb: Any, spec: str) -> EmbeddedFeatures:
+    """An :class:`~deepclust.pretrained.Embedding` as in-memory :class:`EmbeddedFeatures`, with
+    the record entry of the encoder (model, weights hash, preprocessing, D, cache folder, spec)."""
+    m = emb.manifest
     record = {"model": m.get("model"), "weights_hash": m.get("weights_hash"), "preprocess": m.get("preprocess"),
-              "dim": int(m.get("dim", emb.dim)), "cache": str(emb.path), "spec": enc.spec}
+              "dim": int(m.get("dim", emb.dim)), "cache": str(emb.path), "spec": spec}
     return EmbeddedFeatures(images=torch.from_numpy(np.array(emb.features, dtype=np.float32)), labels=emb.labels.clone(),
                             classes=list(emb.classes), name=emb.name, split=emb.split, embedding=record,
                             image_paths=emb.paths)
