@@ -35,6 +35,7 @@ from deepclust.losses import (
     feature_decorrelation_loss,
     instance_discrimination_loss,
     nt_xent_loss,
+    scan_loss,
     secu_center_loss,
     secu_representation_loss,
     student_t_assignment,
@@ -105,6 +106,9 @@ def _cases() -> dict[str, Callable[[torch.Generator], Case]]:
         "dec_target": lambda g: (dec_target, [_prob(g, B, K)], ()),
         "dec_loss": lambda g: (dec_loss, [_prob(g, B, K)], (0,)),
         "anchor_loss": lambda g: (anchor_loss, [_prob(g, B, K), _prob(g, B, K)], (1,)),
+        "scan": lambda g: (  # (total, consistency, entropy) stacked: all three in float32
+            lambda a, n: torch.stack(scan_loss(a, n, 5.0)),
+            [3 * torch.randn(B, K, generator=g), 3 * torch.randn(B, K, generator=g)], (0, 1)),
         "sinkhorn": lambda g: (sinkhorn, [torch.rand(B, K, generator=g) * 2 - 1, 3, 0.05], ()),
         "kmeans": lambda g: (
             lambda x: kmeans(x, 5, n_init=2, seed=0).centers,
@@ -183,6 +187,7 @@ COVERS = {
     "dec_target": "dec_target",
     "dec_loss": "dec_loss",
     "anchor_loss": "anchor_loss",
+    "scan_loss": "scan",
 }
 
 
