@@ -73,6 +73,8 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict[str, Any]:
     start = machine_info(torch.device("cpu"))
     t0 = time.time()
     data = load_dataset(registered, split, args.data_dir)
+    if args.subset:  # the first N images (a quick check of the script, not a record)
+        data = data.subset(slice(0, args.subset))
     t_load = time.time() - t0
     emb = embed(data, args.encoder, args.cache, device=args.device, image_size=args.image_size, amp=args.amp,
                 progress=False)
@@ -96,7 +98,7 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict[str, Any]:
         cells = record["methods"].setdefault(method, {})
         for seed in args.seeds:
             t = time.time()
-            est = DeepClusterer(method=method, n_clusters=k, random_state=seed, verbose=False)
+            est = DeepClusterer(method=method, n_clusters=k, random_state=seed, epochs=args.epochs, verbose=False)
             labels = est.fit_predict(x)
             cells[str(seed)] = {**_scores(y, labels), "seconds": round(time.time() - t, 1), "epochs": est.config_.train.epochs}
             logging.info("%s %s seed %d: %s", name, method, seed, cells[str(seed)])
@@ -144,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", default="auto", help="the embedding's precision: auto | off | bf16 | fp16")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--epochs", type=int, default=None, help="override the estimator's default epochs (checks only)")
+    p.add_argument("--subset", type=int, default=None, help="the first N images only (checks only)")
     p.add_argument("--out-dir", default=str(RESULTS))
     p.add_argument("--table", action="store_true", help="print the table of the records in --out-dir and stop")
     args = p.parse_args(argv)
