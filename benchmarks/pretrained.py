@@ -86,7 +86,8 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict[str, Any]:
             "model": emb.manifest.get("model"), "weights_hash": emb.manifest.get("weights_hash"),
             "preprocess": emb.manifest.get("preprocess"), "dim": int(x.shape[1]),
             "precision": emb.manifest.get("precision"), "reused": bool(emb.reused),
-            "seconds": round(emb.seconds, 1), "images_per_s": round(len(x) / emb.seconds, 1) if emb.seconds else None,
+            "seconds": round(emb.seconds, 1), "rows_computed": int(emb.rows_computed),  # a resumed cache: the rest only
+            "images_per_s": round(emb.rows_computed / emb.seconds, 1) if emb.seconds else None,
         },
         "load_seconds": round(t_load, 1), "seeds": args.seeds, "kmeans": {}, "methods": {},
     }
