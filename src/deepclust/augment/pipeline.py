@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from deepclust.augment import ops
+from deepclust.augment.features import FEATURE_VIEWS
 from deepclust.augment.views import ViewBatch
 from deepclust.errors import ConfigError
 
@@ -130,8 +131,8 @@ class AugmentConfig:
         self._check_feature_views()
 
     def _check_feature_views(self) -> None:
-        if self.feature_views not in ("neighbors", "noise"):
-            raise ConfigError(f"augment.feature_views must be 'neighbors' or 'noise', got {self.feature_views!r}")
+        if self.feature_views not in FEATURE_VIEWS:
+            raise ConfigError(f"augment.feature_views must be one of {', '.join(FEATURE_VIEWS)}, got {self.feature_views!r}")
         if not isinstance(self.feature_l2, bool):
             raise ConfigError(f"augment.feature_l2 must be true or false, got {self.feature_l2!r}")
         if not isinstance(self.neighbors, int) or isinstance(self.neighbors, bool) or self.neighbors < 1:
