@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from deepclust.errors import ConfigError, DataError
+from deepclust.methods import get_method_class, list_methods
 from deepclust.presets import DEFAULTS_CHOICES
 
 __all__ = ["CROSS", "DELEGATED", "FREE", "RULES", "Rule", "check_n_clusters", "validate", "unruled_fields"]
@@ -205,8 +206,10 @@ def _cross_milestones(cfg: Any) -> str | None:
 
 
 def _cross_memory(cfg: Any) -> str | None:
-    if cfg.eval.features == "memory" and cfg.method != "idfd":
-        return f"eval.features=memory needs IDFD's memory bank, but the method is '{cfg.method}'; use eval.features=clean"
+    if cfg.eval.features == "memory" and not get_method_class(cfg.method).has_memory_bank:
+        banks = ", ".join(c.__name__ for c in map(get_method_class, list_methods()) if c.has_memory_bank)
+        return (f"eval.features=memory needs a method with a memory bank ({banks}), but the method is "
+                f"'{cfg.method}'; use eval.features=clean")
     if cfg.eval.features == "memory" and cfg.data.train_split != cfg.data.eval_split:
         return ("eval.features=memory clusters the trained images' memory bank, so data.eval_split must equal "
                 f"data.train_split ('{cfg.data.train_split}'); use eval.features=clean for train->test")

@@ -17,8 +17,9 @@ The rule (README "Defaults by data kind"):
   views without a horizontal flip or colour jitter beyond brightness/contrast, gentle crops
   (scale [0.5, 1], ratio [0.8, 1.25]) and small affine moves (p 0.5: up to 10 degrees, 5
   degrees of shear, 10 % shift); a cosine schedule; per method the optimiser and the few
-  settings that fail on such data (below); SeCu and CDC also thicken the strokes of half their
-  views, at half strength.
+  settings that fail on such data, declared by the method itself (``glyph_preset``,
+  ``glyph_batch`` on :class:`deepclust.methods.ClusteringMethod`), such as gentle stroke-width
+  views (``augment.THICKEN_HALF``).
 - **natural**: everything else (RGB, or grayscale above 32 px). The method's own SimCLR-style
   views and backbone choice (models.auto_backbone: ResNet-18 with the stem for the size), a
   cosine schedule.
@@ -29,10 +30,10 @@ resolved config stores the kind that was applied, so a run directory says which 
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from deepclust.data.peek import DataShape
+from deepclust.methods import get_method_class
 
 __all__ = ["DEFAULTS_CHOICES", "KINDS", "data_kind", "describe", "kind_defaults"]
 
@@ -52,65 +53,6 @@ _GLYPH_AUGMENT: dict[str, Any] = {
     "affine_shear": 5.0,
 }
 
-# SeCu and CDC on glyph data: with probability 0.5 a view's strokes get thicker (never thinner),
-# by a blend of half-way towards a 3x3 dilation (ops.random_stroke; erosion where the strokes are
-# dark). Without it both fell apart on font-drawn glyphs in one seed of three (glyphs16 seed 2:
-# SeCu ACC 0.679, CDC 0.524; 0.948 / 0.828 with it). Full strength, or thinning as well, erased
-# the strokes of 8 px digits upsampled to 16 px and cost digits and mnist-5k up to 25 points
-# (benchmarks/results/exploration_16/README.md, "Half-strength thickening").
-_THICKEN: dict[str, Any] = {"stroke_p": 0.5, "stroke_thin": 0.0, "stroke_strength": 0.5}
-
-# Per method on glyph data (library choices, measured in benchmarks/quality_matrix.py):
-_GLYPH_METHOD: dict[str, dict[str, Any]] = {
-    "idfd": {  # batch 16 and its lr: kind_defaults
-        "optim": {"name": "sgd", "momentum": 0.9, "weight_decay": 5e-4},
-    },
-    "secu": {  # batch and lr by dataset size: kind_defaults
-        "optim": {"name": "sgd", "momentum": 0.9, "weight_decay": 1e-4, "warmup_epochs": 3},
-        "augment": {"blur_sigma": [0.1, 1.0], **_THICKEN},
-        "method_args": {"n_heads": 3},
-    },
-    "cdc": {
-        "optim": {"name": "adam", "lr": 1e-3, "weight_decay": 0.0},
-        "train": {"batch_size": 256},
-        "augment": dict(_THICKEN),
-        # tau_p 0.5: the categorical weight exp(p_a.p_b / tau_p) spans [1, e^2] instead of [1, e]
-        # (Reading A, spec cdc.md 3.2); with 1.0 the head fell below k-means on Fashion-MNIST
-        # for 2 of 3 seeds (benchmarks/results/cdc_fashion-mnist_test_cpu_taup1*.json)
-        "method_args": {"tau_p": 0.5},
-    },
-    "anchorcl": {
-        "optim": {"name": "adam", "lr": 1e-3, "weight_decay": 0.0},
-        "train": {"batch_size": 128},
-        # the first half of the epochs on the instance loss alone, then k-means centres from
-        # the trained features: from the untrained network 2 of 3 digits seeds merged two classes;
-        # 0.5 instead of 0.25 lifted the worst Fashion-MNIST seed from 0.620 to 0.660
-        "method_args": {"instance_warmup": 0.5},
-    },
-}
-
-
-# glyph presets: the learning rate at batch B (measured at 128 and 16 on digits): IDFD
-# 0.05 sqrt(B / 128) (0.1 at 128 fell to ACC 0.64), SeCu linear, 0.1 B / 128
-_LR_AT_BATCH = {"idfd": lambda b: 0.05 * math.sqrt(b / 128), "secu": lambda b: 0.1 * b / 128}
-
-
-def _glyph_batch(method: str, n_samples: int) -> int:
-    """The batch of IDFD and SeCu on glyph data of ``n_samples`` images.
-
-    IDFD and SeCu take no negatives from the batch (a memory bank; cluster centres), and on
-    small data they need many small steps: on digits (1,797 images, 40 epochs) batch 128 gave
-    IDFD ACC 0.81 and SeCu 0.20 (collapsed: whole batches took one label), batch 16 with a
-    lower rate 0.92 and 0.95. SeCu: B ~ N / 100, a power of two in [16, 128]. IDFD: 16 at every
-    size, since its 40-epoch runs are short of steps (80 epochs lift Fashion-MNIST's 0.635 to
-    0.700): on the 5,000-image Fashion-MNIST draw the worst of seeds 0-2 went ACC 0.635 / NMI
-    0.609 (B 64), 0.660 / 0.622 (32), 0.690 / 0.636 (16), for about 35 % more time
-    (benchmarks/results/exploration_16/, "Third round").
-    """
-    if method == "idfd":
-        return 16
-    return int(min(128, max(16, 2 ** round(math.log2(max(1, n_samples) / 100)))))
-
 
 def data_kind(shape: DataShape) -> str:
     """``features`` for vectors, ``glyph`` for one channel at <= 32 px, else ``natural``."""
@@ -122,25 +64,32 @@ def data_kind(shape: DataShape) -> str:
 
 
 def kind_defaults(method: str, kind: str, shape: DataShape) -> dict[str, Any]:
-    """The preset (a nested config dict) of ``kind`` for ``method`` on data of ``shape``."""
+    """The preset (a nested config dict) of ``kind`` for ``method`` on data of ``shape``.
+
+    On glyph data the method's own declarations complete the shared preset:
+    ``ClusteringMethod.glyph_batch`` (the batch and rate by the data's size) and
+    ``ClusteringMethod.glyph_preset`` (its settings, merged section by section last).
+    """
     if kind in ("features", "natural"):  # the method's own views and backbone rule
         return {"optim": {"schedule": "cosine"}}
     if kind != "glyph":
         raise ValueError(f"unknown data kind {kind!r}; one of {', '.join(KINDS)}")
-    # Every glyph at 16 px, width 32: on the Fashion-MNIST draw (28 px) every method's worst
-    # seed rose (ACC 0.56-0.70 at 28 px, width 16 -> 0.62-0.72) for about the same CPU time,
-    # while IDFD at 28 px, width 32 stayed at 0.58 (benchmarks/results/exploration_16/).
+    cls = get_method_class(method)
+    # Every glyph at 16 px, width 32: on the Fashion-MNIST draw (28 px) every method's worst seed
+    # rose over 28 px at width 16 for about the same CPU time, and IDFD's over 28 px at width 32
+    # too (README, "Defaults by data kind").
     out: dict[str, Any] = {
         "data": {"image_size": 16},
         "model": {"backbone": "small_cnn", "feature_dim": 128, "width": 32},
         "optim": {"schedule": "cosine"},
         "augment": dict(_GLYPH_AUGMENT),
     }
-    if method in _LR_AT_BATCH and shape.n_samples > 0:  # the batch by _glyph_batch, the rate by _LR_AT_BATCH
-        b = _glyph_batch(method, shape.n_samples)
+    batch = cls.glyph_batch(shape.n_samples) if shape.n_samples > 0 else None
+    if batch is not None:
+        b, lr = batch
         out["train"] = {"batch_size": b}
-        out["optim"] = {**out["optim"], "lr": round(_LR_AT_BATCH[method](b), 6)}
-    for section, values in _GLYPH_METHOD.get(method, {}).items():  # sections are flat dicts here
+        out["optim"] = {**out["optim"], "lr": round(lr, 6)}
+    for section, values in cls.glyph_preset.items():  # sections are flat dicts here
         out[section] = {**out.get(section, {}), **values}
     return out
 

@@ -30,7 +30,7 @@ from deepclust.augment.ops import (
     solarize,
     to_float,
 )
-from deepclust.augment.pipeline import Augment, AugmentConfig, EvalTransform, StrongAugment
+from deepclust.augment.pipeline import THICKEN_HALF, Augment, AugmentConfig, EvalTransform, StrongAugment
 from deepclust.augment.features import FeatureAugment, FeatureEvalTransform
 
 __all__ = [
@@ -41,5 +41,6 @@ __all__ = [
     "FeatureAugment",
     "FeatureEvalTransform",
     "StrongAugment",
+    "THICKEN_HALF",
     *ops.__all__,
 ]

@@ -28,7 +28,15 @@ from deepclust.augment.features import FEATURE_VIEWS
 from deepclust.augment.views import ViewBatch
 from deepclust.errors import ConfigError
 
-__all__ = ["AugmentConfig", "Augment", "EvalTransform", "StrongAugment"]
+__all__ = ["AugmentConfig", "Augment", "EvalTransform", "StrongAugment", "THICKEN_HALF"]
+
+# The gentle stroke-width views a method may add to its glyph preset (SeCu and CDC do:
+# ClusteringMethod.glyph_preset): with probability 0.5 a view's strokes get thicker, never thinner,
+# by a blend half-way towards a 3x3 dilation (ops.random_stroke; erosion where the strokes are
+# dark). They bridge bold and light font faces; full strength, or thinning as well, erased the
+# strokes of 8 px digits upsampled to 16 px. The figures: README, "Defaults by data kind", and the
+# records under benchmarks/results/ that it cites.
+THICKEN_HALF: dict[str, Any] = {"stroke_p": 0.5, "stroke_thin": 0.0, "stroke_strength": 0.5}
 
 
 def _is_number(v: Any) -> bool:

@@ -9,6 +9,7 @@ what is specific to the paper.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -62,7 +63,10 @@ class ClusteringMethod(nn.Module):
     implements :meth:`training_step` and :meth:`infer`. The other hooks have defaults that do
     nothing; override those the paper needs (``setup``, ``on_epoch_start``,
     ``after_optimizer_step``, ``param_groups``, ``lr_scale``, ``evaluation_extras``,
-    ``memory_bank``, ``head_centers``, ``defaults``). The trainer runs ``training_step`` under
+    ``memory_bank``, ``head_centers``, ``defaults``). What the configuration needs to know of a
+    method without building it is declared as class attributes (``accepts_images``,
+    ``has_memory_bank``, ``glyph_preset``, ``glyph_batch``), so presets.py and config_rules.py
+    name no method. The trainer runs ``training_step`` under
     the configured autocast; a method computes its precision-sensitive parts in fp32 itself.
 
     Feature mode (``info.n_features`` > 0): every :class:`Augment` a method assigns to an
@@ -89,6 +93,22 @@ class ClusteringMethod(nn.Module):
     #: False for a method that clusters feature vectors only (SCAN: neighbours of a pretrained
     #: embedding); create_method then refuses images with one line that says to embed them first
     accepts_images: ClassVar[bool] = True
+    #: True for a method whose :meth:`memory_bank` holds an (N, D) per-sample memory (IDFD);
+    #: ``eval.features=memory`` is refused for the others (config_rules)
+    has_memory_bank: ClassVar[bool] = False
+    # ----- the glyph preset (presets.py, ``defaults: glyph``: one channel, <= 32 px) ---------------
+    #: what this method changes in the shared glyph preset: section -> {field: value}, each section
+    #: a flat dict merged over the preset's own. The values were chosen with
+    #: benchmarks/quality_matrix.py; the figures are in the README ("Defaults by data kind") and
+    #: the records under benchmarks/results/, not in the code.
+    glyph_preset: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+
+    @classmethod
+    def glyph_batch(cls, n_samples: int) -> tuple[int, float] | None:
+        """The batch size and learning rate on glyph data of ``n_samples`` (> 0) images, for a
+        method whose batch follows the data's size; ``None`` (the default) leaves both to
+        :attr:`glyph_preset` and :meth:`defaults`. The preset rounds the rate to 6 decimals."""
+        return None
 
     @dataclass
     class Options:

@@ -69,6 +69,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from deepclust.augment import THICKEN_HALF
 from deepclust.cluster import sinkhorn
 from deepclust.errors import ConfigError
 from deepclust.losses.cdc import (
@@ -100,6 +101,15 @@ class CDC(ClusteringMethod):
 
     name = "cdc"
     prediction = "head_argmax"
+    glyph_preset = {
+        "optim": {"name": "adam", "lr": 1e-3, "weight_decay": 0.0},
+        "train": {"batch_size": 256},
+        "augment": dict(THICKEN_HALF),
+        # tau_p 0.5: the categorical weight exp(p_a.p_b / tau_p) spans [1, e^2] instead of [1, e]
+        # (Reading A, spec cdc.md 3.2); with 1.0 the head fell below k-means on Fashion-MNIST
+        # (benchmarks/results/, the cdc_fashion-mnist_test_cpu_taup1 records)
+        "method_args": {"tau_p": 0.5},
+    }
 
     @dataclass
     class Options:

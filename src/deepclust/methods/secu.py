@@ -67,7 +67,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from deepclust.augment import Augment
+from deepclust.augment import THICKEN_HALF, Augment
 from deepclust.errors import ConfigError
 from deepclust.losses.secu import secu_center_loss, secu_representation_loss
 from deepclust.precision import fp32
@@ -152,6 +152,21 @@ class SeCu(ClusteringMethod):
     stem_init = "kaiming"  # SeCu's (SCAN's) ResNets Kaiming-initialise the stem too (secu.md 8)
     prediction = "head_argmax"
     eval_head = 0  # the head whose K equals n_clusters
+    # Glyph data: SGD with 3 warm-up epochs, 3 heads, a milder blur and the gentle stroke views;
+    # the batch and its rate by glyph_batch.
+    glyph_preset = {
+        "optim": {"name": "sgd", "momentum": 0.9, "weight_decay": 1e-4, "warmup_epochs": 3},
+        "augment": {"blur_sigma": [0.1, 1.0], **THICKEN_HALF},
+        "method_args": {"n_heads": 3},
+    }
+
+    @classmethod
+    def glyph_batch(cls, n_samples: int) -> tuple[int, float]:
+        """A batch of about N / 100, a power of two in [16, 128], at the linear rate 0.1 B / 128.
+        SeCu takes no negatives from the batch (cluster centres), and on small data a large
+        batch collapses it (whole batches take one label; README, "Defaults by data kind")."""
+        b = int(min(128, max(16, 2 ** round(math.log2(max(1, n_samples) / 100)))))
+        return b, 0.1 * b / 128
 
     @dataclass
     class Options:
