@@ -13,10 +13,13 @@ from deepclust.data.registry import (
     resolve_data_dir,
 )
 from deepclust.data.open import open_dataset
+from deepclust.data.spec import DATASET_SPECS, DatasetSpec
 from deepclust.data.stream import StreamData
 
 __all__ = [
     "DATASETS",
+    "DATASET_SPECS",
+    "DatasetSpec",
     "ImageData",
     "IndexedDataset",
     "list_datasets",

@@ -22,6 +22,7 @@ from deepclust.data import folder
 from deepclust.data.base import ImageData
 from deepclust.data.imagenet import list_folder, stream_folder, stream_imagenet
 from deepclust.data.registry import load_dataset, resolve_data_dir
+from deepclust.data.spec import DATASET_SPECS
 from deepclust.data.stream import StreamData
 from deepclust.errors import DataError
 
@@ -29,7 +30,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["NATIVE_SIZE", "open_dataset", "memory_budget_bytes"]
 
-NATIVE_SIZE = frozenset({"digits", "cifar10", "cifar10-jpeg", "cifar100", "cifar100-20", "fashion-mnist", "stl10", "tiny-imagenet"})
+#: the datasets stored at their one native size (DatasetSpec.native_size)
+NATIVE_SIZE = frozenset(name for name, spec in DATASET_SPECS.items() if spec.native_size)
 _PROBE = 512
 
 

@@ -1,7 +1,7 @@
 """What a dataset looks like, without loading it: channels, native size, image count.
 
-:func:`peek` reads array headers (``npz:``), sampled image headers (``folder:``) or a fixed table
-(the registered datasets), so choosing defaults by data kind (:mod:`deepclust.presets`) costs
+:func:`peek` reads array headers (``npz:``), sampled image headers (``folder:``) or the dataset's
+spec (the registered datasets, data/spec.py), so choosing defaults by data kind (:mod:`deepclust.presets`) costs
 milliseconds even on ImageNet. A source it cannot read raises the same DataError that loading
 it would.
 """
@@ -17,6 +17,7 @@ from PIL import Image
 
 from deepclust.data.base import image_layout
 from deepclust.data.folder import _GRAY_MODES, probe_folder
+from deepclust.data.spec import DATASET_SPECS
 from deepclust.errors import DataError
 
 __all__ = ["DataShape", "peek", "shape_of"]
@@ -31,22 +32,6 @@ class DataShape:
     size: int
     n_samples: int
     n_features: int = 0
-
-
-# name -> (channels, native size, training images); ImageNet subsets are stored at their own sizes.
-_KNOWN: dict[str, tuple[int, int, int]] = {
-    "digits": (1, 8, 1797),
-    "fashion-mnist": (1, 28, 60000),
-    "cifar10": (3, 32, 50000),
-    "cifar10-jpeg": (3, 32, 50000),
-    "cifar100": (3, 32, 50000),
-    "cifar100-20": (3, 32, 50000),
-    "stl10": (3, 96, 13000),
-    "imagenet10": (3, 224, 13000),
-    "imagenet-dogs": (3, 224, 19500),
-    "tiny-imagenet": (3, 64, 100000),
-    "imagenet": (3, 224, 1281167),
-}
 
 
 def shape_of(images_shape: tuple[int, ...]) -> DataShape:
@@ -113,7 +98,7 @@ def peek(name: str, data_dir: str | None = None) -> DataShape:
         if scheme.strip().lower() == "folder":
             return _folder_shape(p)
         raise DataError(f"unknown dataset prefix {scheme + ':'!r} in {name!r}; use npz:PATH or folder:PATH")
-    key = _canonical(name)
-    if key not in _KNOWN:
+    spec = DATASET_SPECS.get(_canonical(name))
+    if spec is None:
         raise DataError(_unknown_message(name))
-    return DataShape(*_KNOWN[key])
+    return DataShape(spec.channels, spec.size, spec.n_train)

@@ -1,4 +1,5 @@
-"""The dataset registry: a plain dict from name to loader, and :func:`load_dataset`.
+"""The dataset registry: the loaders and splits of the registered datasets (one
+:class:`~deepclust.data.spec.DatasetSpec` each, data/spec.py), and :func:`load_dataset`.
 
 A loader is ``fn(data_dir: Path, split: str, image_size: int | None) -> ImageData``. Names
 with a ``:`` are ``npz:PATH`` or ``folder:PATH`` (PATH relative to the working directory).
@@ -10,55 +11,24 @@ import difflib
 import logging
 import os
 from pathlib import Path
-from typing import Callable
 
-from deepclust.data import folder, npz, standard
+from deepclust.data import folder, npz
 from deepclust.data.base import ImageData
+from deepclust.data.spec import DATASET_SPECS, Loader
 from deepclust.errors import DataError
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["DATASETS", "DATASET_SPLITS", "list_datasets", "list_splits", "load_dataset", "resolve_data_dir"]
 
-Loader = Callable[[Path, str, "int | None"], ImageData]
-
-
-def _imagenet(data_dir: Path, split: str, image_size: int | None) -> ImageData:
-    raise DataError(
-        "dataset 'imagenet' (1.28M images) is read by streaming only, not into memory: train on it "
-        "(e.g. deepclust train secu/imagenet) or open it with deepclust.data.open_dataset"
-    )
-
-
-DATASETS: dict[str, Loader] = {
-    "digits": lambda d, s, z: standard.load_digits(d, s, z),
-    "cifar10": lambda d, s, z: standard.load_cifar10(d, s, z),
-    "cifar10-jpeg": lambda d, s, z: standard.load_cifar10(d, s, z, jpeg_only=True),
-    "cifar100-20": lambda d, s, z: standard.load_cifar100(d, s, z, coarse=True),
-    "cifar100": lambda d, s, z: standard.load_cifar100(d, s, z, coarse=False),
-    "fashion-mnist": lambda d, s, z: standard.load_fashion_mnist(d, s, z),
-    "stl10": lambda d, s, z: standard.load_stl10(d, s, z),
-    "imagenet10": lambda d, s, z: folder.load_imagenet_subset("imagenet10", folder.IMAGENET10_CLASSES, d, s, z),
-    "imagenet-dogs": lambda d, s, z: folder.load_imagenet_subset("imagenet-dogs", folder.IMAGENET_DOGS_CLASSES, d, s, z),
-    "tiny-imagenet": lambda d, s, z: folder.load_tiny_imagenet(d, s, z),
-    "imagenet": _imagenet,
-}
-
+# The old lookups, derived from the one spec per dataset (data/spec.py).
+DATASETS: dict[str, Loader] = {name: spec.loader for name, spec in DATASET_SPECS.items()}
 DATASET_SPLITS: dict[str, tuple[str, ...]] = {
-    "digits": standard.DIGITS_SPLITS,
-    "cifar10": standard.CIFAR_SPLITS,
-    "cifar10-jpeg": standard.CIFAR_SPLITS,
-    "cifar100-20": standard.CIFAR_SPLITS,
-    "cifar100": standard.CIFAR_SPLITS,
-    "fashion-mnist": standard.CIFAR_SPLITS,
-    "stl10": standard.STL10_SPLITS,
-    "imagenet10": ("train", "train+test"),
-    "imagenet-dogs": ("train", "train+test"),
-    "tiny-imagenet": folder.TINY_IMAGENET_SPLITS,
-    "imagenet": ("train", "val"),
+    **{name: spec.splits for name, spec in DATASET_SPECS.items()},
     "npz": npz.NPZ_SPLITS,
     "folder": folder.FOLDER_SPLITS,
 }
+_ALIASES = {alias: name for name, spec in DATASET_SPECS.items() for alias in spec.aliases}
 
 
 def list_datasets() -> list[str]:
@@ -82,9 +52,7 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
 
 def _canonical(name: str) -> str:
     n = name.strip().lower().replace("_", "-")
-    aliases = {"fashionmnist": "fashion-mnist", "cifar100-superclass": "cifar100-20", "imagenetdogs": "imagenet-dogs",
-               "tinyimagenet": "tiny-imagenet", "stl-10": "stl10", "cifar-10": "cifar10", "cifar-100": "cifar100"}
-    return aliases.get(n, n)
+    return _ALIASES.get(n, n)
 
 
 def _unknown_message(name: str) -> str:
