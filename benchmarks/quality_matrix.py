@@ -48,9 +48,14 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
+from deepclust.methods import METHODS as REGISTRY
+from deepclust.methods import get_method_class
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-METHODS = ("idfd", "secu", "cdc", "anchorcl")
+# every method that trains on images (scan clusters a pretrained embedding: benchmarks/pretrained.py),
+# in the registry's order (deepclust.methods.METHODS), the order of the records and tables
+METHODS = tuple(m for m in REGISTRY if get_method_class(m).accepts_images)
 # dataset key -> (dataset name, split, shipped config name or None, subset size or None).
 # glyphs16 and mnist-5k are the held-out checks of the data-kind defaults (never tuned on),
 # built into --glyphs / --mnist when missing by the script in BUILDERS.

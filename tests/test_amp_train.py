@@ -29,10 +29,12 @@ from deepclust.config import resolve_config
 from deepclust.engine.fastpath import _to_channels_last, fused_supported
 from deepclust.methods import DataInfo, create_method, get_method_class, list_methods
 
-METHODS = ["idfd", "secu", "cdc", "anchorcl"]
+# every method that trains on images (scan clusters feature vectors only: tests/test_scan.py)
+METHODS = [m for m in list_methods() if get_method_class(m).accepts_images]
 AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
 STEP_RTOL = {"bf16": 5e-2, "fp16": 1e-2, "channels_last": 1e-4}
-#: smaller heads than the defaults keep the CLI runs cheap (half precision is slow on a CPU)
+#: smaller heads than the defaults keep the CLI runs cheap (half precision is slow on a CPU);
+#: a method not named here runs with its defaults
 SMALL = {
     "idfd": [],
     "secu": ["method_args.n_heads=2"],
@@ -41,10 +43,8 @@ SMALL = {
 }
 
 
-def test_the_four_methods_are_covered() -> None:
-    # every method that trains on images (scan clusters feature vectors only: tests/test_scan.py)
-    images = [m for m in list_methods() if get_method_class(m).accepts_images]
-    assert sorted(images) == sorted(METHODS)
+def test_the_image_methods_are_covered() -> None:
+    assert METHODS and set(SMALL) <= set(METHODS)  # no stale name among the reduced settings
 
 
 @pytest.mark.slow
@@ -59,7 +59,7 @@ def test_cli_trains_two_epochs_under_autocast_with_fast_paths(method: str, amp: 
         "train", "--method", method, "--data", "digits", "--epochs", "2", "--device", "cpu",
         "--batch-size", "512", "--out", str(out), "train.progress=false", "eval.n_init=1",
         "model.backbone=small_cnn", "model.width=8", f"train.amp={amp}", "train.channels_last=true",
-        f"optim.fused={fused}", "model.feature_dim=32", *SMALL[method],
+        f"optim.fused={fused}", "model.feature_dim=32", *SMALL.get(method, []),
     ])
     err = capsys.readouterr().err
     assert code == 0, err
