@@ -229,7 +229,8 @@ class DeepClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
 
     Parameters
     ----------
-    method : "idfd" | "secu" | "cdc" | "anchorcl" | "scan" (feature vectors or ``features=`` only)
+    method : a name from :func:`deepclust.methods.list_methods`; one that clusters feature vectors
+        only (``accepts_images`` False: "scan") needs vectors or ``features=``.
     n_clusters : number of clusters K, 2 <= K <= number of samples.
     backbone : "auto" (small CNN for small grayscale images, ResNet-18 otherwise, MLP for
         feature vectors) or a name from :func:`deepclust.models.list_backbones`.

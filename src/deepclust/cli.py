@@ -306,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_train_flags(t: argparse.ArgumentParser, out_help: str) -> None:
     """The flag form of a run's config (shared by ``train`` and ``sweep-k``)."""
     t.add_argument("config", nargs="*", help="CONFIG.yaml (or a packaged name such as idfd/cifar10), then key=value overrides")
-    t.add_argument("--method", help="idfd | secu | cdc | anchorcl")
+    t.add_argument("--method", help="a method (`deepclust list` names them)")
     t.add_argument("--data", help="dataset: digits, cifar10, fashion-mnist, npz:PATH, folder:PATH, ...")
     t.add_argument("--data-dir", help="where datasets live (default $DEEPCLUST_DATA or ./data)")
     t.add_argument("--epochs", type=int)
