@@ -76,8 +76,8 @@ def kind_defaults(method: str, kind: str, shape: DataShape) -> dict[str, Any]:
         raise ValueError(f"unknown data kind {kind!r}; one of {', '.join(KINDS)}")
     cls = get_method_class(method)
     # Every glyph at 16 px, width 32: on the Fashion-MNIST draw (28 px) every method's worst seed
-    # rose over 28 px at width 16 for about the same CPU time, and IDFD's over 28 px at width 32
-    # too (README, "Defaults by data kind").
+    # rose over 28 px at width 16 for about the same CPU time, and over 28 px at width 32 where
+    # that was tried too (README, "Defaults by data kind").
     out: dict[str, Any] = {
         "data": {"image_size": 16},
         "model": {"backbone": "small_cnn", "feature_dim": 128, "width": 32},
