@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from deepclust.data import DATASET_SPECS, list_datasets, list_splits, load_dataset
+from deepclust.data import DATASET_SPECS, list_datasets, list_splits, load_dataset, registry
 from deepclust.data import open as open_mod
-from deepclust.data import registry
 from deepclust.data.peek import DataShape, peek
 from deepclust.errors import DataError
 

@@ -22,7 +22,8 @@ FEATURE_INFO = DataInfo(n_samples=32, n_channels=1, image_size=1, mean=[0.0], st
 @pytest.mark.parametrize("name", list_methods())
 def test_has_memory_bank_says_whether_the_method_keeps_one(name: str) -> None:
     cls = get_method_class(name)
-    method = create_method(resolve_config({"method": name, "n_clusters": 3}), INFO if cls.accepts_images else FEATURE_INFO)
+    info = INFO if cls.accepts_images else FEATURE_INFO
+    method = create_method(resolve_config({"method": name, "n_clusters": 3}), info)
     bank = method.memory_bank()
     assert (bank is not None) == cls.has_memory_bank
     if bank is not None:

@@ -26,7 +26,8 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
         "With --kmeans: deepclust's k-means against scikit-learn's (and faiss's) on the same features.",
     )
     b.add_argument("overrides", nargs="*", help="key=value config overrides (e.g. train.amp=off)")
-    b.add_argument("--method", default="idfd", help="a method that trains on images (default idfd; `deepclust list` names them)")
+    b.add_argument("--method", default="idfd",
+                   help="a method that trains on images (default idfd; `deepclust list` names them)")
     b.add_argument("--data", default="cifar10", help="dataset (default cifar10); its packaged config is the base")
     b.add_argument("--data-dir", default=None, help="data directory (default: $DEEPCLUST_DATA)")
     b.add_argument("--split", default=None, help="training split (default: the config's)")
