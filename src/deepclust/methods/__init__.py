@@ -1,4 +1,12 @@
-"""Method registry: a plain dict from name to class, with ``list_methods`` / ``create_method``."""
+"""Method registry: a plain dict from name to class, with ``list_methods`` / ``create_method``.
+
+Adding a method: its file here (a :class:`ClusteringMethod` subclass that declares what the
+rest of the library asks of it: ``name``, ``prediction``, ``Options``, ``defaults()``,
+``accepts_images``, ``has_memory_bank``, ``glyph_preset`` / ``glyph_batch``), its loss under
+``deepclust/losses/``, its configs under ``configs/<name>/``, its docs page, and its line in
+:data:`METHODS` below (or :func:`register_method`, for a method defined outside the package).
+Presets, config rules and the tests over every method read the declarations; none names it.
+"""
 
 from __future__ import annotations
 
