@@ -357,7 +357,7 @@ def test_short_digits_run_does_not_collapse(tmp_path: Path) -> None:
 
     from deepclust.data import load_dataset
     from deepclust.engine.evaluate import infer_images
-    from deepclust.evaluation import load_run
+    from deepclust.saved_run import load_run
 
     _, m, _, _, dev = load_run(tmp_path / "run", "cpu")
     data = load_dataset("digits", cfg.data.eval_split, None, 8)

@@ -94,7 +94,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from deepclust.evaluation import evaluate_run
+    from deepclust.saved_run import evaluate_run
 
     record = evaluate_run(args.run_dir, features=args.features, split=args.split, device=args.device)
     _print_record(record)

@@ -60,7 +60,7 @@ from deepclust.engine import io
 from deepclust.engine.device import seed_everything
 from deepclust.engine.evaluate import Prediction, infer_images, make_record
 from deepclust.errors import CheckpointError, ConfigError
-from deepclust.evaluation import load_run
+from deepclust.saved_run import load_run
 from deepclust.methods import ClusteringMethod
 from deepclust.precision import fp32, full
 
