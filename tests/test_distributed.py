@@ -39,9 +39,11 @@ from deepclust.config import resolve_config
 from deepclust.data import ImageData
 from deepclust.engine import trainer as trainer_module
 from deepclust.engine import train
-from deepclust.engine.distributed import average_gradients, convert_sync_batchnorm
+from deepclust.collectives import average_gradients
+from deepclust.engine.batchnorm import convert_sync_batchnorm
 from deepclust.engine.evaluate import predict
-from deepclust.engine.trainer import Trainer, build_optimizer
+from deepclust.engine.setup import build_optimizer
+from deepclust.engine.trainer import Trainer
 from deepclust.errors import ConfigError
 from deepclust.methods import DataInfo, create_method
 

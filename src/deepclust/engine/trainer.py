@@ -26,19 +26,15 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from deepclust.config import Config, TrainConfig, config_yaml
+from deepclust.collectives import average_gradients, broadcast_state
 from deepclust.config_rules import validate
 from deepclust.data import ImageData, StreamData
 from deepclust.engine import data_stage
 from deepclust.engine.checkpoint import RunState, seed_rank, to_cpu
-from deepclust.engine.data_stage import data_info, load_data, open_split
+from deepclust.engine.data_stage import data_info, load_data
 from deepclust.engine.device import amp_dtype, autocast, resolve_device, seed_everything
-from deepclust.engine.distributed import (
-    average_batchnorm_stats,
-    average_gradients,
-    broadcast_state,
-    close_distributed,
-    init_distributed,
-)
+from deepclust.engine.batchnorm import average_batchnorm_stats
+from deepclust.engine.process_group import close_distributed, init_distributed
 from deepclust.engine.evaluate import Prediction, add_extras, make_record, predict
 from deepclust.engine.fastpath import apply_fast_paths
 from deepclust.engine.rundir import RunDir, default_run_dir
@@ -49,11 +45,7 @@ from deepclust.errors import DataError, DeepClustError
 from deepclust.methods import ClusteringMethod, DataInfo
 from deepclust.models.init import check_source
 
-# The data and set-up helpers live in their stages; importable from here as before.
-__all__ = [
-    "FitResult", "Trainer", "build_optimizer", "data_info", "default_run_dir", "load_data", "open_split",
-    "resolve_auto_model", "train",
-]
+__all__ = ["FitResult", "Trainer", "train"]
 
 log = logging.getLogger(__name__)
 
