@@ -88,18 +88,29 @@ class Trainer:
         self.info = data_info(cfg, self.train_data, self.eval_data)
         self.cfg = cfg = resolve_auto_model(cfg, self.info)  # a copy: the caller's config is not changed
         # On resume the initial weights come from the checkpoint (and its record of them).
-        self.method, init_record = build_method(cfg, self.info, self.device, self.dist, init=not resume)
+        self.method, init_record = self.build_method(cfg, resume)
         streamed = isinstance(self.train_data, StreamData)  # only the file list is in memory
         self.fast = apply_fast_paths(self.method, cfg, self.device, self.train_data.n_samples,
                                      None if streamed else self.train_data.images.nbytes)
         self.optimizer = build_optimizer(cfg, self.method)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
-        self.state = RunState(cfg, self.info, self.method, self.optimizer, self.scaler, init_record)
+        self.state = RunState(cfg, self.info, self.method, self.optimizer, self.scaler, init_record,
+                              tags=self.checkpoint_tags())
         ckpt = self.run.load_checkpoint()
         self.start_epoch = self.state.load(ckpt, self.run) if ckpt is not None else 0
         seed_rank(self.dist, cfg.train.seed, ckpt, self.start_epoch)
         self.stream: Any = None  # how batches reach the step (place_data); None: indexed on the device
         self.result: FitResult | None = None
+
+    # ----- what a stage other than training changes (selflabel.py) ----------------------------------
+    def build_method(self, cfg: Config, resume: bool) -> tuple[ClusteringMethod, dict[str, str] | None]:
+        """The method on the run's device and where its initial weights came from (None: not
+        loaded); ``resume``: the checkpoint will overwrite them."""
+        return build_method(cfg, self.info, self.device, self.dist, init=not resume)
+
+    def checkpoint_tags(self) -> dict[str, Any]:
+        """Keys every checkpoint of this run carries beside its state (a stage's ``"stage"``)."""
+        return {}
 
     @property
     def out(self) -> Path:
