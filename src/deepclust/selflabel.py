@@ -128,7 +128,6 @@ class CosineClassifier(ClusteringMethod):
     def __init__(self, cfg: Config, info: DataInfo, features: ClusteringMethod, weight: torch.Tensor,
                  temperature: float, threshold: float) -> None:
         super().__init__(dataclasses.replace(cfg, method_args={}), info)
-        self.name = features.name  # the record and checkpoint name the run's method
         self.features = features
         self.weight = nn.Parameter(weight.detach().clone().float())
         self.temperature = float(temperature)
