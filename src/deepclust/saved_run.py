@@ -200,6 +200,6 @@ def evaluate_run(run_dir: str | Path, features: str | None = None, split: str | 
 
 
 __all__ = [
-    "Config", "RunPrediction", "evaluate_run", "kmeans_centers", "load_run", "load_run_data", "predict_run", "run_encoder",
+    "RunPrediction", "evaluate_run", "kmeans_centers", "load_run", "load_run_data", "predict_run", "run_encoder",
     "soft_assign",
 ]
