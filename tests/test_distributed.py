@@ -39,9 +39,11 @@ from deepclust.config import resolve_config
 from deepclust.data import ImageData
 from deepclust.engine import trainer as trainer_module
 from deepclust.engine import train
-from deepclust.engine.distributed import average_gradients, convert_sync_batchnorm
+from deepclust.collectives import average_gradients
+from deepclust.engine.batchnorm import convert_sync_batchnorm
 from deepclust.engine.evaluate import predict
-from deepclust.engine.trainer import Trainer, build_optimizer
+from deepclust.engine.setup import build_optimizer
+from deepclust.engine.trainer import Trainer
 from deepclust.errors import ConfigError
 from deepclust.methods import DataInfo, create_method
 
@@ -390,6 +392,42 @@ def test_two_process_run_resumed_in_one_process_equals_one_process_run(tmp_path:
             assert torch.equal(a[k], b[k]), k
     assert resumed["epoch"] == ref["epoch"] == 2
     assert resumed["acc"] == pytest.approx(ref["acc"], abs=0.01)
+
+
+def _selflabel_worker(rank: int, port: int, run: str, out: str, rec_path: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
+                      LOCAL_RANK=str(rank), DEEPCLUST_DIST_TIMEOUT="120")
+    torch.set_num_threads(1)
+    from deepclust.selflabel import selflabel
+
+    record = selflabel(run, epochs=1, threshold=0.5, batch_size=200, temperature=0.03, out=out, device="cpu",
+                       progress=False)
+    Path(f"{rec_path}.rank{rank}").write_text(json.dumps(record, default=str))
+
+
+def test_selflabel_stage_runs_under_torchrun_and_resumes_in_one_process(tmp_path: Path) -> None:
+    """The engine runs self-labelling: under torchrun rank 0 alone writes the stage, every rank
+    returns its record, the checkpoint holds both processes' RNG streams, and one process
+    continues it."""
+    from deepclust.selflabel import selflabel
+
+    data = _toy_npz(tmp_path / "toy.npz")
+    run, out = tmp_path / "run", tmp_path / "run" / "selflabel"
+    train(resolve_config(_toy_raw(run, epochs=1, data=data)))
+    mp.spawn(_selflabel_worker, args=(_free_port(), str(run), str(out), str(tmp_path / "record")), nprocs=WORLD,
+             join=True)
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "config.yaml", "metrics.jsonl", "results.json"]
+    recs = [json.loads((tmp_path / f"record.rank{r}").read_text()) for r in range(WORLD)]
+    assert recs[0] == recs[1] and recs[0]["stage"] == "selflabel"
+    assert recs[0]["distributed"] == {"world_size": 2, "backend": "gloo", "sync_bn": True}
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert ckpt["stage"] == "selflabel" and ckpt["world_size"] == 2 and len(ckpt["rng_ranks"]) == 2
+    # 601 images, global batch 200: 3 full batches of 100 rows per process; the count is global
+    line = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["train"]
+    assert line["confident_fraction"] == pytest.approx(line["confident"] / 600) and line["confident"] > 0
+    resumed = selflabel(run, epochs=2, out=out, resume=True, device="cpu", progress=False)
+    assert resumed["epoch"] == 2 and resumed["selflabel"]["temperature"] == 0.03
+    assert [json.loads(ln)["epoch"] for ln in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
 
 
 def test_global_batch_must_split_evenly(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

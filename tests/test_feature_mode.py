@@ -18,7 +18,7 @@ from deepclust.config import resolve_config
 from deepclust.data import ImageData
 from deepclust.data.base import FeatureData
 from deepclust.engine import Trainer
-from deepclust.engine.trainer import data_info
+from deepclust.engine.data_stage import data_info
 from deepclust.errors import ConfigError, DataError
 from deepclust.methods import list_methods
 from deepclust.models import MLPBackbone, auto_backbone, create_backbone

@@ -10,7 +10,7 @@ import torch
 from deepclust.config import resolve_config
 from deepclust.engine.fastpath import apply_fast_paths
 from deepclust.engine.lars import LARS
-from deepclust.engine.trainer import build_optimizer
+from deepclust.engine.setup import build_optimizer
 from deepclust.errors import ConfigError
 from deepclust.methods import DataInfo, create_method
 

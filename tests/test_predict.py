@@ -65,7 +65,7 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
 def _reference(run: Path, root: Path, files: list[str], mode: str) -> tuple[np.ndarray, np.ndarray]:
     """Independent prediction: Pillow decode/convert/resize, the model's features, nearest stored
     centre and softmax(-d^2 / tau) with tau = inertia / n from results.json."""
-    from deepclust.evaluation import load_run
+    from deepclust.saved_run import load_run
 
     cfg, method, info, ckpt, dev = load_run(run, "cpu")
     arrays = []

@@ -14,7 +14,7 @@ from deepclust.config import resolve_config
 from deepclust.engine import train
 from deepclust.losses.secu import secu_center_loss, secu_representation_loss
 from deepclust.methods import DataInfo, create_method
-from deepclust.methods.secu import secu_dual_update, secu_entropy_costs, secu_size_assign
+from deepclust.cluster.secu_assign import secu_dual_update, secu_entropy_costs, secu_size_assign
 
 
 def unit(*shape: int, seed: int = 0) -> torch.Tensor:
@@ -313,6 +313,42 @@ def test_lr_scale_frozen_warmup_cosine() -> None:
     assert m.lr_scale(15, 1, n, 1.0) == pytest.approx(0.5 * (1 + math.cos(math.pi * (t - 11 * n) / (9 * n))))
 
 
+def _old_secu_lr_scale(epoch: int, it: int, n: int, factor: float, schedule: str, warmup: int, epochs: int,
+                       frozen: int) -> float:
+    """SeCu.lr_scale as it was before it was built on schedule.lr_factor, transcribed."""
+    if epoch < frozen:
+        return 0.0
+    if schedule == "step":
+        return factor
+    u = (epoch - frozen) * n + it
+    warm = warmup * n
+    if u < warm:
+        return max(1, u) / warm
+    if schedule == "constant":
+        return 1.0
+    total = max(1, (epochs - frozen) * n - warm)
+    return 0.5 * (1 + math.cos(math.pi * min(u - warm, total) / total))
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "constant", "step"])
+@pytest.mark.parametrize("warmup,frozen,epochs", [(10, 1, 20), (0, 1, 7), (2, 0, 5), (3, 2, 6), (1, 3, 3)])
+def test_lr_scale_equals_the_old_formula(schedule: str, warmup: int, frozen: int, epochs: int) -> None:
+    """SeCu's schedule is schedule.lr_factor on a clock shifted by the frozen epochs: exactly the
+    old hand-written formula on every iteration of every epoch (and past the last)."""
+    cfg = resolve_config({
+        "method": "secu", "model": {"backbone": "small_cnn", "feature_dim": 16}, "train": {"epochs": epochs},
+        "optim": {"schedule": schedule, "warmup_epochs": warmup},
+        "method_args": {"n_heads": 1, "frozen_epochs": frozen},
+    })
+    m = create_method(cfg, DataInfo(n_samples=8, n_channels=1, image_size=8, mean=[0.5], std=[0.25], n_clusters=2))
+    for n in (1, 3, 7):
+        for epoch in range(epochs + 2):
+            for it in range(n):
+                factor = 0.1 ** (epoch % 3)  # the trainer's generic factor (used by 'step' only)
+                old = _old_secu_lr_scale(epoch, it, n, factor, schedule, warmup, epochs, frozen)
+                assert m.lr_scale(epoch, it, n, factor) == old, (n, epoch, it)
+
+
 def test_entropy_variant_costs_decide_the_assignment() -> None:
     torch.manual_seed(1)
     m = make_secu(n=24, k=3, constraint="entropy", entropy_alpha=20.0)
@@ -357,7 +393,7 @@ def test_short_digits_run_does_not_collapse(tmp_path: Path) -> None:
 
     from deepclust.data import load_dataset
     from deepclust.engine.evaluate import infer_images
-    from deepclust.evaluation import load_run
+    from deepclust.saved_run import load_run
 
     _, m, _, _, dev = load_run(tmp_path / "run", "cpu")
     data = load_dataset("digits", cfg.data.eval_split, None, 8)

@@ -13,7 +13,7 @@ from torch.nn import functional as F
 
 from deepclust.config import resolve_config
 from deepclust.engine import io, train
-from deepclust.errors import ConfigError
+from deepclust.errors import CheckpointError, ConfigError, DeepClustError
 from deepclust.selflabel import confidence_cross_entropy, default_epochs, max_attainable_confidence, selflabel
 
 
@@ -119,6 +119,55 @@ def test_selflabel_stage_writes_a_record(tmp_path: Path, tiny_runs, method: str,
     w1 = ckpt["model"]["weight"]
     decayed = _weight_decay_only(w0, steps=3)
     assert float((w1 - decayed).norm()) > 0.5 * float((w1 - w0).norm()) > 0
+
+
+class _Killed(BaseException):
+    """A kill: nothing is saved on the way out, the last periodic checkpoint is what remains."""
+
+
+@pytest.mark.parametrize("stop", ["ctrl-c", "kill"])
+def test_selflabel_stopped_mid_way_resumes_exactly(tmp_path: Path, tiny_runs, interrupt_in_epoch,
+                                                   monkeypatch: pytest.MonkeyPatch, stop: str) -> None:
+    """The engine runs the stage: a stage stopped in its third epoch (checkpoint of epoch 2)
+    and resumed ends with the same weights, bit for bit, as one that ran through, and logs
+    every epoch once."""
+    run = tiny_runs("secu", n_heads=1, temperature_w=1.0)
+    kw = dict(epochs=3, threshold=0.5, batch_size=512, device="cpu", progress=False)
+    whole = selflabel(run, out=tmp_path / "whole", **kw)
+    cut = tmp_path / "cut"
+    if stop == "ctrl-c":
+        interrupt_in_epoch(2)
+        with pytest.raises(DeepClustError, match=f"--out {cut} --resume"):
+            selflabel(run, out=cut, **kw)
+    else:
+        interrupt_in_epoch(2, _Killed)
+        with pytest.raises(_Killed):
+            selflabel(run, out=cut, **kw)
+    monkeypatch.undo()
+    stopped = io.load_checkpoint(cut)
+    assert stopped["epoch"] == 2 and stopped["stage"] == "selflabel"
+    with pytest.raises(CheckpointError, match="already holds a run"):  # no silent restart over it
+        selflabel(run, out=cut, **kw)
+    resumed = selflabel(run, out=cut, resume=True, **{**kw, "epochs": None})  # epochs: the stage's own
+    a, b = io.load_checkpoint(tmp_path / "whole")["model"], io.load_checkpoint(cut)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["weight"], stopped["model"]["weight"])  # the third epoch did train
+    assert resumed["acc"] == whole["acc"] and resumed["selflabel"] == whole["selflabel"]
+    epochs = [json.loads(line)["epoch"] for line in (cut / io.METRICS).read_text().splitlines()]
+    assert epochs == [1, 2, 3]
+
+
+def test_a_selflabel_stage_is_resumed_only_as_one(tmp_path: Path, tiny_runs) -> None:
+    """'deepclust resume' on a stage, or a stage resumed over a training run: one line that says
+    what the directory holds."""
+    from deepclust.cli import main
+
+    run = tiny_runs("secu", n_heads=1, temperature_w=1.0)
+    out = tmp_path / "stage"
+    selflabel(run, out=out, epochs=1, threshold=0.5, batch_size=512, device="cpu", progress=False)
+    assert main(["-q", "resume", str(out)]) == 2
+    with pytest.raises(CheckpointError, match="not a selflabel stage"):
+        selflabel(run, out=run, resume=True, epochs=3, threshold=0.5, batch_size=512, device="cpu", progress=False)
 
 
 def test_selflabel_refuses_a_stage_that_selects_nothing(tmp_path: Path, tiny_runs) -> None:

@@ -15,7 +15,7 @@ from scipy.stats import entropy
 import deepclust.engine
 from deepclust.cli import main
 from deepclust.errors import ConfigError
-from deepclust.evaluation import predict_run
+from deepclust.saved_run import predict_run
 from deepclust.sweep import parse_ks, silhouette, sweep_k
 
 

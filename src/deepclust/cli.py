@@ -94,7 +94,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from deepclust.evaluation import evaluate_run
+    from deepclust.saved_run import evaluate_run
 
     record = evaluate_run(args.run_dir, features=args.features, split=args.split, device=args.device)
     _print_record(record)
@@ -164,8 +164,10 @@ def cmd_selflabel(args: argparse.Namespace) -> int:
     from deepclust.selflabel import selflabel
 
     record = selflabel(args.run_dir, epochs=args.epochs, threshold=args.threshold, batch_size=args.batch_size,
-                       temperature=args.temperature, out=args.out, device=args.device, progress=not args.quiet)
-    _print_record(record)
+                       temperature=args.temperature, out=args.out, device=args.device, progress=not args.quiet,
+                       resume=args.resume, overwrite=args.overwrite)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one process reports
+        _print_record(record)
     return 0
 
 
@@ -280,6 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
     sl.add_argument("--batch-size", type=int, default=1000)
     sl.add_argument("--out", default=None, help="output run directory (default RUN_DIR/selflabel)")
     sl.add_argument("--device", default="auto")
+    sl.add_argument("--resume", action="store_true",
+                    help="continue the stage in --out from its checkpoint, with the settings it started with")
+    sl.add_argument("--overwrite", action="store_true", help="start again in an --out that holds a stage")
     sl.set_defaults(func=cmd_selflabel)
 
     from deepclust.bench import add_bench_parser

@@ -18,6 +18,11 @@ When the global batch does not split evenly (the last batch of an epoch), every 
 loss is scaled by :attr:`Collectives.loss_weight` = W b_r / B (b_r its rows, B the global
 batch): both rules above stay exact, since sum_r W b_r / B = W.
 
+The trainer's own collectives are here too: :func:`average_gradients` (DDP's arithmetic) and
+:func:`broadcast_state` (one model on every process). Joining the process group is
+:mod:`deepclust.engine.process_group`'s job; BatchNorm across processes is
+:mod:`deepclust.engine.batchnorm`'s; k-means over shards is :mod:`deepclust.cluster.sharded_kmeans`'s.
+
 This module is a leaf (torch only), so the methods can import it without the engine.
 """
 
@@ -27,8 +32,11 @@ from typing import Any
 
 import torch
 import torch.distributed as tdist
+from torch import nn
 
-__all__ = ["Collectives", "SINGLE_PROCESS", "split_sizes"]
+__all__ = ["Collectives", "SINGLE_PROCESS", "average_gradients", "broadcast_state", "split_sizes"]
+
+_BUCKET_BYTES = 25 * 1024 * 1024  # DDP's default bucket size
 
 
 def split_sizes(total: int, world: int) -> list[int]:
@@ -61,7 +69,7 @@ class Collectives:
     """World size, rank and the collectives the methods and the trainer use.
 
     ``Collectives()`` is the single-process handle: ``gather`` returns its input, reductions
-    do nothing. The trainer builds the torchrun one (engine/distributed.py) and announces
+    do nothing. The trainer builds the torchrun one (engine/process_group.py) and announces
     each global batch with :meth:`split`, so gathers of batch rows need no size exchange.
     """
 
@@ -73,6 +81,17 @@ class Collectives:
         self.owns_group = False  # True when the trainer initialised it (and must destroy it)
         self._sizes: list[int] | None = None
         self.loss_weight = 1.0
+
+    @classmethod
+    def for_group(cls, group: Any = None) -> Collectives:
+        """The handle of ``group`` (None: the whole job) in an initialised process group; the
+        single-process handle when there is none or it has one process."""
+        if not (tdist.is_available() and tdist.is_initialized()):
+            return SINGLE_PROCESS
+        world = tdist.get_world_size(group)
+        if world == 1:
+            return SINGLE_PROCESS
+        return cls(world, tdist.get_rank(group), group, backend=str(tdist.get_backend(group)))
 
     # ----- who am I ----------------------------------------------------------------------------
     @property
@@ -211,6 +230,13 @@ class Collectives:
         tdist.gather_object(obj, out, dst=self._global(dst), group=self.group)
         return out
 
+    def all_sum(self, t: torch.Tensor) -> torch.Tensor:
+        """The sum of ``t`` over the processes, as a new tensor on ``t``'s device (it travels on the
+        backend's device); ``t`` itself when there is one process."""
+        if not self.enabled:
+            return t
+        return self.all_reduce(self.to_backend(t.clone()), "sum").to(t.device)
+
     def barrier(self) -> None:
         if self.enabled:
             tdist.barrier(group=self.group)
@@ -222,9 +248,54 @@ class Collectives:
             return torch.device("cuda", torch.cuda.current_device())
         return torch.device("cpu")
 
+    def to_backend(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` on the device the backend moves (CUDA for NCCL, CPU for gloo); unchanged in one process."""
+        return t.to(self.device_for_collectives()) if self.enabled else t
+
     def _object_device(self) -> torch.device | None:
         return self.device_for_collectives() if self.backend == "nccl" else None
 
 
 #: the handle of a single process: gathers return their input, reductions do nothing
 SINGLE_PROCESS = Collectives()
+
+
+# ----- the trainer's collectives: gradients and replicated state ------------------------------
+def average_gradients(params: list[nn.Parameter], comm: Collectives, bucket_bytes: int = _BUCKET_BYTES) -> None:
+    """Replace every ``p.grad`` by its mean over the processes (bucketed all-reduces, launched
+    asynchronously and then awaited). Parameters without a gradient are skipped; every process
+    runs the same step, so they are the same on all of them."""
+    if not comm.enabled:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    buckets: list[list[torch.Tensor]] = []
+    size = 0
+    for g in grads:
+        nbytes = g.numel() * g.element_size()
+        same_kind = buckets and buckets[-1][0].dtype == g.dtype and buckets[-1][0].device == g.device
+        if not same_kind or size + nbytes > bucket_bytes:
+            buckets.append([])
+            size = 0
+        buckets[-1].append(g)
+        size += nbytes
+    pending = []
+    for bucket in buckets:
+        flat = torch.cat([g.reshape(-1) for g in bucket])
+        pending.append((bucket, flat, tdist.all_reduce(flat, group=comm.group, async_op=True)))
+    for bucket, flat, work in pending:
+        work.wait()
+        flat.div_(comm.world)
+        offset = 0
+        for g in bucket:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+
+@torch.no_grad()
+def broadcast_state(module: nn.Module, comm: Collectives, src: int = 0) -> None:
+    """Make every parameter and buffer equal to process ``src``'s (once, at the start: CUDA
+    k-means or initialisations may differ in the last bits between processes)."""
+    if not comm.enabled:
+        return
+    for t in list(module.parameters()) + list(module.buffers()):
+        comm.broadcast_(t.data, src)

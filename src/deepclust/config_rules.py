@@ -180,7 +180,7 @@ DELEGATED: dict[str, str] = {
 
 
 def _cross_world(cfg: Any) -> str | None:
-    from deepclust.engine.distributed import env_world_size  # local: engine imports config
+    from deepclust.engine.process_group import env_world_size  # local: engine imports config
 
     world = env_world_size()
     if world > 1 and cfg.train.batch_size % world:

@@ -3,7 +3,7 @@
 Folders are streamed: files are decoded ``chunk_size`` at a time (a few threads), converted to
 the run's channels (grayscale "L" or "RGB", whatever their own mode) and resized straight to
 the run's image size (bilinear, antialiased, no crop: as ``folder:`` training data is read),
-then clustered the way the run predicts (see :mod:`deepclust.evaluation` for the clusters and
+then clustered the way the run predicts (see :mod:`deepclust.saved_run` for the clusters and
 the confidence). Unreadable files are skipped and listed in one warning at the end. The CSV is
 written to a temporary file and renamed at the end, so a half-written file never looks done.
 
@@ -36,7 +36,7 @@ from deepclust.data.folder import decode_image, list_image_files
 from deepclust.engine.device import amp_dtype
 from deepclust.engine.evaluate import infer_images
 from deepclust.errors import ConfigError, DataError
-from deepclust.evaluation import kmeans_centers, load_run, run_encoder, soft_assign
+from deepclust.saved_run import kmeans_centers, load_run, run_encoder, soft_assign
 
 log = logging.getLogger(__name__)
 

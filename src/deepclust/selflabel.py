@@ -36,35 +36,47 @@ How the classifier is initialised (library choices):
 - ``kmeans`` methods: the k-means centres stored in the final checkpoint (``centers``).
 
 f(x) is the method module's ``forward`` (normalised features, as :meth:`infer` returns them).
-The stage trains on the run's training split and scores its evaluation split; it writes
-``RUN_DIR/selflabel/`` (config.yaml of the run, metrics.jsonl, results.json, checkpoint.pt).
+
+The engine runs the stage (:class:`SelfLabelTrainer`, a :class:`~deepclust.engine.trainer.Trainer`
+whose method is :class:`CosineClassifier`), so it has training's autocast, checkpoints every
+``train.checkpoint_every`` epochs, exact resume (``--resume``), Ctrl-C handling and torchrun
+(the confidence loss sees the global batch: weak and strong logits are gathered, and the strong
+ones carry gradient). Its config is the run's with the stage's settings: ``optim`` Adam at a
+constant rate, ``train.batch_size``, ``train.drop_last`` on, no periodic evaluation. The stage
+trains on the run's training split and scores its evaluation split; it writes
+``RUN_DIR/selflabel/`` (config.yaml of the stage, metrics.jsonl, results.json, checkpoint.pt;
+every checkpoint is marked ``"stage": "selflabel"``, so ``predict`` and ``resume`` refuse it).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
-from tqdm.auto import tqdm
 
 from deepclust.augment import StrongAugment
-from deepclust.config import config_yaml
-from deepclust.data import load_dataset
+from deepclust.config import Config
+from deepclust.data import ImageData, load_dataset
 from deepclust.engine import io
-from deepclust.engine.device import seed_everything
-from deepclust.engine.evaluate import Prediction, infer_images, make_record
-from deepclust.errors import CheckpointError, ConfigError
-from deepclust.evaluation import load_run
-from deepclust.methods import ClusteringMethod
+from deepclust.engine.evaluate import Prediction, infer_images
+from deepclust.engine.process_group import close_distributed
+from deepclust.engine.setup import setup_distributed
+from deepclust.engine.trainer import Trainer
+from deepclust.errors import CheckpointError, ConfigError, DeepClustError
+from deepclust.methods import ClusteringMethod, DataInfo, StepOutput
 from deepclust.precision import fp32, full
+from deepclust.saved_run import load_run
 
 log = logging.getLogger(__name__)
+
+#: the ``"stage"`` mark of a self-labelling checkpoint
+STAGE = "selflabel"
 
 
 def confidence_cross_entropy(weak_logits: torch.Tensor, strong_logits: torch.Tensor, threshold: float = 0.99) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,14 +116,28 @@ def max_attainable_confidence(n_classes: int, temperature: float) -> float:
     return 1.0 / (1.0 + (n_classes - 1) * math.exp(-2.0 / temperature))
 
 
-class CosineClassifier(nn.Module):
-    """logits = normalize(features(x)) normalize(W)^T / temperature."""
+class CosineClassifier(ClusteringMethod):
+    """logits = normalize(features(x)) normalize(W)^T / temperature, trained by
+    :func:`confidence_cross_entropy` between the weak view (the eval transform, no gradient) and
+    a strong view (:class:`StrongAugment`) of each batch. ``features``: the run's method (its
+    ``forward``); ``cfg``/``info``: the stage's config and the run's data. The classifier's
+    logits and softmax run in float32 with autocast off."""
 
-    def __init__(self, features: nn.Module, weight: torch.Tensor, temperature: float) -> None:
-        super().__init__()
+    prediction = "head_argmax"
+
+    def __init__(self, cfg: Config, info: DataInfo, features: ClusteringMethod, weight: torch.Tensor,
+                 temperature: float, threshold: float) -> None:
+        super().__init__(dataclasses.replace(cfg, method_args={}), info)
         self.features = features
         self.weight = nn.Parameter(weight.detach().clone().float())
         self.temperature = float(temperature)
+        self.threshold = float(threshold)
+        self.strong = StrongAugment(info.image_size, info.mean, info.std)
+
+    @property
+    def backbone(self) -> nn.Module:  # type: ignore[override]
+        """The run's backbone: what the fast paths (channels-last, compile) apply to."""
+        return self.features.backbone
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         f = self.features(x)
@@ -119,8 +145,27 @@ class CosineClassifier(nn.Module):
             raise ConfigError("self-labelling needs a method whose forward(x) returns (B, D) features")
         return F.normalize(f.float(), dim=1)
 
+    def logits(self, e: torch.Tensor) -> torch.Tensor:
+        with fp32(e):  # cosines / 0.1 against a 0.99 threshold: not in bf16
+            return e @ F.normalize(self.weight.float(), dim=1).t() / self.temperature
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.embed(x) @ F.normalize(self.weight, dim=1).t() / self.temperature
+        return self.logits(self.embed(x))
+
+    def training_step(self, images: torch.Tensor, indices: torch.Tensor, epoch: int) -> StepOutput:
+        with torch.no_grad():  # pseudo-labels: no gradient through the weak view
+            weak = self.dist.gather(self(self.eval_transform(images)))
+        strong = self.dist.gather_with_grad(self(self.strong(images)))
+        loss, n_conf = confidence_cross_entropy(weak, strong, self.threshold)
+        n = n_conf.float()
+        return StepOutput(loss, {"confident": n, "confident_fraction": n / weak.shape[0]})
+
+    @torch.no_grad()
+    def infer(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        e = self.embed(x)
+        logits = self.logits(e)
+        with fp32(logits):
+            return e, F.softmax(logits, dim=1)
 
 
 def _initial_classifier(method: ClusteringMethod, ckpt: dict[str, Any], images: torch.Tensor, batch: int, device: torch.device) -> tuple[torch.Tensor, float | None, str]:
@@ -145,6 +190,94 @@ def _initial_classifier(method: ClusteringMethod, ckpt: dict[str, Any], images: 
 DEFAULT_TEMPERATURE = 0.1
 
 
+class SelfLabelTrainer(Trainer):
+    """The engine's trainer with :class:`CosineClassifier` on top of a finished run as its method.
+
+    ``source``: :func:`deepclust.saved_run.load_run` of the run (its method on the CPU);
+    ``settings``: the stage's settings (threshold, temperature or None for the default, and on
+    a resume everything the first start recorded)."""
+
+    def __init__(self, cfg: Config, source: tuple[Any, ...], run_dir: str | Path, settings: dict[str, Any],
+                 data: tuple[ImageData, ImageData], resume: bool = False, overwrite: bool = False) -> None:
+        self.source, self.source_dir, self.settings = source, str(run_dir), dict(settings)
+        super().__init__(cfg, resume=resume, data=data, overwrite=overwrite)
+
+    def build_method(self, cfg: Config, resume: bool) -> tuple[ClusteringMethod, dict[str, str] | None]:
+        src_cfg, method, info, ckpt, _ = self.source
+        st, dev = self.settings, self.device
+        method.to(dev)
+        w, t_default, init = _initial_classifier(method, ckpt, self.train_data.images, src_cfg.eval.batch_size, dev)
+        t = st["temperature"] if st.get("temperature") is not None else (t_default if t_default is not None else DEFAULT_TEMPERATURE)
+        k, threshold = int(w.shape[0]), float(st["threshold"])
+        reach = max_attainable_confidence(k, t)
+        if reach <= threshold:
+            raise ConfigError(
+                f"at temperature {t:g} no sample can pass the threshold {threshold:g} (with {k} unit-norm centres the "
+                f"softmax never exceeds {reach:.3f}); lower --temperature (e.g. {DEFAULT_TEMPERATURE:g})"
+            )
+        model = CosineClassifier(cfg, info, method, w, t, threshold).to(dev)
+        st.update(temperature=t, init=init)
+        if not resume:
+            n_before = _count_confident(model, self.train_data.images, cfg.train.batch_size, threshold, dev)
+            if n_before == 0:
+                raise ConfigError(
+                    f"no training image's weak-view confidence exceeds {threshold:g} at temperature {t:g}: self-labelling "
+                    "would train on nothing; lower --temperature or --threshold"
+                )
+            log.info("selflabel: %d of %d images pass %.2f at temperature %g before training",
+                     n_before, self.train_data.n_samples, threshold, t)
+            st["confident_before"] = n_before
+        setup_distributed(model, cfg, self.dist)
+        return model, None
+
+    def checkpoint_tags(self) -> dict[str, Any]:
+        _, _, _, ckpt, _ = self.source
+        return {"stage": STAGE, "temperature": self.settings["temperature"], "selflabel": dict(self.settings),
+                "source_run": self.source_dir, "source_epoch": int(ckpt["epoch"])}
+
+    def _train_epoch(self, images: torch.Tensor, epoch: int, iters: int) -> dict[str, float]:
+        logs = super()._train_epoch(images, epoch, iters)
+        # every step sees a full batch (drop_last): the epoch's count is the mean times the steps
+        logs["confident"] = float(round(logs.get("confident", 0.0) * iters))
+        if logs["confident"] == 0:
+            log.warning("selflabel epoch %d: no sample passed the threshold %.2f; the loss was 0",
+                        epoch + 1, self.settings["threshold"])
+        return logs
+
+    def _interrupted(self, when: str) -> DeepClustError:
+        if self.saved_epoch is None:
+            return super()._interrupted(when)
+        return DeepClustError(
+            f"interrupted {when}; the checkpoint of epoch {self.saved_epoch} is in '{self.out}': "
+            f"continue with 'deepclust selflabel {self.source_dir} --out {self.out} --resume'"
+        )
+
+    def evaluate(self, epoch: int) -> tuple[dict[str, Any] | None, Prediction | None]:
+        record, pred = super().evaluate(epoch)
+        if record is None or pred is None:
+            return record, pred
+        pred.info["type"] = "selflabel_head_argmax"
+        tags = self.checkpoint_tags()
+        record.update({"stage": STAGE, "source_run": tags["source_run"], "source_epoch": tags["source_epoch"],
+                       "selflabel": {**tags["selflabel"], "epochs": self.cfg.train.epochs,
+                                     "batch_size": self.cfg.train.batch_size, "lr": self.cfg.optim.lr,
+                                     "weight_decay": self.cfg.optim.weight_decay, "optimizer": self.cfg.optim.name,
+                                     "drop_last": True}})
+        record["prediction"] = pred.info
+        return record, pred
+
+
+def stage_config(cfg: Config, epochs: int, batch_size: int, lr: float, weight_decay: float, out: Path,
+                 device: str, seed: int, progress: bool) -> Config:
+    """The run's config with the stage's settings: Adam at a constant rate, full batches only, no
+    periodic evaluation, no ``model.init`` (the weights come from the run)."""
+    train = dataclasses.replace(cfg.train, epochs=epochs, batch_size=batch_size, drop_last=True, out=str(out),
+                                device=device, seed=seed, progress=progress, eval_every=0)
+    optim = dataclasses.replace(cfg.optim, name="adam", lr=lr, weight_decay=weight_decay, schedule="constant",
+                                warmup_epochs=0)
+    return dataclasses.replace(cfg, train=train, optim=optim, model=dataclasses.replace(cfg.model, init=None))
+
+
 def selflabel(
     run_dir: str | Path,
     epochs: int | None = None,
@@ -157,12 +290,17 @@ def selflabel(
     device: str = "auto",
     seed: int | None = None,
     progress: bool = True,
+    resume: bool = False,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Fine-tune a finished run by self-labelling and score it; returns the result record.
+    """Fine-tune a finished run by self-labelling and score it; returns the result record
+    (under torchrun: rank 0's, on every process).
 
     ``epochs`` None: :func:`default_epochs` of the run's dataset (100 STL-10, 200 otherwise).
     ``temperature`` None: min(``temperature_w``, 0.1) for SeCu runs, else 0.1 (it decides which
     samples pass the threshold). ``out`` None: ``RUN_DIR/selflabel``. ``seed`` None: the run's.
+    ``resume``: continue the stage in ``out`` from its checkpoint, with the settings it started
+    with (``epochs`` may extend it); ``overwrite``: start again in an ``out`` that holds a stage.
     Every epoch's line in ``metrics.jsonl`` records ``confident`` (samples above the threshold)
     and ``confident_fraction``; an epoch that selects none logs a warning.
     """
@@ -172,123 +310,59 @@ def selflabel(
         raise ConfigError(f"temperature must be > 0, got {temperature}")
     if (epochs is not None and epochs < 1) or batch_size < 2:
         raise ConfigError("epochs must be >= 1 and batch_size >= 2")
-    cfg, method, info, ckpt, dev = load_run(run_dir, device)
+    source = load_run(run_dir, "cpu")  # the trainer moves it to this process's device
+    cfg, _, info, _, _ = source
     if info.n_features:  # its strong view is an image augmentation (RandAugment, Cutout)
         raise ConfigError(
             f"'{run_dir}' clusters feature vectors: self-labelling trains on strong image augmentations and "
             "applies to runs on images only"
         )
+    run_out = Path(out) if out is not None else Path(run_dir) / "selflabel"
+    settings: dict[str, Any] = {"threshold": threshold, "temperature": temperature}
+    if resume and (run_out / io.CHECKPOINT).is_file():
+        stage = io.load_checkpoint(run_out / io.CHECKPOINT, map_location="cpu")
+        if stage.get("stage") == STAGE:  # the settings it started with; the trainer refuses anything else
+            settings = dict(stage["selflabel"])
+            saved = stage["config"]
+            epochs = epochs or int(saved["train"]["epochs"])
+            batch_size, seed = int(saved["train"]["batch_size"]), int(saved["train"]["seed"])
+            lr, weight_decay = float(saved["optim"]["lr"]), float(saved["optim"]["weight_decay"])
     if epochs is None:
         epochs = default_epochs(cfg.data.name)
-    seed_everything(cfg.train.seed if seed is None else seed)
     d = cfg.data
     train_data = load_dataset(d.name, d.train_split, d.data_dir, d.image_size)
     eval_data = train_data if d.eval_split == d.train_split else load_dataset(d.name, d.eval_split, d.data_dir, d.image_size)
-    images = train_data.images.to(dev)
-    w, t_default, init = _initial_classifier(method, ckpt, images, cfg.eval.batch_size, dev)
-    t = temperature if temperature is not None else (t_default if t_default is not None else DEFAULT_TEMPERATURE)
-    k = int(w.shape[0])
-    reach = max_attainable_confidence(k, t)
-    if reach <= threshold:
-        raise ConfigError(
-            f"at temperature {t:g} no sample can pass the threshold {threshold:g} (with {k} unit-norm centres the "
-            f"softmax never exceeds {reach:.3f}); lower --temperature (e.g. {DEFAULT_TEMPERATURE:g})"
-        )
-    model = CosineClassifier(method, w, t).to(dev)
-    strong = StrongAugment(info.image_size, info.mean, info.std).to(dev)
-    weak = method.eval_transform
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    run_out = Path(out) if out is not None else Path(run_dir) / "selflabel"
-    run_out.mkdir(parents=True, exist_ok=True)
-    io.write_text(config_yaml(cfg), run_out / io.CONFIG)
-    n = len(images)
     # SCAN drops the last partial batch; a training set smaller than one batch is one batch.
-    batch_size = min(batch_size, n)
-    n_before = _count_confident(model, weak, images, batch_size, threshold)
-    if n_before == 0:
-        raise ConfigError(
-            f"no training image's weak-view confidence exceeds {threshold:g} at temperature {t:g}: self-labelling "
-            "would train on nothing; lower --temperature or --threshold"
-        )
-    log.info("selflabel: %d of %d images pass %.2f at temperature %g before training", n_before, n, threshold, t)
-    t0 = time.time()
-    g_seed = cfg.train.seed if seed is None else seed
-    for epoch in tqdm(range(epochs), desc="selflabel", disable=not progress):
-        model.train()
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(g_seed * 1_000_003 + epoch)).to(dev)
-        total, confident, steps = 0.0, 0, 0
-        for start in range(0, n - batch_size + 1, batch_size):  # drop_last, as SCAN
-            idx = perm[start : start + batch_size]
-            batch = images[idx]
-            with torch.no_grad():
-                weak_logits = model(weak(batch))
-            loss, n_conf = confidence_cross_entropy(weak_logits, model(strong(batch)), threshold)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += float(loss.detach())
-            confident += int(n_conf)
-            steps += 1
-        seen = steps * batch_size
-        logs = {"loss": total / max(steps, 1), "confident": confident, "confident_fraction": confident / max(seen, 1)}
-        if not math.isfinite(logs["loss"]):
-            raise ConfigError(f"self-labelling diverged in epoch {epoch + 1}; lower lr")
-        if confident == 0:
-            log.warning("selflabel epoch %d: no sample passed the threshold %.2f (0 of %d); the loss was 0", epoch + 1, threshold, seen)
-        io.append_jsonl({"epoch": epoch + 1, "train": logs}, run_out / io.METRICS)
-        log.info("selflabel epoch %d/%d loss=%.4f confident=%d (%.3f)", epoch + 1, epochs, logs["loss"], confident, logs["confident_fraction"])
-
-    record = _evaluate(model, cfg, info.n_clusters, eval_data, dev, epochs)
-    record.update({
-        "stage": "selflabel",
-        "source_run": str(run_dir),
-        "source_epoch": int(ckpt["epoch"]),
-        "selflabel": {"epochs": epochs, "threshold": threshold, "batch_size": batch_size, "lr": lr,
-                      "weight_decay": weight_decay, "temperature": t, "init": init, "optimizer": "adam",
-                      "confident_before": n_before, "drop_last": True},
-        "wall_time_s": round(time.time() - t0, 2),
-    })
-    io.save_checkpoint({"stage": "selflabel", "method": cfg.method, "config": cfg.to_dict(), "epoch": epochs,
-                        "model": model.state_dict(), "temperature": t}, run_out / io.CHECKPOINT)
-    record["checkpoint_hash"] = io.file_hash(run_out / io.CHECKPOINT)
-    io.write_json(record, run_out / io.RESULTS)
-    return record
+    batch_size = min(batch_size, train_data.n_samples)
+    stage_cfg = stage_config(cfg, epochs, batch_size, lr, weight_decay, run_out, device,
+                             cfg.train.seed if seed is None else seed, progress)
+    trainer = SelfLabelTrainer(stage_cfg, source, run_dir, settings, (train_data, eval_data), resume, overwrite)
+    try:
+        return trainer.fit()
+    finally:
+        close_distributed(trainer.dist)
 
 
 @torch.no_grad()
-def _count_confident(model: CosineClassifier, weak: nn.Module, images: torch.Tensor, batch: int, threshold: float) -> int:
+def _count_confident(model: CosineClassifier, images: torch.Tensor, batch: int, threshold: float,
+                     device: torch.device) -> int:
     """How many images' weak-view max softmax exceeds the threshold (train-mode BN, as the stage
     sees them; the model's state is unchanged: BN running statistics are restored)."""
     saved = {k: v.clone() for k, v in model.state_dict().items()}
     model.train()
     n = 0
     for start in range(0, len(images), batch):
-        x = images[start : start + batch]
+        x = images[start : start + batch].to(device)
         if len(x) < 2:
             continue
-        logits = model(weak(x))
+        logits = model(model.eval_transform(x))
         with fp32(logits):
             n += int((F.softmax(full(logits), dim=1).max(dim=1).values > threshold).sum())
     model.load_state_dict(saved)
     return n
 
 
-@torch.no_grad()
-def _evaluate(model: CosineClassifier, cfg, n_clusters: int, eval_data, dev: torch.device, epoch: int) -> dict[str, Any]:
-    model.eval()
-    weak = model.features.eval_transform
-    logits, feats = [], []
-    for start in range(0, len(eval_data.images), cfg.eval.batch_size):
-        x = weak(eval_data.images[start : start + cfg.eval.batch_size].to(dev))
-        e = model.embed(x)
-        feats.append(e)
-        logits.append(e @ F.normalize(model.weight, dim=1).t() / model.temperature)
-    probs = F.softmax(torch.cat(logits), dim=1)
-    conf, labels = probs.max(dim=1)
-    info = {"type": "selflabel_head_argmax", "k": probs.shape[1]}
-    pred = Prediction(labels.cpu(), conf.cpu(), None, torch.cat(feats), info)
-    return make_record(cfg, pred, eval_data, n_clusters, epoch, dev)
-
-
-__all__ = ["CosineClassifier", "confidence_cross_entropy", "default_epochs", "max_attainable_confidence", "selflabel"]
+__all__ = [
+    "CosineClassifier", "SelfLabelTrainer", "confidence_cross_entropy", "default_epochs", "max_attainable_confidence",
+    "selflabel", "stage_config",
+]

@@ -2,7 +2,7 @@
 
 For every K the run directory is ``OUT/k{K}``: a finished run (``results.json``) is reused, an
 interrupted one (checkpoint only) is resumed, otherwise a new run is trained. Criteria, on the
-run's evaluated images as the run predicts them (:func:`deepclust.evaluation.predict_run`):
+run's evaluated images as the run predicts them (:func:`deepclust.saved_run.predict_run`):
 
 - ``silhouette``: mean silhouette coefficient ``(b - a) / max(a, b)`` of the learned features
   (Euclidean; Rousseeuw 1987), ``sklearn.metrics.silhouette_score`` on a seeded sample of at
@@ -96,7 +96,7 @@ def sweep_k(
     device: str = "auto",
 ) -> list[dict[str, Any]]:
     """Train or reuse one run per K (config ``raw`` with ``n_clusters`` = K) and score each."""
-    from deepclust.evaluation import predict_run
+    from deepclust.saved_run import predict_run
 
     out = Path(out)
     ks = parse_ks(ks)

@@ -2,7 +2,7 @@
 shards of a torch.distributed job, exact k nearest neighbours (cosine), and Sinkhorn-Knopp."""
 
 from .kmeans import KMeansResult, assign_to_centers, kmeans
-from .distributed import kmeans_distributed
+from .sharded_kmeans import kmeans_distributed
 from .neighbors import nearest_neighbors
 from .sinkhorn import sinkhorn
 

@@ -34,6 +34,9 @@ class RunState:
     scaler: torch.amp.GradScaler
     init_record: dict[str, str] | None = None  # where the initial weights came from
     last_logs: dict[str, float] = dataclasses.field(default_factory=dict)  # of the last finished epoch
+    #: keys saved beside the state in every checkpoint; ``"stage"`` marks a run that is not a
+    #: method's training (self-labelling), which only the same stage may resume
+    tags: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def state(self, epoch: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         return {
@@ -47,6 +50,7 @@ class RunState:
             "data_info": dataclasses.asdict(self.info),
             "train_logs": dict(self.last_logs),  # the metrics line of this epoch, if a resume must write it again
             "init": self.init_record,
+            **self.tags,
             **(extra or {}),
         }
 
@@ -69,6 +73,8 @@ class RunState:
                 f"the checkpoint in '{out}' is from method '{ckpt['method']}', not '{cfg.method}'; "
                 f"resume it with method={ckpt['method']}, or train a new run with another --out"
             )
+        if ckpt.get("stage") != self.tags.get("stage"):
+            raise CheckpointError(_stage_mismatch(ckpt, out, self.tags.get("stage")))
         try:
             self.method.load_state_dict(ckpt["model"])
         except RuntimeError:
@@ -88,6 +94,14 @@ class RunState:
             )
         log.info("resuming %s from epoch %d", out, epoch)
         return epoch
+
+
+def _stage_mismatch(ckpt: dict[str, Any], out: Any, wanted: str | None) -> str:
+    if ckpt.get("stage") == "selflabel":
+        source = ckpt.get("source_run", "RUN_DIR")
+        return (f"'{out}' holds a self-labelling stage, not a training run; continue it with "
+                f"'deepclust selflabel {source} --out {out} --resume'")
+    return f"'{out}' holds a training run of method '{ckpt['method']}', not a {wanted} stage"
 
 
 def seed_rank(dist: Collectives, seed: int, ckpt: dict[str, Any] | None, start_epoch: int) -> None:

@@ -1,4 +1,8 @@
-"""Evaluation: predictions by k-means or head argmax, scored with the shared protocol.
+"""Evaluation: a model run over images to predict clusters (k-means or head argmax), scored with
+the shared protocol into the result record.
+
+The scores themselves are :mod:`deepclust.metrics` (pure functions of labels); reloading a saved
+run to evaluate it again is :mod:`deepclust.saved_run`.
 
 Every record states its protocol, splits, prediction type (with n_init, k-means seed and the
 split k-means was fitted on), seed and checkpoint epoch (spec/evaluation.md section 2.1).

@@ -10,7 +10,7 @@ import torch
 
 from deepclust.collectives import Collectives
 from deepclust.config import Config
-from deepclust.engine.distributed import convert_sync_batchnorm
+from deepclust.engine.batchnorm import convert_sync_batchnorm
 from deepclust.engine.fastpath import make_optimizer
 from deepclust.engine.lars import LARS
 from deepclust.errors import ConfigError

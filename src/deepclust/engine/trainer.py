@@ -26,19 +26,15 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from deepclust.config import Config, TrainConfig, config_yaml
+from deepclust.collectives import average_gradients, broadcast_state
 from deepclust.config_rules import validate
 from deepclust.data import ImageData, StreamData
 from deepclust.engine import data_stage
 from deepclust.engine.checkpoint import RunState, seed_rank, to_cpu
-from deepclust.engine.data_stage import data_info, load_data, open_split
+from deepclust.engine.data_stage import data_info, load_data
 from deepclust.engine.device import amp_dtype, autocast, resolve_device, seed_everything
-from deepclust.engine.distributed import (
-    average_batchnorm_stats,
-    average_gradients,
-    broadcast_state,
-    close_distributed,
-    init_distributed,
-)
+from deepclust.engine.batchnorm import average_batchnorm_stats
+from deepclust.engine.process_group import close_distributed, init_distributed
 from deepclust.engine.evaluate import Prediction, add_extras, make_record, predict
 from deepclust.engine.fastpath import apply_fast_paths
 from deepclust.engine.rundir import RunDir, default_run_dir
@@ -49,11 +45,7 @@ from deepclust.errors import DataError, DeepClustError
 from deepclust.methods import ClusteringMethod, DataInfo
 from deepclust.models.init import check_source
 
-# The data and set-up helpers live in their stages; importable from here as before.
-__all__ = [
-    "FitResult", "Trainer", "build_optimizer", "data_info", "default_run_dir", "load_data", "open_split",
-    "resolve_auto_model", "train",
-]
+__all__ = ["FitResult", "Trainer", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -96,18 +88,29 @@ class Trainer:
         self.info = data_info(cfg, self.train_data, self.eval_data)
         self.cfg = cfg = resolve_auto_model(cfg, self.info)  # a copy: the caller's config is not changed
         # On resume the initial weights come from the checkpoint (and its record of them).
-        self.method, init_record = build_method(cfg, self.info, self.device, self.dist, init=not resume)
+        self.method, init_record = self.build_method(cfg, resume)
         streamed = isinstance(self.train_data, StreamData)  # only the file list is in memory
         self.fast = apply_fast_paths(self.method, cfg, self.device, self.train_data.n_samples,
                                      None if streamed else self.train_data.images.nbytes)
         self.optimizer = build_optimizer(cfg, self.method)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
-        self.state = RunState(cfg, self.info, self.method, self.optimizer, self.scaler, init_record)
+        self.state = RunState(cfg, self.info, self.method, self.optimizer, self.scaler, init_record,
+                              tags=self.checkpoint_tags())
         ckpt = self.run.load_checkpoint()
         self.start_epoch = self.state.load(ckpt, self.run) if ckpt is not None else 0
         seed_rank(self.dist, cfg.train.seed, ckpt, self.start_epoch)
         self.stream: Any = None  # how batches reach the step (place_data); None: indexed on the device
         self.result: FitResult | None = None
+
+    # ----- what a stage other than training changes (selflabel.py) ----------------------------------
+    def build_method(self, cfg: Config, resume: bool) -> tuple[ClusteringMethod, dict[str, str] | None]:
+        """The method on the run's device and where its initial weights came from (None: not
+        loaded); ``resume``: the checkpoint will overwrite them."""
+        return build_method(cfg, self.info, self.device, self.dist, init=not resume)
+
+    def checkpoint_tags(self) -> dict[str, Any]:
+        """Keys every checkpoint of this run carries beside its state (a stage's ``"stage"``)."""
+        return {}
 
     @property
     def out(self) -> Path:

@@ -29,20 +29,6 @@ METHODS: dict[str, str | type[ClusteringMethod]] = {
 }
 
 
-def secu_size_assign(similarity, dual):
-    """SeCu's size-constrained assignment (see :mod:`deepclust.methods.secu`)."""
-    from deepclust.methods.secu import secu_size_assign as f
-
-    return f(similarity, dual)
-
-
-def secu_dual_update(dual, labels, lower_ratio: float, lr: float):
-    """SeCu's projected dual ascent step (see :mod:`deepclust.methods.secu`)."""
-    from deepclust.methods.secu import secu_dual_update as f
-
-    return f(dual, labels, lower_ratio, lr)
-
-
 def register_method(cls: type[ClusteringMethod]) -> type[ClusteringMethod]:
     """Add a method under ``cls.name`` (usable as a class decorator); the name must be new."""
     if not (isinstance(cls, type) and issubclass(cls, ClusteringMethod)) or not cls.name:
@@ -91,4 +77,4 @@ def create_method(cfg, info: DataInfo) -> ClusteringMethod:
     return method
 
 
-__all__ = ["METHODS", "ClusteringMethod", "DataInfo", "StepOutput", "create_method", "get_method_class", "list_methods", "register_method", "secu_dual_update", "secu_size_assign"]
+__all__ = ["METHODS", "ClusteringMethod", "DataInfo", "StepOutput", "create_method", "get_method_class", "list_methods", "register_method"]

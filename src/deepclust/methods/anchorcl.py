@@ -56,7 +56,7 @@ Options (``method_args``), each defaulting to the released code's behaviour:
   initialised again (k-means, as in :meth:`setup`) from the trained network's features and the
   clustering and anchor losses start. The glyph preset sets 0.25 (see :meth:`setup`).
 
-Under torchrun (engine/distributed.py) NT-Xent and the DEC target use the global batch gathered
+Under torchrun (deepclust/collectives.py) NT-Xent and the DEC target use the global batch gathered
 with gradient; the anchor losses are means over each process's rows; :meth:`setup` runs on
 every process on all training images (same centres everywhere).
 

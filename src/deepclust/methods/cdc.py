@@ -54,7 +54,7 @@ paper's values once read):
   ``torchvision:NAME.WEIGHTS``; see models/init.py): scratch for the small datasets, an SSL
   checkpoint for ImageNet-1k.
 
-Under torchrun (engine/distributed.py) the contrastive loss and the entropy term use the
+Under torchrun (deepclust/collectives.py) the contrastive loss and the entropy term use the
 global batch gathered with gradient, Sinkhorn balances the gathered scores, and the queue
 receives the global batch, so N processes compute what one process on the global batch does.
 """

@@ -13,7 +13,7 @@ the loss always sees the bank as it was before this batch's update. Clusters are
 (n_init 20) on clean features (eval transform, eval mode) or, for parity with the official
 code, on the memory bank (``eval.features=memory``).
 
-Under torchrun (engine/distributed.py) L_ID is a mean over each process's rows, L_FD sees the
+Under torchrun (deepclust/collectives.py) L_ID is a mean over each process's rows, L_FD sees the
 global batch gathered with gradient (pitfall 4), and every process applies the memory update
 for the gathered features and indices, so all of them hold the same bank.
 """

@@ -44,7 +44,7 @@ Options (spec defaults; CIFAR-10 size variant):
   ``augment.blur_p`` / ``augment.solarize_p`` (the rest of ``augment`` is shared). The blur is
   the library's batched Gaussian blur, an approximation of PIL's GaussianBlur(radius = sigma).
 
-Under torchrun (engine/distributed.py) the assignment runs on the gathered features and
+Under torchrun (deepclust/collectives.py) the assignment runs on the gathered features and
 indices of the global batch, so labels, duals and counts update as with one process (and stay
 identical on every process); the losses are means over each process's rows.
 
@@ -59,7 +59,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -68,6 +67,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from deepclust.augment import THICKEN_HALF, Augment
+from deepclust.cluster.secu_assign import secu_dual_update, secu_entropy_assign, secu_size_assign
+from deepclust.engine.schedule import lr_factor
 from deepclust.errors import ConfigError
 from deepclust.losses.secu import secu_center_loss, secu_representation_loss
 from deepclust.precision import fp32
@@ -79,69 +80,6 @@ if TYPE_CHECKING:  # type hints only: config resolution imports the methods, not
     from deepclust.config import Config
 
 log = logging.getLogger(__name__)
-
-
-# ----- constraints (pure functions; secu.md sections 5 and 6) ----------------------------------
-def secu_size_assign(similarity: torch.Tensor, dual: torch.Tensor) -> torch.Tensor:
-    """Size-constrained assignment: y_i = argmax_k (sim_ik + rho_k). ``similarity`` (B, K)."""
-    return (similarity.float() + dual.float().view(1, -1)).argmax(dim=1)
-
-
-def secu_dual_update(dual: torch.Tensor, labels: torch.Tensor, lower_ratio: float, lr: float) -> torch.Tensor:
-    """Projected dual ascent for the lower bound n_k >= gamma N / K, from one (global) batch:
-
-        rho_k <- max(0, rho_k + lr * (gamma / K - n_k / B)),   n_k = #{i : labels_i = k}.
-
-    The projection onto rho >= 0 applies when gamma < 1 (a lower bound's multiplier), as in the
-    official code; gamma >= 1 (an equality-like target) leaves the duals unclamped there too.
-    """
-    k = dual.numel()
-    frac = torch.bincount(labels.view(-1), minlength=k).float() / labels.numel()
-    step = dual.float() + lr * (lower_ratio / k - frac)
-    return step.clamp_min(0.0) if lower_ratio < 1 else step
-
-
-def _xlogx(p: torch.Tensor) -> torch.Tensor:
-    return torch.xlogy(p, p)  # 0 log 0 = 0
-
-
-def secu_entropy_costs(counts: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
-    """Greedy costs (B, K) of the entropy constraint: the change of sum_k p_k log p_k.
-
-    ``counts`` (K,) is the histogram of the stored assignments, n = its sum; ``current`` (B,)
-    the stored label of each instance, -1 when it has none yet.
-
-    - Unassigned (epoch 0), with p~ = counts / (n + 1): cost_k = (p~_k + 1/(n+1)) log(p~_k +
-      1/(n+1)) - p~_k log p~_k, the exact change up to a constant independent of k; all zeros
-      when n = 0 (plain nearest centre).
-    - Assigned to l, with p = counts / n: cost_k = [(p_l - 1/n) log(p_l - 1/n) - p_l log p_l] +
-      [(p_k + 1/n) log(p_k + 1/n) - p_k log p_k] for k != l, cost_l = 0: the exact change.
-    """
-    counts = counts.double()  # differences of nearby x log x values: keep the precision
-    k = counts.numel()
-    n = counts.sum()
-    b = current.numel()
-    out = torch.zeros(b, k, dtype=torch.float64, device=counts.device)
-    new = current < 0
-    if new.any() and n > 0:
-        pt = counts / (n + 1)
-        out[new] = (_xlogx(pt + 1 / (n + 1)) - _xlogx(pt)).view(1, k)
-    old = ~new
-    if old.any():
-        p = counts / n
-        cur = current[old]
-        pl = p[cur]
-        leave = _xlogx((pl - 1 / n).clamp_min(0.0)) - _xlogx(pl)
-        join = _xlogx(p + 1 / n) - _xlogx(p)
-        cost = leave.view(-1, 1) + join.view(1, -1)
-        out[old] = cost.scatter(1, cur.view(-1, 1), 0.0)
-    return out.float()
-
-
-def secu_entropy_assign(similarity: torch.Tensor, counts: torch.Tensor, alpha: float, current: torch.Tensor) -> torch.Tensor:
-    """Entropy-constrained greedy assignment: y_i = argmin_k (-sim_ik + alpha cost_ik), every
-    sample of the batch seeing the same counts (see :func:`secu_entropy_costs`)."""
-    return (-similarity.float() + alpha * secu_entropy_costs(counts, current)).argmin(dim=1)
 
 
 # ----- the method ---------------------------------------------------------------------------------
@@ -267,21 +205,16 @@ class SeCu(ClusteringMethod):
         ]
 
     def lr_scale(self, epoch: int, it: int, iters_per_epoch: int, factor: float) -> float:
+        """0 while the encoder is frozen; then :func:`lr_factor` on SeCu's clock, which starts
+        when the encoder unfreezes (epochs counted from ``frozen_epochs``), with the official
+        warm-up ramp max(1, u) / (W n) (secu.md section 8); ``step`` keeps the generic ``factor``."""
         frozen = self.opts.frozen_epochs
         if epoch < frozen:
             return 0.0  # the encoder is frozen; its optimiser still steps (momentum builds up)
-        o = self.cfg.optim
-        if o.schedule == "step":
+        if self.cfg.optim.schedule == "step":
             return factor
-        n = iters_per_epoch
-        u = (epoch - frozen) * n + it
-        warm = o.warmup_epochs * n
-        if u < warm:
-            return max(1, u) / warm
-        if o.schedule == "constant":
-            return 1.0
-        total = max(1, (self.cfg.train.epochs - frozen) * n - warm)
-        return 0.5 * (1 + math.cos(math.pi * min(u - warm, total) / total))
+        return lr_factor(self.cfg.optim, epoch - frozen, it, iters_per_epoch, self.cfg.train.epochs - frozen,
+                         warmup_shift=0)
 
     @torch.no_grad()
     def on_epoch_start(self, epoch: int) -> None:
@@ -402,4 +335,4 @@ class SeCu(ClusteringMethod):
         return {"eval_head": self.eval_head, "over_clustering": heads, "train_assignment_sizes": train_sizes}
 
 
-__all__ = ["SeCu", "secu_dual_update", "secu_entropy_assign", "secu_entropy_costs", "secu_size_assign"]
+__all__ = ["SeCu"]

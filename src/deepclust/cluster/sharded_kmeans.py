@@ -23,36 +23,14 @@ import math
 from typing import Any
 
 import torch
-import torch.distributed as tdist
 
 from deepclust.cluster.kmeans import KMeansResult, assign_to_centers, kmeans
-from deepclust.collectives import SINGLE_PROCESS, Collectives
+from deepclust.collectives import Collectives
 from deepclust.errors import ConfigError, DataError
 
 __all__ = ["kmeans_distributed"]
 
 _ROWS = 65536  # rows per block for the exact inertia and the sums
-
-
-def _comm(group: Any) -> Collectives:
-    if not (tdist.is_available() and tdist.is_initialized()):
-        return SINGLE_PROCESS
-    world = tdist.get_world_size(group)
-    if world == 1:
-        return SINGLE_PROCESS
-    return Collectives(world, tdist.get_rank(group), group, backend=str(tdist.get_backend(group)))
-
-
-def _to_comm(t: torch.Tensor, comm: Collectives) -> torch.Tensor:
-    """Tensors travel on the backend's device (CUDA for NCCL, CPU for gloo)."""
-    return t.to(comm.device_for_collectives()) if comm.enabled else t
-
-
-def _all_sum(t: torch.Tensor, comm: Collectives) -> torch.Tensor:
-    if not comm.enabled:
-        return t
-    out = comm.all_reduce(_to_comm(t.clone(), comm), "sum")
-    return out.to(t.device)
 
 
 def _sums_counts(x: torch.Tensor, labels: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,7 +63,7 @@ def _relocate_empty(
         ],
         dim=1,
     )
-    allc = comm.gather(_to_comm(cand, comm)).to(x.device)
+    allc = comm.gather(comm.to_backend(cand)).to(x.device)
     order = torch.argsort(allc[:, 0], descending=True, stable=True)[:n_empty]
     for j, row in enumerate(allc[order]):
         k_new, k_old = int(empty[j]), int(row[3])
@@ -124,7 +102,7 @@ def _lloyd(
         labels, d2 = _assign(x, centers)
         changed = x.new_tensor(float(x.shape[0]) if prev is None else float((labels != prev).sum()), dtype=torch.float64)
         sums, counts = _sums_counts(x, labels, k)
-        packed = _all_sum(torch.cat([sums.reshape(-1), counts, changed.view(1)]), comm)
+        packed = comm.all_sum(torch.cat([sums.reshape(-1), counts, changed.view(1)]))
         sums, counts, n_changed = packed[: k * x.shape[1]].view(k, -1), packed[k * x.shape[1] : -1], float(packed[-1])
         if prev is not None and n_changed == 0:
             break  # strict convergence: the centres are the means of these labels already
@@ -135,7 +113,7 @@ def _lloyd(
         if shift <= tol_abs:
             break
     labels, _ = _assign(x, centers)
-    inertia = float(_all_sum(_exact_inertia(x, labels, centers).view(1), comm))
+    inertia = float(comm.all_sum(_exact_inertia(x, labels, centers).view(1)))
     return labels, centers, inertia, it
 
 
@@ -148,7 +126,7 @@ def _gathered_sample(x: torch.Tensor, n_total: int, sample_size: int, seed: int,
         take = min(x.shape[0], math.ceil(sample_size * x.shape[0] / n_total))
         g = torch.Generator().manual_seed(int(seed) * 1_000_003 + comm.rank)
         mine = x[torch.randperm(x.shape[0], generator=g)[:take].to(x.device)]
-    return comm.gather(_to_comm(mine, comm)).to(x.device)
+    return comm.gather(comm.to_backend(mine)).to(x.device)
 
 
 def kmeans_distributed(
@@ -175,22 +153,22 @@ def kmeans_distributed(
         raise ConfigError(f"max_iter must be a positive integer, got {max_iter!r}")
     if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol >= 0):
         raise ConfigError(f"tol must be a finite number >= 0, got {tol!r}")
-    comm = _comm(group)
+    comm = Collectives.for_group(group)
     t = torch.as_tensor(x).detach()
     if t.dim() != 2:
         raise DataError(f"x must be 2-D (n_samples, n_features), got shape {tuple(t.shape)}")
     t = t.float()
     dim = t.shape[1]
-    head = _all_sum(torch.tensor([float(t.shape[0])], dtype=torch.float64, device=t.device), comm)
+    head = comm.all_sum(torch.tensor([float(t.shape[0])], dtype=torch.float64, device=t.device))
     n = int(head.item())
     k = int(n_clusters)
     if k < 1 or k > n:
         raise DataError(f"n_clusters={k} but the processes hold {n} samples in all; choose 1 <= n_clusters <= {n}")
     if t.shape[0] and not bool(torch.isfinite(t).all()):
         raise DataError("x has NaN or inf values; remove or impute them before clustering")
-    mean = (_all_sum(t.double().sum(0), comm) / n).float()
+    mean = (comm.all_sum(t.double().sum(0)) / n).float()
     xc = (t - mean).contiguous()
-    tol_abs = float(tol) * float(_all_sum((xc.double() ** 2).sum().view(1), comm)) / (n * dim)
+    tol_abs = float(tol) * float(comm.all_sum((xc.double() ** 2).sum().view(1))) / (n * dim)
     best: tuple[torch.Tensor, torch.Tensor, float, int] | None = None
     restarts = 1 if init is not None else int(n_init)
     sample = None if init is not None else _gathered_sample(xc, n, int(sample_size), seed, comm)
@@ -202,7 +180,7 @@ def kmeans_distributed(
             # every process runs the same seeded k-means on the same sample; rank 0's centres are
             # broadcast anyway, since CUDA reductions may differ in the last bits
             start = kmeans(sample, k, n_init=1, max_iter=max_iter, tol=tol, seed=int(seed) + r).centers.to(xc.device)
-            start = comm.broadcast_(_to_comm(start.contiguous(), comm)).to(xc.device)
+            start = comm.broadcast_(comm.to_backend(start.contiguous())).to(xc.device)
         res = _lloyd(xc, start, int(max_iter), tol_abs, comm)
         if best is None or res[2] < best[2]:
             best = res

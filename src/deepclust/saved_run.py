@@ -1,5 +1,10 @@
-"""Reload a finished (or interrupted) run: ``deepclust eval``, and the shared loading code of
-``predict``, ``report``, ``sweep-k`` and ``selflabel``.
+"""A saved run directory, reloaded: its config, model, data, k-means centres and predictions
+(``deepclust eval``, and the shared loading code of ``predict``, ``report``, ``sweep-k`` and
+``selflabel``).
+
+Where evaluation lives: :mod:`deepclust.metrics` scores labels (ACC, NMI, ARI; pure functions),
+:mod:`deepclust.engine.evaluate` runs a model over images to predict clusters and builds the
+result record, and this module reloads a run from its directory to feed those two.
 
 A run predicts the way it was evaluated: head methods take the argmax of their head;
 k-means methods assign features to the k-means centres stored in the final checkpoint
@@ -195,6 +200,6 @@ def evaluate_run(run_dir: str | Path, features: str | None = None, split: str | 
 
 
 __all__ = [
-    "Config", "RunPrediction", "evaluate_run", "kmeans_centers", "load_run", "load_run_data", "predict_run", "run_encoder",
+    "RunPrediction", "evaluate_run", "kmeans_centers", "load_run", "load_run_data", "predict_run", "run_encoder",
     "soft_assign",
 ]
