@@ -7,7 +7,7 @@ Trains ``configs/<method>/<data>.yaml`` on the chosen split (train+test protocol
 twice through the command line: ``python -m deepclust train ...`` (one process, ``--single-threads``
 threads) and ``python -m torch.distributed.run --standalone --nproc_per_node=N -m deepclust train
 ...`` (``--threads-per-proc`` threads each; gloo on CPU, NCCL on CUDA), with the same global batch,
-epochs and seed. Writes ``benchmarks/results/ddp_<method>_<data>_<split>_<device>[tag].json`` with
+epochs and seed. Writes ``benchmarks/results/ddp/ddp_<method>_<data>_<split>_<device>[tag].json`` with
 both runs' ACC/NMI/ARI, wall times (the whole command, start-up included, and the trainer's own),
 the machine, the versions and the exact commands.
 
@@ -27,10 +27,9 @@ import time
 from pathlib import Path
 from subprocess import run
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality import machine  # noqa: E402  (the shared machine description)
+from deepclust.bench import machine_info  # the shared machine description (quality.py no longer has its own)
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parent / "results" / "ddp"
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -95,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         "protocol": f"train+test on the {a.split} split",
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
-        "machine": machine(),
+        "machine": machine_info(),
         "device": a.device,
         "same": "global batch, epochs, seed and config; only the number of processes differs"
                 + ("; BatchNorm synchronised over the processes" if a.sync_bn else "; BatchNorm per process (DDP default)"),

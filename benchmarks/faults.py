@@ -2,7 +2,7 @@
 checkpoint writes and during the final evaluation, resume it each time, and compare with an
 uninterrupted run; then a table of bad inputs with the line each produced and its exit status.
 
-    python benchmarks/faults.py                       # 20 kills, the bad-input table, a record in benchmarks/results/
+    python benchmarks/faults.py                       # 20 kills, the bad-input table, a record in benchmarks/results/faults/
     python benchmarks/faults.py --kills 3 --no-table  # what tests/test_faults.py runs
 
 Every training process runs through ``python benchmarks/faults.py child MARKERS -- ARGS``: the
@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "faults"
 sys.path.insert(0, str(ROOT / "src"))
 
 log = logging.getLogger("faults")
@@ -361,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=EPOCHS)
     p.add_argument("--no-table", action="store_true", help="skip the bad-input table")
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "faults_idfd_digits_cpu.json"))
+    p.add_argument("--out", default=str(RESULTS / "faults_idfd_digits_cpu.json"))
     a = p.parse_args(args)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from deepclust.bench import machine_info, stamp_record, write_record

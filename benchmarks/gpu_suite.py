@@ -24,9 +24,9 @@ command with ``python3 -m pip install -q --no-index --no-deps --target /tmp/site
 export PYTHONPATH=/tmp/site;``); without it the embed part fails with the one line ``timm missing:
 pip install timm`` and the other parts run. The suite writes 5 files (of the 8 that come back
 from ``$OUT``, which come back even when the command is killed: copy them to
-``benchmarks/results/`` here): the record ``gpu_suite_<device>.json``, the two ``deepclust
+``benchmarks/results/gpu_suite/`` here): the record ``gpu_suite_<device>.json``, the two ``deepclust
 bench`` records and the time-to-accuracy JSON and PNG (the embed part's figures are in the
-record). Without ``--out`` the records go to ``benchmarks/results/``.
+record). Without ``--out`` the records go to ``benchmarks/results/gpu_suite/``.
 Parts, in order, each in a child process with a timeout (a crash or a hang in one part loses
 nothing of the others):
 
@@ -95,7 +95,7 @@ from deepclust.engine.device import resolve_device  # noqa: E402
 from deepclust.engine.trainer import Trainer  # noqa: E402
 from deepclust.errors import ConfigError, DataError, DeepClustError  # noqa: E402
 
-RESULTS = ROOT / "benchmarks" / "results"
+RESULTS = ROOT / "benchmarks" / "results" / "gpu_suite"
 SPEEDUP_GOAL = 3.0
 BUDGET_S = 540.0  # one device call of the 600 s a command may run, with room to write the records
 SMOKE_BUDGET_S = 240.0  # 110 s was too little on an Intel Xeon, where SeCu's fp16 parts are emulated
@@ -632,7 +632,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", default=None, help="folder holding cifar10/{train,test}.jpeg.npz (not with --smoke)")
     p.add_argument("--budget-s", type=float, default=None, help=f"wall-clock budget (default {BUDGET_S:.0f}; --smoke: {SMOKE_BUDGET_S:.0f})")
-    p.add_argument("--out", default=None, help="where the records go (default benchmarks/results/)")
+    p.add_argument("--out", default=None, help="where the records go (default benchmarks/results/gpu_suite/)")
     p.add_argument("--device", default="auto", help="auto | cuda | cuda:N | cpu (--smoke: cpu)")
     p.add_argument("--smoke", action="store_true", help="the same code on the CPU, tiny sizes, synthetic images")
     p.add_argument("--parts", default=None, help="comma-separated subset, e.g. tta_idfd (default: all)")

@@ -7,7 +7,7 @@ Same float32 features, same k, n_init, max_iter, tol and seed for every library
 (scikit-learn: ``algorithm="lloyd"``, k-means++ init; faiss: its random init, fixed
 iterations). Wall time is the median of ``--repeats`` runs after one untimed warm-up of
 deepclust's; inertia is reported by each library and recomputed in float64 from its labels and
-centres. Writes ``benchmarks/results/kmeans_<features>_<n>x<dim>_k<k>_<device>[_<tag>].json``
+centres. Writes ``benchmarks/results/kmeans/kmeans_<features>_<n>x<dim>_k<k>_<device>[_<tag>].json``
 with the machine, load average at start and end, the command and the date.
 """
 
@@ -23,7 +23,7 @@ from pathlib import Path
 from deepclust.bench import print_kmeans, bench_kmeans, kmeans_features, machine_info, stamp_record, write_record
 from deepclust.engine.device import resolve_device
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parent / "results" / "kmeans"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,7 +5,7 @@
 
 Trains with ``configs/<method>/<data>.yaml`` on the chosen split (train+test protocol on that
 split), runs k-means (same n_init) on the raw pixels of the same images, and writes
-``benchmarks/results/<method>_<data>_<split>_<device>.json`` with both scores, the machine,
+``benchmarks/results/quality/<method>_<data>_<split>_<device>.json`` with both scores, the machine,
 the command, the date and the wall times. For a method that predicts with its own head (SeCu,
 CDC, AnchorCL) the record also holds k-means on the trained network's clean features (the
 method's ``infer`` features, same n_init), as a diagnostic: how the head compares with k-means
@@ -33,7 +33,7 @@ from deepclust.engine.trainer import Trainer
 from deepclust.errors import DeepClustError
 from deepclust.metrics import evaluate
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parent / "results" / "quality"
 
 
 def flag_form_config(method: str, data: str, data_dir: str, device: str, n_clusters: int, overrides: list[str],

@@ -52,7 +52,7 @@ from deepclust.methods import METHODS as REGISTRY
 from deepclust.methods import get_method_class
 
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
+RESULTS = HERE / "results" / "quality_matrix"
 # every method that trains on images (scan clusters a pretrained embedding: benchmarks/pretrained.py),
 # in the registry's order (deepclust.methods.METHODS), the order of the records and tables
 METHODS = tuple(m for m in REGISTRY if get_method_class(m).accepts_images)

@@ -17,7 +17,7 @@ sampled every 50 ms:
   (``data.stream=true``) and held in memory (``data.stream=false``; that epoch is the training
   step alone, its batches are memory gathers).
 
-Writes ``benchmarks/results/stream_<device>[_<tag>].json`` with the machine and load averages.
+Writes ``benchmarks/results/stream/stream_<device>[_<tag>].json`` with the machine and load averages.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parent / "results" / "stream"
 
 
 def make_folder(root: Path, n: int, lo: int, hi: int, seed: int) -> Path:

@@ -10,7 +10,7 @@ decide from the decoded size, and the record keeps the line it logged), a small 
 what the data stage chose, and the peak PSS of this process plus its DataLoader workers
 (sampled every 50 ms) against the decoded size of the dataset at the input size.
 
-Writes ``benchmarks/results/stream_cluster_<device>[_<tag>].json`` with the machine and load
+Writes ``benchmarks/results/stream_cluster/stream_cluster_<device>[_<tag>].json`` with the machine and load
 averages.
 """
 
@@ -27,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from stream import PeakMemory, _pss_kb, make_folder  # noqa: E402  (the shared generator and sampler)
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parent / "results" / "stream_cluster"
 
 
 def main(argv: list[str] | None = None) -> int:

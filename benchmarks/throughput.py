@@ -9,7 +9,7 @@ For every method: the packaged ``<method>/<data>`` config (its model, views and 
 PIL + torchvision per-image transforms in DataLoader workers, fp32, the same model, batch and
 loss), the median images/s of ``--windows`` timed windows after ``--warmup`` steps, peak
 memory, and the ratio. Writes
-``benchmarks/results/throughput_<method>_<dataset>-<split>_<backbone>_<device>[_<tag>].json`` with the
+``benchmarks/results/throughput/throughput_<method>_<dataset>-<split>_<backbone>_<device>[_<tag>].json`` with the
 machine (device, versions, CPU and thread counts, load average at start and end), the command
 and the date. Device-agnostic: ``--device cuda`` (or auto on a GPU machine) runs unchanged.
 """
@@ -26,7 +26,7 @@ from pathlib import Path
 from deepclust.bench import print_throughput, bench_config, bench_throughput, machine_info, stamp_record, write_record
 from deepclust.engine.device import resolve_device
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parent / "results" / "throughput"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,7 @@ as the method predicts) gives ACC / NMI / ARI. The run stops at the first evalua
 ACC >= ``--target``, when the training time passes ``--time-limit`` seconds, or at the config's
 last epoch (its schedule ends there). Training time excludes the evaluations; wall time
 includes them. Writes ``tta_<method>_<dataset>_<split>_<device>[_<tag>].json`` (``train+test``
-written ``traintest``) to ``--out-dir`` (default ``benchmarks/results/``): the curve of (train
+written ``traintest``) to ``--out-dir`` (default ``benchmarks/results/tta/``): the curve of (train
 time, wall time, epoch, ACC, NMI, ARI), the outcome, the machine, the command, the date; and a
 PNG plot of ACC against training time beside it.
 """
@@ -31,7 +31,7 @@ import torch
 from deepclust.bench import bench_config, machine_info, write_record
 from deepclust.engine.trainer import Trainer
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parent / "results" / "tta"
 log = logging.getLogger("tta")
 
 
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tag", default="")
-    p.add_argument("--out-dir", default=str(RESULTS), help="where the record and plot go (default benchmarks/results)")
+    p.add_argument("--out-dir", default=str(RESULTS), help="where the record and plot go (default benchmarks/results/tta)")
     p.add_argument("overrides", nargs="*")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
