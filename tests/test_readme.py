@@ -1,4 +1,5 @@
-"""The README's copy-paste examples run as written (epochs made small, paths in a temporary folder)."""
+"""The copy-paste examples of the README and the docs run as written (epochs made small, paths in a
+temporary folder). A block is marked ``<!-- readme-test: NAME -->`` in README.md or a page of docs/."""
 
 from __future__ import annotations
 
@@ -12,14 +13,22 @@ from PIL import Image
 
 from deepclust.cli import main
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+PAGES = [README, *sorted((ROOT / "docs").rglob("*.md"))]
 
 
 def block(name: str) -> str:
-    """The fenced code block that follows ``<!-- readme-test: name -->``."""
-    m = re.search(rf"<!-- readme-test: {name} -->\s*```\w*\n(.*?)```", README.read_text(), re.S)
-    assert m, f"README has no block marked readme-test: {name}"
-    return m.group(1)
+    """The fenced code block that follows ``<!-- readme-test: name -->`` (exactly one, README or docs)."""
+    found = [m.group(1) for page in PAGES
+             for m in re.finditer(rf"<!-- readme-test: {name} -->\s*```\w*\n(.*?)```", page.read_text(), re.S)]
+    assert len(found) == 1, f"{len(found)} blocks marked readme-test: {name} in README.md and docs/ (want one)"
+    return found[0]
+
+
+def test_every_marked_block_has_a_test() -> None:
+    marked = {n for page in PAGES for n in re.findall(r"^<!-- readme-test: ([\w-]+) -->", page.read_text(), re.M)}
+    assert marked == {"folder", "python", "research", "method"}
 
 
 def run_commands(text: str, short: dict[str, str]) -> None:
@@ -75,6 +84,6 @@ def test_adding_a_method_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(methods, "METHODS", dict(methods.METHODS))  # the example registers "simclr"
     namespace: dict = {}
-    exec(compile(block("method").replace("epochs=10", "epochs=1"), "README.md", "exec"), namespace)
+    exec(compile(block("method").replace("epochs=10", "epochs=1"), "docs/adding-a-method.md", "exec"), namespace)
     assert "simclr" in methods.list_methods()
     assert namespace["labels"].shape == (1797,) and len(set(namespace["labels"].tolist())) > 1
