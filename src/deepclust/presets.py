@@ -8,7 +8,7 @@ A shipped or paper config says ``defaults: method`` (the digits and Fashion-MNIS
 (:func:`deepclust.data.peek`, headers only) and classified, and that kind's preset is merged
 between the method's defaults and the run's own values, so anything the run sets still wins.
 
-The rule (README "Defaults by data kind"):
+The rule (docs/configs.md, "Defaults by data kind"):
 
 - **features**: (N, D) vectors. The MLP; noise + dropout views (augment/features.py); cosine
   schedule. Nothing image-specific applies.
@@ -77,7 +77,7 @@ def kind_defaults(method: str, kind: str, shape: DataShape) -> dict[str, Any]:
     cls = get_method_class(method)
     # Every glyph at 16 px, width 32: on the Fashion-MNIST draw (28 px) every method's worst seed
     # rose over 28 px at width 16 for about the same CPU time, and over 28 px at width 32 where
-    # that was tried too (README, "Defaults by data kind").
+    # that was tried too (docs/explorations.md, "The glyph preset").
     out: dict[str, Any] = {
         "data": {"image_size": 16},
         "model": {"backbone": "small_cnn", "feature_dim": 128, "width": 32},

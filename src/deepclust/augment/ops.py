@@ -613,8 +613,8 @@ def random_stroke(x: Tensor, strength: float, p: float = 1.0,
     otherwise dilation (max filter). ``thin = 0`` only thickens, which keeps thin strokes (small
     MNIST-like digits) from being erased. Borders: the filters ignore the outside (max-pool
     padding is -inf). Draws 3 uniforms per sample whatever ``p`` is, so the stream is fixed.
-    The glyph preset uses it for SeCu and CDC (p 0.5, thin 0, strength 0.5; presets.py):
-    benchmarks/results/exploration_16/, "Stroke width" to "Half-strength thickening".
+    The glyph preset uses it for SeCu and CDC (p 0.5, thin 0, strength 0.5; presets.py); why
+    that form: docs/explorations.md, "Stroke-width views".
     """
     _check_batch(x)
     u = _rand((x.shape[0], 3), generator, x.device)

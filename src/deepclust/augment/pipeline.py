@@ -34,8 +34,8 @@ __all__ = ["AugmentConfig", "Augment", "EvalTransform", "StrongAugment", "THICKE
 # ClusteringMethod.glyph_preset): with probability 0.5 a view's strokes get thicker, never thinner,
 # by a blend half-way towards a 3x3 dilation (ops.random_stroke; erosion where the strokes are
 # dark). They bridge bold and light font faces; full strength, or thinning as well, erased the
-# strokes of 8 px digits upsampled to 16 px. The figures: README, "Defaults by data kind", and the
-# records under benchmarks/results/ that it cites.
+# strokes of 8 px digits upsampled to 16 px. The figures: docs/explorations.md, "Stroke-width
+# views" (the records it cites are in git history).
 THICKEN_HALF: dict[str, Any] = {"stroke_p": 0.5, "stroke_thin": 0.0, "stroke_strength": 0.5}
 
 

@@ -101,7 +101,8 @@ class AnchorCL(ClusteringMethod):
         "train": {"batch_size": 128},
         # the first half of the epochs on the instance loss alone, then k-means centres from the
         # trained features: from the untrained network digits seeds merged two classes, and a
-        # quarter of the epochs left the worst Fashion-MNIST seed lower (README, "Defaults by data kind")
+        # quarter of the epochs left the worst Fashion-MNIST seed lower (docs/explorations.md,
+        # "The glyph preset")
         "method_args": {"instance_warmup": 0.5},
     }
 
@@ -210,8 +211,8 @@ class AnchorCL(ClusteringMethod):
         first ``cluster_start`` epochs train the instance loss alone and the centres are
         initialised again, the same way, from the network's features at the start of epoch
         ``cluster_start``: on digits, centres from the untrained network put two centres in
-        one class for 2 of 3 seeds, and DEC's sharpening kept that merge (an empty cluster,
-        ACC 0.74-0.82)."""
+        one class for 2 of 3 seeds, and DEC's sharpening kept that merge (an empty cluster;
+        docs/explorations.md, "The glyph preset")."""
         self._init_centres(train_images)
 
     @torch.no_grad()

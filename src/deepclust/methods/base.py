@@ -99,8 +99,8 @@ class ClusteringMethod(nn.Module):
     # ----- the glyph preset (presets.py, ``defaults: glyph``: one channel, <= 32 px) ---------------
     #: what this method changes in the shared glyph preset: section -> {field: value}, each section
     #: a flat dict merged over the preset's own. The values were chosen with
-    #: benchmarks/quality_matrix.py; the figures are in the README ("Defaults by data kind") and
-    #: the records under benchmarks/results/, not in the code.
+    #: benchmarks/quality_matrix.py; the figures are in docs/explorations.md and docs/records.md
+    #: (generated from benchmarks/results/), not in the code.
     glyph_preset: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
 
     @classmethod

@@ -107,7 +107,7 @@ class CDC(ClusteringMethod):
         "augment": dict(THICKEN_HALF),
         # tau_p 0.5: the categorical weight exp(p_a.p_b / tau_p) spans [1, e^2] instead of [1, e]
         # (Reading A, spec cdc.md 3.2); with 1.0 the head fell below k-means on Fashion-MNIST
-        # (benchmarks/results/, the cdc_fashion-mnist_test_cpu_taup1 records)
+        # (docs/explorations.md, "CDC's tau_p")
         "method_args": {"tau_p": 0.5},
     }
 

@@ -49,7 +49,7 @@ class IDFD(ClusteringMethod):
         """Batch 16 at every size, at SGD rate 0.05 sqrt(B / 128). IDFD takes no negatives from
         the batch (its memory bank), and its short glyph runs need many small steps: larger
         batches, and the rate 0.1 at batch 128, were worse on every glyph set measured
-        (README, "Defaults by data kind")."""
+        (docs/explorations.md, "The glyph preset")."""
         b = 16
         return b, 0.05 * math.sqrt(b / 128)
 

@@ -103,7 +103,7 @@ class SeCu(ClusteringMethod):
     def glyph_batch(cls, n_samples: int) -> tuple[int, float]:
         """A batch of about N / 100, a power of two in [16, 128], at the linear rate 0.1 B / 128.
         SeCu takes no negatives from the batch (cluster centres), and on small data a large
-        batch collapses it (whole batches take one label; README, "Defaults by data kind")."""
+        batch collapses it (whole batches take one label; docs/explorations.md, "The glyph preset")."""
         b = int(min(128, max(16, 2 ** round(math.log2(max(1, n_samples) / 100)))))
         return b, 0.1 * b / 128
 
