@@ -14,7 +14,6 @@ import argparse
 import importlib.util
 import json
 import re
-import statistics
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -66,9 +65,11 @@ def matrix_summary() -> str:
 
     out = ["| method | " + " | ".join(datasets) + " |", "|---|" + "---|" * len(datasets)]
     for m in methods:
-        out.append(f"| {m} | " + " | ".join(pair(cell[m, d]["acc_min"], cell[m, d]["nmi_min"]) if (m, d) in cell else "-"
-                                           for d in datasets) + " |")
-    km = [max((cell[m, d]["kmeans_acc"], cell[m, d]["kmeans_nmi"]) for m in methods if (m, d) in cell) for d in datasets]
+        scores = [pair(cell[m, d]["acc_min"], cell[m, d]["nmi_min"]) if (m, d) in cell else "-" for d in datasets]
+        out.append(f"| {m} | " + " | ".join(scores) + " |")
+    # the highest of the k-means means beside each method (they differ only in k-means' restarts)
+    km = [max((cell[m, d]["kmeans_acc"], cell[m, d]["kmeans_nmi"]) for m in methods if (m, d) in cell)
+          for d in datasets]
     out.append("| k-means on raw pixels | " + " | ".join(pair(a, n) for a, n in km) + " |")
     return "\n".join(out)
 
@@ -87,7 +88,8 @@ def quality_runs() -> str:
         res, km = r["method_result"], r["kmeans_raw_pixels"]
         own = r.get("kmeans_on_method_features")
         own_acc = f"{own['acc']:.4f}" if own else "-"
-        out.append(f"| {r['method']} | {r['dataset']} {r['split']} | {res['acc']:.4f} | {res['nmi']:.4f} | {res['ari']:.4f} "
+        out.append(f"| {r['method']} | {r['dataset']} {r['split']} "
+                   f"| {res['acc']:.4f} | {res['nmi']:.4f} | {res['ari']:.4f} "
                    f"| {km['acc']:.4f} / {km['nmi']:.4f} / {km['ari']:.4f} | {own_acc} | {res['epoch']} "
                    f"| {res['wall_time_s']:.0f} |")
     return "\n".join(out)
@@ -100,11 +102,15 @@ def throughput() -> str:
            "|---|---|---|---:|---:|---:|---|"]
     recs = [_load(p) for p in sorted((RESULTS / "throughput").glob("*.json"))]
     # ResNet rows first, then the small CNN's, its one larger dataset last
-    for r in sorted(recs, key=lambda r: (r["backbone"] != "resnet18", r["backbone"] != "resnet18" and r["n_images"] > 10_000,
-                                         _order(r["method"]))):
+    def key(r: dict[str, Any]) -> tuple[bool, bool, int]:
+        small = r["backbone"] != "resnet18"
+        return small, small and r["n_images"] > 10_000, _order(r["method"])
+
+    for r in sorted(recs, key=key):
         out.append(f"| {r['method']} | {r['dataset']} {r['split']} ({r['n_images'] // 1000}k) "
                    f"| {model.get(r['backbone'], r['backbone'])} {r['image_size']} px, {r['batch_size']} "
-                   f"| {r['deepclust']['images_per_s']:.1f} | {r['reference']['images_per_s']:.1f} | {r['speedup']:.2f}x "
+                   f"| {r['deepclust']['images_per_s']:.1f} | {r['reference']['images_per_s']:.1f} "
+                   f"| {r['speedup']:.2f}x "
                    f"| {r['machine']['cpu_model'] if r['device'] == 'cpu' else r['device_name']} ({r['device']}) |")
     return "\n".join(out)
 
@@ -115,7 +121,8 @@ def kmeans() -> str:
            "|---|---|---:|---:|---:|---|"]
     for p in sorted((RESULTS / "kmeans").glob("*.json")):
         r = _load(p)
-        out.append(f"| {r['features']} | {r['n']:,} x {r['dim']}, {r['k']}, {r['n_init']} | {r['deepclust']['time_s']:.2f} "
+        out.append(f"| {r['features']} | {r['n']:,} x {r['dim']}, {r['k']}, {r['n_init']} "
+                   f"| {r['deepclust']['time_s']:.2f} "
                    f"| {r['sklearn']['time_s']:.2f} ({r['sklearn']['algorithm']}) | {r['inertia_ratio']:.4f} "
                    f"| {r['machine']['cpu_model']} ({r['deepclust']['device']}) |")
     return "\n".join(out)

@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tag", default="")
-    p.add_argument("--out-dir", default=str(RESULTS), help="where the record and plot go (default benchmarks/results/tta)")
+    p.add_argument("--out-dir", default=str(RESULTS), help="where the record and plot go (default results/tta)")
     p.add_argument("overrides", nargs="*")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
