@@ -317,7 +317,7 @@ def _preset(raw: dict[str, Any], method: str, shape: DataShape | None, auto: boo
     if choice == "auto" and spec:
         # --features: the run trains on the images' pretrained embedding, whatever the images are
         n = shape.n_samples if shape is not None else 0
-        log.info("defaults for features data (the pretrained embedding %s of the images; README 'Defaults by data kind')", spec)
+        log.info("defaults for features data (the pretrained embedding %s of the images; docs/configs.md)", spec)
         return {**kind_defaults(method, "features", DataShape(channels=0, size=0, n_samples=n)), "defaults": "features"}
     if shape is None:
         data = raw.get("data") or {}

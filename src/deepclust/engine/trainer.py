@@ -195,7 +195,7 @@ class Trainer:
         total = seconds * cfg.train.epochs
         log.info("epoch %d took %s on the CPU: about %s for all %d epochs; training a CNN from scratch on natural "
                  "images is slow on a CPU: --features timm:NAME (a pretrained encoder, e.g. timm:resnet50.a1_in1k) "
-                 "clusters its embedding in minutes (README 'Pretrained embeddings')",
+                 "clusters its embedding in minutes (docs/pretrained.md)",
                  epoch, _duration(seconds), _duration(total), cfg.train.epochs)
 
     def _log_epoch(self, done: int, logs: dict[str, float]) -> str:
