@@ -98,7 +98,7 @@ class AnchorCL(ClusteringMethod):
     stem_init = "kaiming"  # every convolution Kaiming-normal (spec/anchor.md 2), the CIFAR stem too
 
     @dataclass
-    class Options:
+    class Options(ClusteringMethod.Options):
         instance_temperature: float = 0.5
         alpha: float = 1.0
         instance_weight: float = 1.0
@@ -112,6 +112,13 @@ class AnchorCL(ClusteringMethod):
         target_mode: str = "batch"
         target_interval: int = 0
         instance_warmup: float = 0.0  # fraction of train.epochs on the instance loss alone (library choice)
+
+    opts: Options  # this method's method_args (the base class builds it from cfg.method_args)
+    # buffers, registered in __init__ (checkpointed with the model)
+    centers_initialized: torch.Tensor
+    q_store: torch.Tensor
+    full_target: torch.Tensor
+    target_steps: torch.Tensor
 
     @classmethod
     def defaults(cls) -> dict[str, Any]:
