@@ -28,7 +28,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -144,7 +144,7 @@ def resolve_data_on_device(value: Any, device: torch.device, nbytes: int) -> boo
     return nbytes <= RESIDENT_FRACTION * free
 
 
-_OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+_OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {  # constructors taking lr, fused, foreach
     "sgd": torch.optim.SGD,
     "adam": torch.optim.Adam,
     "adamw": torch.optim.AdamW,

@@ -37,7 +37,7 @@ def view_specs(pipelines: Sequence[nn.Module]) -> list[ViewSpec]:
     specs = []
     for p in pipelines:
         if isinstance(p, Augment):
-            specs.append(ViewSpec("random", tuple(p.cfg.crop_scale), tuple(p.cfg.crop_ratio)))
+            specs.append(ViewSpec("random", p.cfg.crop_scale, p.cfg.crop_ratio))  # tuples (AugmentConfig)
         elif isinstance(p, EvalTransform):
             specs.append(ViewSpec("plain"))
         else:
