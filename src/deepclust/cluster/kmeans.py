@@ -146,9 +146,9 @@ def _assign_pass(
         md, lab = d.min(dim=1)  # (A, rows): the reduction runs along contiguous rows
         labels[:, s:e] = lab
         dist[:, s:e] = md.add_(x_sq[s:e]).clamp_(min=0.0)
-        if with_sums:
+        if sums is not None and counts is not None:  # with_sums
             _add_block_sums(sums, counts, lab + offsets, xb, onehot)
-    if with_sums:
+    if sums is not None and counts is not None:
         return _Pass(labels, dist, sums.view(a, k, dim), counts.view(a, k))
     return _Pass(labels, dist)
 
