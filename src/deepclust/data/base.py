@@ -188,7 +188,7 @@ class FeatureData(ImageData):
         )
 
     @classmethod
-    def from_arrays(  # type: ignore[override]
+    def from_arrays(
         cls,
         features: Any,
         labels: Any | None = None,
