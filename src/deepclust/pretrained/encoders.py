@@ -52,8 +52,8 @@ class Preprocess:
     input_size: int
     resize_size: int
     interpolation: str
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean: tuple[float, ...]  # one per RGB channel
+    std: tuple[float, ...]
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -72,6 +72,10 @@ class Encoder(nn.Module):
     ``forward(images)``: uint8 (B, C, H, W), C in {1, 3} -> float32 (B, dim). The network runs
     under whatever autocast the caller has entered; the preprocessing always runs in float32.
     """
+
+    # buffers, registered in __init__ (1, 3, 1, 1)
+    _mean: torch.Tensor
+    _std: torch.Tensor
 
     def __init__(self, net: nn.Module, spec: str, dim: int, preprocess: Preprocess, weights_hash: str,
                  weights_file: Path) -> None:
