@@ -83,9 +83,9 @@ def plot_training_curves(lines: Sequence[dict[str, Any]], path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_cluster_sizes(sizes: Sequence[int], path: Path) -> Path:
+def plot_cluster_sizes(cluster_sizes: Sequence[int] | np.ndarray, path: Path) -> Path:
     """Bar chart of the number of images per cluster, with the equal-size line n / K."""
-    sizes = np.asarray(sizes)
+    sizes = np.asarray(cluster_sizes)
     k = len(sizes)
     fig, ax = plt.subplots(figsize=(min(14, 4 + 0.25 * k), 3.5))
     ax.bar(np.arange(k), sizes, color="tab:blue", width=0.8)
@@ -109,7 +109,7 @@ def _thumb(img: np.ndarray, scale: int) -> np.ndarray:
     return np.kron(x, np.ones((scale, scale, 1), dtype=np.uint8)) if scale > 1 else x
 
 
-def montage(images: np.ndarray, rows: Sequence[Sequence[int]], cols: int, pad: int = 2) -> np.ndarray:
+def montage(images: np.ndarray, rows: Sequence[Sequence[int] | np.ndarray], cols: int, pad: int = 2) -> np.ndarray:
     """One RGB uint8 image: row r holds ``images[rows[r]]`` (C, H, W each), white padding, blanks left empty."""
     h, w = images.shape[2:]
     s = max(1, math.ceil(_THUMB_MIN / max(h, w)))
@@ -123,7 +123,7 @@ def montage(images: np.ndarray, rows: Sequence[Sequence[int]], cols: int, pad: i
 
 
 def plot_cluster_grid(
-    images: np.ndarray, rows: Sequence[Sequence[int]], row_labels: Sequence[str], cols: int, path: Path, title: str
+    images: np.ndarray, rows: Sequence[Sequence[int] | np.ndarray], row_labels: Sequence[str], cols: int, path: Path, title: str
 ) -> Path:
     """Rows of thumbnails (the images nearest each centre) with a label on the left of every row."""
     grid = montage(images, rows, cols)
