@@ -376,6 +376,7 @@ class DeepClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         if isinstance(data, FeatureData):
             raise DataError(f"features={self.features!r} embeds images, but X holds feature vectors {tuple(data.images.shape)}; "
                             "pass images, or features=None to cluster the vectors")
+        assert self.features is not None  # _embed runs only for an estimator with features
         enc = create_encoder(self.features, self._data_option("features_size"))
         if weights_hash is not None and enc.weights_hash != weights_hash:
             raise CheckpointError(f"the encoder weights changed since this DeepClusterer was fitted: {self.features} now "
@@ -389,6 +390,7 @@ class DeepClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         trainer = Trainer(cfg, data=data)
         trainer.fit()
         result = trainer.result
+        assert result is not None  # fit() returned, so its result is set
         method = result.method.eval()
         # The trainer's final evaluation already inferred the clean features of these images.
         pred = result.prediction

@@ -215,7 +215,7 @@ def build_dataclass(cls: type, values: dict[str, Any], where: str = "") -> Any:
         if key not in names:
             raise _unknown_key(str(key), names, where)
         tp = hints[key]
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             kwargs[key] = build_dataclass(tp, value or {}, f"{where}{key}.")
         else:
             kwargs[key] = _coerce(value, tp, f"{where}{key}")

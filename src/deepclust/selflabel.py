@@ -107,7 +107,7 @@ def max_attainable_confidence(n_classes: int, temperature: float) -> float:
 class CosineClassifier(nn.Module):
     """logits = normalize(features(x)) normalize(W)^T / temperature."""
 
-    def __init__(self, features: nn.Module, weight: torch.Tensor, temperature: float) -> None:
+    def __init__(self, features: ClusteringMethod, weight: torch.Tensor, temperature: float) -> None:
         super().__init__()
         self.features = features
         self.weight = nn.Parameter(weight.detach().clone().float())
