@@ -342,7 +342,7 @@ def concat(parts: Sequence[ImageData], split: str) -> ImageData:
     classes = next((p.classes for p in parts if p.classes), [])
     paths = None
     if all(p.paths is not None for p in parts):
-        paths = [q for p in parts for q in p.paths]  # type: ignore[union-attr]
+        paths = [q for p in parts for q in (p.paths or [])]
     return ImageData(
         images=torch.cat([p.images for p in parts]),
         labels=torch.cat([p.labels for p in parts]),
