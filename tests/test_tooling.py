@@ -43,3 +43,26 @@ def test_ruff_format_is_applied() -> None:
 def test_mypy_passes_on_the_package() -> None:
     """mypy over src/deepclust with [tool.mypy]'s settings (check_untyped_defs, unused ignores)."""
     _check(_run("mypy"))
+
+
+def test_every_name_in_all_exists() -> None:
+    """``from deepclust.X import *`` works: every name a module lists in ``__all__`` is defined
+    there (ruff cannot see through ``*other.__all__``; deepclust.augment once listed two ops it
+    did not import)."""
+    import importlib
+    import pkgutil
+
+    import deepclust
+    import deepclust.augment
+    import deepclust.augment.ops
+
+    missing = {}
+    for info in pkgutil.walk_packages(deepclust.__path__, "deepclust."):
+        if info.name.endswith("__main__"):
+            continue
+        module = importlib.import_module(info.name)
+        absent = [n for n in getattr(module, "__all__", []) if not hasattr(module, n)]
+        if absent:
+            missing[info.name] = absent
+    assert not missing, f"names in __all__ that the module does not define: {missing}"
+    assert set(deepclust.augment.ops.__all__) <= set(deepclust.augment.__all__)
