@@ -1,8 +1,8 @@
 """Clustering primitives in torch: k-means (k-means++ seeding, chunked Lloyd), k-means over the
 shards of a torch.distributed job, exact k nearest neighbours (cosine), and Sinkhorn-Knopp."""
 
-from .kmeans import KMeansResult, assign_to_centers, kmeans
 from .distributed import kmeans_distributed
+from .kmeans import KMeansResult, assign_to_centers, kmeans
 from .neighbors import nearest_neighbors
 from .sinkhorn import sinkhorn
 
