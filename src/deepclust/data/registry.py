@@ -9,8 +9,8 @@ from __future__ import annotations
 import difflib
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from deepclust.data import folder, npz, standard
 from deepclust.data.base import ImageData
