@@ -32,8 +32,9 @@ import re
 import secrets
 import warnings
 import zipfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO, Any, Callable, Sequence
+from typing import IO, Any
 
 import numpy as np
 import torch

@@ -18,7 +18,8 @@ torch has no LARS and the project adds no dependency for one, hence this short c
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 

@@ -317,7 +317,8 @@ class Trainer:
         if isinstance(stream, StreamLoader):
             stream.set_epoch(epoch)  # crops of this epoch: per-sample generators of (seed, epoch, index)
         batches = stream.batches_of([p[2] for p in plan]) if stream is not None else ((images[p[2]], p[2]) for p in plan)
-        for (it, n_global, _), (batch, idx) in zip(plan, batches):
+        # batches is built from plan (same length); not strict: zip never advances the stream past its end
+        for (it, n_global, _), (batch, idx) in zip(plan, batches, strict=False):
             if d.enabled:
                 d.split(n_global)  # sets d.loss_weight / batch sizes for this step (uneven last batch)
             f = method.lr_scale(epoch, it, iters, lr_factor(cfg.optim, epoch, it, iters, cfg.train.epochs))
@@ -341,7 +342,7 @@ class Trainer:
             keys = sorted(sums)
             if keys:
                 total = d.all_reduce(torch.stack([torch.as_tensor(sums[k], device=self.device).float().reshape(()) for k in keys]), "mean")
-                sums = dict(zip(keys, total.unbind()))
+                sums = dict(zip(keys, total.unbind(), strict=True))
             average_batchnorm_stats(method, d)
         logs = {k: float(v) / max(steps, 1) for k, v in sums.items()}
         if not all(math.isfinite(v) for v in logs.values()):
