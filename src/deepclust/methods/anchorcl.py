@@ -81,8 +81,8 @@ from deepclust.losses.contrastive import nt_xent_loss
 from deepclust.losses.dec import anchor_loss, dec_loss, dec_target, student_t_assignment
 from deepclust.methods.base import ClusteringMethod, DataInfo, StepOutput
 from deepclust.metrics import evaluate
-from deepclust.precision import fp32
 from deepclust.models import mlp_projector
+from deepclust.precision import fp32
 
 if TYPE_CHECKING:  # type hints only: config resolution imports the methods, not the reverse
     from deepclust.config import Config

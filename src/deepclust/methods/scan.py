@@ -96,7 +96,7 @@ class SCAN(ClusteringMethod):
         # Under torchrun the loss sees the global batch (gathered with gradient), as CDC's does.
         g = self.dist.gather_with_grad
         totals, cons, ents = zip(*(scan_loss(g(z[:b]), g(z[b:]), self.opts.entropy_weight)
-                                   for z in (head(h) for head in self.heads)))
+                                   for z in (head(h) for head in self.heads)), strict=True)
         per_head = torch.stack(totals)
         best = int(self.eval_head)
         logs = {"consistency": cons[best].detach(), "entropy": ents[best].detach()}

@@ -70,10 +70,10 @@ from torch.nn import functional as F
 from deepclust.augment import Augment
 from deepclust.errors import ConfigError
 from deepclust.losses.secu import secu_center_loss, secu_representation_loss
-from deepclust.precision import fp32
 from deepclust.methods.base import ClusteringMethod, DataInfo, StepOutput
 from deepclust.metrics import acc_many_to_one, nmi
 from deepclust.models import mlp_projector
+from deepclust.precision import fp32
 
 if TYPE_CHECKING:  # type hints only: config resolution imports the methods, not the reverse
     from deepclust.config import Config
