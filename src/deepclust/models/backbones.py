@@ -16,7 +16,8 @@ convolution, as SCAN's and SeCu's ResNets (secu.md section 8) and torchvision's 
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
