@@ -33,7 +33,12 @@ from torch import nn
 from deepclust.engine.io import file_hash
 from deepclust.errors import CheckpointError, ConfigError, DataError
 from deepclust.pretrained.weights import (
-    find_hf_cached, fit_state_dict, hf_hub_cache_dir, read_weights, torch_hub_checkpoints, url_file,
+    find_hf_cached,
+    fit_state_dict,
+    hf_hub_cache_dir,
+    read_weights,
+    torch_hub_checkpoints,
+    url_file,
 )
 
 logger = logging.getLogger(__name__)
