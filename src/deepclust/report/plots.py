@@ -7,15 +7,16 @@ them computes clustering results (that is :mod:`deepclust.report.build`'s job).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")  # headless: never open a window, works without $DISPLAY
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 __all__ = [
     "montage",
@@ -50,7 +51,7 @@ def plot_training_curves(lines: Sequence[dict[str, Any]], path: Path) -> Path:
     keys = sorted({k for _, t in train for k in t})
     for k in keys:
         pts = [(e, t[k]) for e, t in train if k in t]
-        ax_l.plot(*zip(*pts), marker="o", ms=3, label=k)
+        ax_l.plot(*zip(*pts, strict=True), marker="o", ms=3, label=k)
     ax_l.set(title="training losses", xlabel="epoch", ylabel="value")
     if keys:  # below the axes: losses of different scales leave no free corner inside
         ax_l.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=min(len(keys), 5), frameon=False)
@@ -61,10 +62,10 @@ def plot_training_curves(lines: Sequence[dict[str, Any]], path: Path) -> Path:
     for m in ("acc", "nmi", "ari"):
         pts = [(ln["epoch"], ln[m]) for ln in evals if ln.get(m) is not None]
         if pts:
-            ax_m.plot(*zip(*pts), marker="o", ms=4, label=m.upper())
+            ax_m.plot(*zip(*pts, strict=True), marker="o", ms=4, label=m.upper())
     ent = [(ln["epoch"], ln["cluster_sizes"]["entropy_norm"]) for ln in evals if isinstance(ln.get("cluster_sizes"), dict)]
     if ent:
-        ax_m.plot(*zip(*ent), marker="s", ms=4, ls="--", color="0.5", label="size entropy")
+        ax_m.plot(*zip(*ent, strict=True), marker="s", ms=4, ls="--", color="0.5", label="size entropy")
     ax_m.set(title="evaluation", xlabel="epoch", ylim=(-0.05, 1.05))
     if evals:
         ax_m.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=4, frameon=False)
@@ -156,7 +157,7 @@ def plot_embedding(xy: np.ndarray, groups: np.ndarray, names: Sequence[str], pat
     colors = _colors(len(values))
     fig, ax = plt.subplots(figsize=(7.5, 6))
     size = 14 if len(xy) <= 2000 else 6
-    for v, col in zip(values, colors):
+    for v, col in zip(values, colors, strict=True):
         m = groups == v
         label = names[int(v)] if 0 <= int(v) < len(names) else str(v)
         ax.scatter(xy[m, 0], xy[m, 1], s=size, color=col, label=label, alpha=0.8, linewidths=0)
@@ -195,9 +196,9 @@ def plot_sweep(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6.5, 4))
     series = [("silhouette", "o-"), ("size_entropy", "s--"), ("acc", "^:"), ("nmi", "v:"), ("ari", "d:")]
     for key, style in series:
-        pts = [(k, r[key]) for k, r in zip(ks, rows) if r.get(key) is not None]
+        pts = [(k, r[key]) for k, r in zip(ks, rows, strict=True) if r.get(key) is not None]
         if pts:
-            ax.plot(*zip(*pts), style, label=key.replace("_", " "))
+            ax.plot(*zip(*pts, strict=True), style, label=key.replace("_", " "))
     ax.set(title="criteria against the number of clusters", xlabel="K", xticks=ks)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
