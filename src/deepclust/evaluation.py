@@ -29,12 +29,12 @@ from typing import Any
 import torch
 
 from deepclust.cluster import assign_to_centers, kmeans
-from deepclust.config import build_dataclass, Config, resolve_config
+from deepclust.config import Config, build_dataclass, resolve_config
 from deepclust.data import ImageData, StreamData
 from deepclust.engine import io
+from deepclust.engine.data_stage import create_run_encoder, open_split  # the same storage/streaming choice as training
 from deepclust.engine.device import amp_dtype, resolve_device
 from deepclust.engine.evaluate import add_extras, infer_images, make_record, predict
-from deepclust.engine.data_stage import create_run_encoder, open_split  # the same storage/streaming choice as training
 from deepclust.errors import CheckpointError, ConfigError, DeepClustError
 from deepclust.methods import ClusteringMethod, DataInfo, create_method
 

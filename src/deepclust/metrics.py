@@ -78,7 +78,7 @@ def _labelled_mask(y_true: np.ndarray) -> np.ndarray | None:
 def _is_minus_one(v: Any) -> bool:
     try:
         return bool(v == UNLABELLED) and not isinstance(v, (str, bytes))
-    except Exception:  # pragma: no cover - exotic objects
+    except Exception:  # noqa: BLE001  # pragma: no cover - == on an exotic label object may raise anything
         return False
 
 
@@ -181,7 +181,7 @@ def match_clusters(y_true: Any, y_pred: Any) -> dict:
     t, p, _ = _prepare(y_true, y_pred)
     _require_samples(t.shape[0], "match_clusters")
     _, classes, clusters, rows, cols = _hungarian(t, p)
-    return {_py(clusters[r]): _py(classes[c]) for r, c in zip(rows, cols)}
+    return {_py(clusters[r]): _py(classes[c]) for r, c in zip(rows, cols, strict=True)}
 
 
 def matched_confusion(

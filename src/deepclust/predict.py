@@ -21,10 +21,10 @@ from __future__ import annotations
 import csv
 import logging
 import os
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -176,7 +176,7 @@ def predict_to_csv(
                     feats, probs = infer_images(method, images, bs, dev, amp)
                     labels, conf = soft_assign(feats, probs, centers, tau)
                     labels_np, conf_np = labels.cpu().numpy(), conf.float().cpu().numpy()
-                    writer.writerows((p, int(k), f"{c:.6f}") for p, k, c in zip(names, labels_np, conf_np))
+                    writer.writerows((p, int(k), f"{c:.6f}") for p, k, c in zip(names, labels_np, conf_np, strict=True))
                     sizes += np.bincount(labels_np, minlength=info.n_clusters)[: info.n_clusters]
                     n += len(names)
                 bar.update(len(names) + len(bad))
