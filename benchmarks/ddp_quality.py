@@ -28,7 +28,7 @@ from pathlib import Path
 from subprocess import run
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality import machine  # noqa: E402  (the shared machine description)
+from quality import machine
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parents[1]
