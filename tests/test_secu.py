@@ -380,7 +380,7 @@ def test_size_constraint_reaches_the_lower_bound() -> None:
     assert int(torch.bincount(sim.argmax(1), minlength=k)[2:].sum()) < 0.2 * n
     dual = torch.zeros(k)
     labels = torch.full((n,), -1)
-    for epoch in range(30):
+    for _epoch in range(30):
         for idx in torch.randperm(n, generator=g).split(bs):
             y = secu_size_assign(sim[idx], dual)
             dual = secu_dual_update(dual, y, gamma, 0.1)
