@@ -383,8 +383,20 @@ def _iters_per_epoch(n: int, t: TrainConfig) -> int:
 
 
 def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
-    """Train and evaluate; returns the final result record (under torchrun: on every process).
-    ``overwrite``: start again in a run directory that already holds a run (its files are removed)."""
+    """Train and evaluate one run.
+
+    Parameters
+    ----------
+    cfg : the resolved :class:`deepclust.Config` (:func:`deepclust.resolve_config`).
+    resume : continue the run in ``cfg.train.out`` from its last checkpoint.
+    overwrite : start again in a run directory that already holds a run (its files are removed).
+
+    Returns
+    -------
+    dict
+        The final result record (spec/evaluation.md 2.1: acc, nmi, ari, ...), also written to the
+        run directory; under torchrun on every process.
+    """
     trainer = Trainer(cfg, resume=resume, overwrite=overwrite)
     try:
         return trainer.fit()
