@@ -152,7 +152,16 @@ def parse_spec(spec: str) -> tuple[str, str, Path | None]:
 def create_encoder(spec: str, image_size: int | None = None) -> Encoder:
     """The encoder of ``spec`` on the CPU in eval mode, gradients off (see the module doc).
 
-    ``image_size`` replaces the weights' input size; the resize keeps their crop fraction.
+    Parameters
+    ----------
+    spec : ``timm:NAME[@PATH]`` or ``torchvision:ARCH.WEIGHTS[@PATH]``.
+    image_size : replaces the weights' input size (>= 8); the resize keeps their crop fraction.
+
+    Returns
+    -------
+    Encoder
+        The network behind its own preprocessing: ``forward`` maps uint8 (B, C, H, W) images to
+        float32 (B, dim) features.
     """
     if image_size is not None and int(image_size) < 8:
         raise ConfigError(f"encoder image size must be at least 8 pixels, got {image_size}")
