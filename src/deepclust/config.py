@@ -118,7 +118,16 @@ class EvalConfig:
 
 @dataclass
 class Config:
-    """A whole run."""
+    """A whole run: one field per section of a config file.
+
+    Attributes
+    ----------
+    method : a name from :func:`deepclust.list_methods`.
+    n_clusters : K (None: the number of classes of the dataset).
+    defaults : which preset was merged under the file's values (see :func:`resolve_config`).
+    data, model, optim, train, augment, eval : the sections' dataclasses.
+    method_args : the method's own options (validated against its ``Options`` dataclass).
+    """
 
     method: str = "idfd"
     n_clusters: int | None = None  # None: the number of classes of the dataset
@@ -292,6 +301,22 @@ def resolve_config(raw: dict[str, Any], shape: DataShape | None = None, auto: bo
     (:func:`deepclust.presets.kind_defaults`); a kind name forces it; ``method`` merges none.
     The resolved config stores the kind applied (or ``method``). The method's ``method_args``
     are validated against its own options dataclass.
+
+    Parameters
+    ----------
+    raw : the nested config as read from YAML / overrides (``{"method": ..., "data": {...}}``).
+    shape : the data's shape for ``auto`` (None: peeked from ``data.name``).
+    auto : resolve a missing ``defaults`` as ``auto`` (the CLI and the estimator do).
+
+    Returns
+    -------
+    Config
+        The strict, validated config.
+
+    Raises
+    ------
+    ConfigError
+        On an unknown key, a value of the wrong type, or an invalid combination.
     """
     method = raw.get("method", Config.method)
     cls = get_method_class(method)
