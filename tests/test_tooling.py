@@ -66,3 +66,40 @@ def test_every_name_in_all_exists() -> None:
             missing[info.name] = absent
     assert not missing, f"names in __all__ that the module does not define: {missing}"
     assert set(deepclust.augment.ops.__all__) <= set(deepclust.augment.__all__)
+
+
+def _public_api() -> dict[str, object]:
+    import deepclust
+    from deepclust.methods import create_method
+    from deepclust.pretrained import create_encoder, embed
+
+    api: dict[str, object] = {n: getattr(deepclust, n) for n in deepclust.__all__ if n != "__version__"}
+    api.update(create_method=create_method, embed=embed, create_encoder=create_encoder)
+    for name in ("fit", "predict", "transform", "save", "load"):
+        api[f"DeepClusterer.{name}"] = getattr(deepclust.DeepClusterer, name)
+    return api
+
+
+def test_public_api_docstrings_say_arguments_and_returns() -> None:
+    """Each export of deepclust (and create_method, embed, create_encoder, the estimator's
+    methods) documents every argument under a NumPy-style ``Parameters`` (``Attributes`` for a
+    dataclass) heading and, when it returns something, has a ``Returns`` section."""
+    import inspect
+    import re
+
+    problems = []
+    for name, obj in _public_api().items():
+        doc = inspect.getdoc(obj) or ""
+        sig = inspect.signature(obj)
+        args = [p for p in sig.parameters if p not in ("self", "cls")]
+        heading = re.search(r"^(Parameters|Attributes)\n-+\n", doc, re.M)
+        if args and heading is None:
+            problems.append(f"{name}: no Parameters section")
+            continue
+        for arg in args:
+            if not re.search(rf"^(\w+, )*{arg}(, \w+)* :", doc[heading.end():] if heading else "", re.M):
+                problems.append(f"{name}: argument {arg!r} not documented")
+        returns = sig.return_annotation
+        if not inspect.isclass(obj) and returns not in (None, "None") and not re.search(r"^Returns\n-+\n", doc, re.M):
+            problems.append(f"{name}: no Returns section")
+    assert not problems, "\n".join(problems)
