@@ -203,7 +203,7 @@ def fault_injection(work: Path, kills: int, seed: int, epochs: int = EPOCHS, kil
         fig["runs"] += 1
         fig["runs_with_different_weights"] += int(not _same_weights(ref_w, _weights(out)))
         got = _metrics(out)
-        fig["metrics_inconsistencies"] += sum(a != b for a, b in zip(got, ref_m)) + abs(len(got) - len(ref_m))
+        fig["metrics_inconsistencies"] += sum(a != b for a, b in zip(got, ref_m, strict=False)) + abs(len(got) - len(ref_m))
     fig["epochs"] = epochs
     fig["uninterrupted_process_s"] = round(span, 2)
     return fig

@@ -89,7 +89,7 @@ if (ROOT / "src" / "deepclust").is_dir():  # measure this checkout, installed or
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from deepclust.bench import bench_config, machine_info, write_record
+from deepclust.bench import bench_config, machine_info, write_record  # noqa: E402
 from deepclust.bench.records import loadavg  # noqa: E402
 from deepclust.engine.device import resolve_device  # noqa: E402
 from deepclust.engine.trainer import Trainer  # noqa: E402

@@ -20,7 +20,7 @@ import re
 import sys
 from pathlib import Path
 
-from deepclust.bench import print_kmeans, bench_kmeans, kmeans_features, machine_info, stamp_record, write_record
+from deepclust.bench import bench_kmeans, kmeans_features, machine_info, print_kmeans, stamp_record, write_record
 from deepclust.engine.device import resolve_device
 
 RESULTS = Path(__file__).resolve().parent / "results" / "kmeans"

@@ -133,7 +133,7 @@ def child_loader(a: argparse.Namespace) -> dict:
     plan = [torch.randint(0, data.n_samples, (a.batch_size,), generator=g) for _ in range(a.batches + 2)]
     times = []
     t = time.perf_counter()
-    for batch, _ in loader.batches_of(plan):
+    for _batch, _ in loader.batches_of(plan):
         now = time.perf_counter()
         times.append(now - t)
         t = now

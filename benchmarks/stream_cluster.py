@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from stream import PeakMemory, _pss_kb, make_folder  # noqa: E402  (the shared generator and sampler)
+from stream import PeakMemory, _pss_kb, make_folder
 
 RESULTS = Path(__file__).resolve().parent / "results" / "stream_cluster"
 

@@ -23,7 +23,7 @@ import os
 import sys
 from pathlib import Path
 
-from deepclust.bench import print_throughput, bench_config, bench_throughput, machine_info, stamp_record, write_record
+from deepclust.bench import bench_config, bench_throughput, machine_info, print_throughput, stamp_record, write_record
 from deepclust.engine.device import resolve_device
 
 RESULTS = Path(__file__).resolve().parent / "results" / "throughput"

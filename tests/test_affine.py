@@ -10,8 +10,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from deepclust.augment import Augment, AugmentConfig
-from deepclust.augment import ops
+from deepclust.augment import Augment, AugmentConfig, ops
 from deepclust.errors import ConfigError
 
 

@@ -75,7 +75,7 @@ def test_cli_trains_two_epochs_under_autocast_with_fast_paths(method: str, amp: 
 # ----------------------------------------------------------------------------- one step vs fp32
 
 
-@functools.lru_cache(maxsize=None)  # built (and AnchorCL's k-means run) once per method; steps deep-copy it
+@functools.cache  # built (and AnchorCL's k-means run) once per method; steps deep-copy it
 def _method(name: str):
     cfg = resolve_config({
         "method": name, "data": {"name": "digits", "image_size": 8},

@@ -77,7 +77,7 @@ def test_contrastive_loss_matches_transcription(combine: str, tau_p: float, tau_
     assert ours.item() == pytest.approx(ref.item(), rel=1e-9)
     ours.backward()
     ref.backward()
-    for a, r in zip(ours_in, ref_in):
+    for a, r in zip(ours_in, ref_in, strict=True):
         torch.testing.assert_close(a.grad, r.grad, rtol=1e-7, atol=1e-10)
 
 

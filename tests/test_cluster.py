@@ -193,7 +193,7 @@ def numpy_lloyd(x: np.ndarray, init: np.ndarray, max_iter: int, tol_abs: float):
     centers = init.astype(np.float64)
     old = np.full(len(x), -1)
     strict = False
-    for i in range(max_iter):
+    for i in range(max_iter):  # noqa: B007 - the iteration count is returned after the loop
         labels, _ = numpy_nearest(x, centers)
         new = np.stack([x[labels == j].mean(0) for j in range(len(centers))])
         shift = ((new - centers) ** 2).sum()
@@ -317,7 +317,7 @@ def test_sinkhorn_columns_approach_equipartition():
         q = sinkhorn(scores, n_iters=n, epsilon=0.05)
         assert torch.allclose(q.sum(1), torch.ones(b), atol=1e-5)
         errs.append(float((q.sum(0) - b / k).abs().max()))
-    assert all(e2 <= e1 * 1.0001 + 1e-6 for e1, e2 in zip(errs, errs[1:])), errs
+    assert all(e2 <= e1 * 1.0001 + 1e-6 for e1, e2 in zip(errs, errs[1:], strict=False)), errs
     assert errs[-1] < 1e-3 * b / k < errs[0]
 
 

@@ -52,5 +52,5 @@ def test_compiled_backbone_gives_the_eager_step() -> None:
     ref_loss, ref_grads = step(eager)
     loss, grads = step(compiled)
     torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
-    for g, r in zip(grads, ref_grads):
+    for g, r in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5)

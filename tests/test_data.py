@@ -511,7 +511,7 @@ def test_cifar100_coarse_labels_come_from_pickles_and_match_spec(tmp_path: Path,
     assert torch.equal(fine.images, coarse.images)
     assert len(fine.classes) == 100 and coarse.classes[0] == "aquatic_mammals" and len(coarse.classes) == 20
     derived = [-1] * 100
-    for f, c in zip(fine.labels.tolist(), coarse.labels.tolist()):
+    for f, c in zip(fine.labels.tolist(), coarse.labels.tolist(), strict=True):
         assert derived[f] in (-1, c)
         derived[f] = c
     assert derived == CIFAR100_COARSE_OF_FINE
@@ -614,7 +614,7 @@ def test_real_cifar10_jpeg_test(shared_data: Path) -> None:
     pos_of = {int(o): i for i, o in enumerate(exact["orig_index"])}
     pairs = [(j, pos_of[int(o)]) for j, o in enumerate(orig) if int(o) in pos_of]
     assert len(pairs) >= 100
-    jpeg_idx, exact_idx = map(list, zip(*pairs))
+    jpeg_idx, exact_idx = map(list, zip(*pairs, strict=True))
     jp = d.images[jpeg_idx].permute(0, 2, 3, 1).numpy().astype(np.float64)
     ex = exact["images"][exact_idx].astype(np.float64)
     assert np.abs(jp - ex).mean() < 10

@@ -32,14 +32,13 @@ from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score
 from torch import nn
 
-from deepclust.cluster import kmeans_distributed
-from deepclust.collectives import SINGLE_PROCESS, Collectives
 from deepclust.augment import EvalTransform
+from deepclust.cluster import kmeans_distributed
+from deepclust.collectives import SINGLE_PROCESS, Collectives, average_gradients
 from deepclust.config import resolve_config
 from deepclust.data import ImageData
-from deepclust.engine import trainer as trainer_module
 from deepclust.engine import train
-from deepclust.collectives import average_gradients
+from deepclust.engine import trainer as trainer_module
 from deepclust.engine.batchnorm import convert_sync_batchnorm
 from deepclust.engine.evaluate import predict
 from deepclust.engine.setup import build_optimizer

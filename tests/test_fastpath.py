@@ -106,7 +106,7 @@ def _sgd_reference(params, grads_per_step, lr, momentum, wd, nesterov):
     ps = [p.detach().clone().double() for p in params]
     bufs = [None] * len(ps)
     for grads in grads_per_step:
-        for i, (p, g) in enumerate(zip(ps, grads)):
+        for i, (p, g) in enumerate(zip(ps, grads, strict=True)):
             g = g.double() + wd * p
             bufs[i] = g.clone() if bufs[i] is None else momentum * bufs[i] + g
             d = g + momentum * bufs[i] if nesterov else bufs[i]
@@ -118,7 +118,7 @@ def _run(opt_factory, params0, grads_per_step):
     params = [nn.Parameter(p.clone()) for p in params0]
     opt = opt_factory(params)
     for grads in grads_per_step:
-        for p, g in zip(params, grads):
+        for p, g in zip(params, grads, strict=True):
             p.grad = g.clone()
         opt.step()
     return [p.detach() for p in params]
@@ -136,11 +136,11 @@ def test_fused_update_equals_unfused(name):
         kw.update(momentum=0.9, nesterov=True)
     fused = _run(lambda ps: make_optimizer(name, [{"params": ps}], CPU, True, **kw), params0, steps)
     plain = _run(lambda ps: make_optimizer(name, [{"params": ps}], CPU, False, **kw), params0, steps)
-    for a, b in zip(fused, plain):
+    for a, b in zip(fused, plain, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     if name == "sgd":
         ref = _sgd_reference(params0, steps, 0.05, 0.9, 1e-3, True)
-        for a, r in zip(fused, ref):
+        for a, r in zip(fused, ref, strict=True):
             torch.testing.assert_close(a.double(), r, rtol=1e-5, atol=1e-6)
 
 
@@ -164,14 +164,14 @@ def test_a_step_the_grad_scaler_skips_changes_nothing(name, fused):
         if grads is None:  # an overflow: inf in every gradient
             scaler.scale(sum((p * float("inf")).sum() for p in params)).backward()
         else:  # d/dp (scale * sum(p * g)) = scale * g: after unscaling, exactly g
-            scaler.scale(sum((p * gr).sum() for p, gr in zip(params, grads))).backward()
+            scaler.scale(sum((p * gr).sum() for p, gr in zip(params, grads, strict=True))).backward()
         scaler.step(opt)
         scaler.update()
     if name == "sgd":
         want = _sgd_reference(params0, steps, 0.05, 0.9, 1e-3, False)
     else:
         want = [w.double() for w in _run(lambda ps: make_optimizer(name, [{"params": ps}], CPU, False, **kw), params0, steps)]
-    for got, w in zip(params, want):
+    for got, w in zip(params, want, strict=True):
         assert torch.isfinite(got).all()
         torch.testing.assert_close(got.detach().double(), w, rtol=1e-5, atol=1e-6)
 
@@ -227,7 +227,7 @@ def test_channels_last_gives_the_same_outputs_and_gradients(arch, channels, size
     # torch's multi-threaded CPU kernels for channels-last BatchNorm accumulate in a different
     # order (and less exactly) than the contiguous ones: gradients agree to ~0.3% in norm with 2
     # threads, 1e-6 with one. A layout bug would give O(1) differences.
-    for (name, a), b in zip(ref.named_parameters(), fast.parameters()):
+    for (name, a), b in zip(ref.named_parameters(), fast.parameters(), strict=True):
         rel = float((b.grad - a.grad).norm() / a.grad.norm().clamp_min(1e-12))
         assert rel < 1e-2, f"{name}: relative gradient difference {rel:.2e}"
     assert list(fast.state_dict()) == list(ref.state_dict())
@@ -277,7 +277,7 @@ def test_stream_yields_the_indexed_batches(workers):
         got = list(stream.batches(order))
         expected = [order[s : s + 16] for s in range(0, len(order), 16)]
         assert len(got) == len(expected)
-        for (batch, idx), want in zip(got, expected):
+        for (batch, idx), want in zip(got, expected, strict=True):
             assert batch.dtype == torch.uint8 and batch.device == CPU
             assert torch.equal(idx, want)
             assert torch.equal(batch, images[want])

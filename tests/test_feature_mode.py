@@ -13,7 +13,7 @@ import pytest
 import torch
 from sklearn.datasets import make_blobs
 
-from deepclust.augment import Augment, AugmentConfig, EvalTransform, FeatureAugment, FeatureEvalTransform
+from deepclust.augment import Augment, EvalTransform, FeatureAugment, FeatureEvalTransform
 from deepclust.config import resolve_config
 from deepclust.data import ImageData
 from deepclust.data.base import FeatureData

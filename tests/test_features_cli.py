@@ -235,8 +235,9 @@ def test_kmeans_baseline_matches_scikit_learn_on_blobs() -> None:
 
 
 def test_baseline_in_feature_records_only(tmp_path: Path) -> None:
-    from deepclust import DeepClusterer
     from sklearn.datasets import make_blobs
+
+    from deepclust import DeepClusterer
 
     x, y = make_blobs(n_samples=40, centers=2, n_features=6, cluster_std=0.5, random_state=0)
     est = DeepClusterer(method="idfd", n_clusters=2, epochs=1, device="cpu", config={"eval": {"n_init": 2}}).fit(x, y)

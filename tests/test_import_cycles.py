@@ -83,7 +83,7 @@ def _cycles() -> list[list[str]]:
     graph = csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(names), len(names)))
     _, comp = connected_components(graph, directed=True, connection="strong")
     groups: dict[int, list[str]] = {}
-    for m, c in zip(names, comp):
+    for m, c in zip(names, comp, strict=True):
         groups.setdefault(int(c), []).append(m)
     return [g for g in groups.values() if len(g) > 1]
 

@@ -28,7 +28,7 @@ from deepclust.models.init import init_backbone
 _HEAD_ROOTS = ("fc", "projection_head", "prototypes", "head", "predictor")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _tv_base(arch: str) -> dict:
     torch.manual_seed(0)
     net = getattr(tvm, arch)(weights=None)
@@ -302,8 +302,7 @@ def test_the_run_records_its_initial_weights(tmp_path: Path) -> None:
 
 
 def test_cdc_imagenet_config_asks_for_its_checkpoint_before_reading_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from deepclust.config import packaged_config
-    from deepclust.config import deep_merge, load_yaml
+    from deepclust.config import deep_merge, load_yaml, packaged_config
     from deepclust.engine import Trainer
 
     monkeypatch.chdir(tmp_path)  # no checkpoint here, and no ImageNet either: the init error comes first

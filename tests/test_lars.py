@@ -26,20 +26,20 @@ def _reference(ws, grads_per_step, groups):
     ws = [list(map(float, w.flatten().tolist())) for w in ws]
     mus = [[0.0] * len(w) for w in ws]
     for grads in grads_per_step:
-        for i, (w, g) in enumerate(zip(ws, grads)):
+        for i, (w, g) in enumerate(zip(ws, grads, strict=True)):
             if g is None:
                 continue
             lr, m, wd, eta, ndim = groups[i]
             g = [float(v) for v in g.flatten().tolist()]
             if ndim > 1:
-                d = [gv + wd * wv for gv, wv in zip(g, w)]
+                d = [gv + wd * wv for gv, wv in zip(g, w, strict=True)]
                 wn, dn = _norm(w), _norm(d)
                 q = eta * wn / dn if wn > 0 and dn > 0 else 1.0
                 d = [q * v for v in d]
             else:
                 d = g
-            mus[i] = [m * mv + dv for mv, dv in zip(mus[i], d)]
-            ws[i] = [wv - lr * mv for wv, mv in zip(w, mus[i])]
+            mus[i] = [m * mv + dv for mv, dv in zip(mus[i], d, strict=True)]
+            ws[i] = [wv - lr * mv for wv, mv in zip(w, mus[i], strict=True)]
     return ws
 
 
@@ -61,11 +61,11 @@ def test_lars_matches_transcription_on_random_tensors() -> None:
         if t == 2:
             grads[1] = None  # a parameter without a gradient is skipped, its buffer untouched
         steps.append(grads)
-        for p, g in zip(params, grads):
+        for p, g in zip(params, grads, strict=True):
             p.grad = None if g is None else g.clone()
         opt.step()
     expected = _reference(start, steps, meta)
-    for p, e in zip(params, expected):
+    for p, e in zip(params, expected, strict=True):
         torch.testing.assert_close(p.detach().flatten(), torch.tensor(e, dtype=torch.float64), rtol=1e-10, atol=1e-12)
 
 

@@ -39,7 +39,7 @@ from deepclust.metrics import (
 def loop_table(y_true, y_pred) -> dict:
     """{(cluster, class): count}, by a loop over samples."""
     table: dict = {}
-    for t, p in zip(list(y_true), list(y_pred)):
+    for t, p in zip(list(y_true), list(y_pred), strict=True):
         table[(p, t)] = table.get((p, t), 0) + 1
     return table
 
@@ -52,17 +52,17 @@ def brute_force_acc(y_true, y_pred) -> float:
     best = 0
     if len(clusters) <= len(classes):
         for image in itertools.permutations(classes, len(clusters)):
-            best = max(best, sum(table.get((k, c), 0) for k, c in zip(clusters, image)))
+            best = max(best, sum(table.get((k, c), 0) for k, c in zip(clusters, image, strict=True)))
     else:
         for image in itertools.permutations(clusters, len(classes)):
-            best = max(best, sum(table.get((k, c), 0) for k, c in zip(image, classes)))
+            best = max(best, sum(table.get((k, c), 0) for k, c in zip(image, classes, strict=True)))
     return best / len(y_true)
 
 
 def majority_vote_acc(y_true, y_pred) -> float:
     """(1/n) sum over clusters of the count of the cluster's most frequent class."""
     members: dict = {}
-    for t, p in zip(list(y_true), list(y_pred)):
+    for t, p in zip(list(y_true), list(y_pred), strict=True):
         members.setdefault(p, []).append(t)
     return sum(Counter(v).most_common(1)[0][1] for v in members.values()) / len(y_true)
 
@@ -207,13 +207,13 @@ def test_match_clusters_and_confusion(K, L):
     mapping = match_clusters(y_true, y_pred)
     assert len(mapping) == min(K, L)
     assert len(set(mapping.values())) == len(mapping)  # injective
-    correct = sum(1 for t, p in zip(y_true, y_pred) if mapping.get(int(p)) == t)
+    correct = sum(1 for t, p in zip(y_true, y_pred, strict=True) if mapping.get(int(p)) == t)
     assert correct / len(y_true) == pytest.approx(brute_force_acc(y_true, y_pred))
     M, rows, classes = matched_confusion(y_true, y_pred, return_labels=True)
     assert M.shape == (K, L)
     assert sorted(M.sum(axis=1).tolist()) == sorted(Counter(y_pred.tolist()).values())
     assert M.sum(axis=0).tolist() == [Counter(y_true.tolist())[c] for c in classes]
-    for i, k in enumerate(rows[: min(K, L)]):
+    for k in rows[: min(K, L)]:
         assert mapping[k] in set(classes)
     if K >= L:  # matched clusters sit on the diagonal
         assert np.trace(M) / len(y_true) == pytest.approx(cluster_accuracy(y_true, y_pred))

@@ -33,7 +33,7 @@ def test_nearest_neighbors_match_scikit_learn(n: int, d: int, k: int, chunk: int
     assert got.shape == (n, kk + 1) and (got[:, 0] == np.arange(n)).all()
     ref = NearestNeighbors(n_neighbors=kk + 1, metric="cosine").fit(x).kneighbors(x, return_distance=False)
     # the same sets of k + 1 rows (itself included); order inside a set may differ only at ties
-    assert all(set(a) == set(b) for a, b in zip(got, ref))
+    assert all(set(a) == set(b) for a, b in zip(got, ref, strict=True))
 
 
 def test_nearest_neighbors_refuse_bad_input() -> None:
@@ -58,9 +58,9 @@ def test_a_neighbour_view_is_the_clean_view_of_one_of_the_neighbours() -> None:
     dist = torch.cdist(out, clean, compute_mode="donot_use_mm_for_euclid_dist")  # each row is one clean row ...
     src = dist.argmin(1)
     assert float(dist.min(1).values.max()) < 1e-4
-    assert all(int(s) in knn[int(i)].tolist() for s, i in zip(src, idx))  # ... of a neighbour of its sample
+    assert all(int(s) in knn[int(i)].tolist() for s, i in zip(src, idx, strict=True))  # ... of a neighbour of its sample
     # every one of the k + 1 candidates is drawn, about uniformly (40 draws per sample)
-    pos = torch.stack([(knn[int(i)] == s).nonzero()[0, 0] for s, i in zip(src, idx)])
+    pos = torch.stack([(knn[int(i)] == s).nonzero()[0, 0] for s, i in zip(src, idx, strict=True)])
     share = torch.bincount(pos, minlength=5).float() / len(pos)
     assert float((share - 0.2).abs().max()) < 0.05
     # without indices (or unbound) the view is the sample's own clean view
@@ -118,7 +118,7 @@ def test_neighbour_views_keep_resume_exact(tmp_path: Path) -> None:
     cfg = _cfg("cdc", tmp_path / "part", epochs=3)
     resumed = Trainer(cfg, resume=True, data=data)
     resumed.fit()
-    for a, b in zip(full.method.state_dict().values(), resumed.method.state_dict().values()):
+    for a, b in zip(full.method.state_dict().values(), resumed.method.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 

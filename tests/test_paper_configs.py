@@ -5,12 +5,12 @@ recipe is a range in the spec)."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
-from deepclust.config import packaged_config
-from deepclust.config import load_yaml, resolve_config
+from deepclust.config import load_yaml, packaged_config, resolve_config
 
 # ----- IDFD (idfd.md 4-7): the CIFAR-10 recipe on every dataset, fp32 ---------------------------
 IDFD = {
@@ -126,7 +126,7 @@ def _get(d: dict[str, Any], dotted: str) -> Any:
 def _same(actual: Any, expected: Any) -> bool:
     if isinstance(expected, (list, tuple)):
         return isinstance(actual, (list, tuple)) and len(actual) == len(expected) and all(
-            _same(a, e) for a, e in zip(actual, expected))
+            _same(a, e) for a, e in zip(actual, expected, strict=True))
     if isinstance(expected, float) and not isinstance(expected, bool):
         return isinstance(actual, (int, float)) and abs(actual - expected) <= 1e-9 * max(1.0, abs(expected))
     return actual == expected and type(actual) is type(expected)

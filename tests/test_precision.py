@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
@@ -149,7 +150,7 @@ def test_float32_inputs_under_autocast_give_the_float32_result(name: str, amp: t
     got, got_grads = _run(case, torch.float32, amp)
     assert got.dtype == ref.dtype, f"{name} returned {got.dtype} under {amp} autocast"
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
-    for gg, rg in zip(got_grads, ref_grads):
+    for gg, rg in zip(got_grads, ref_grads, strict=True):
         assert gg.dtype == torch.float32
         torch.testing.assert_close(gg, rg, rtol=1e-5, atol=1e-5)
 
@@ -165,7 +166,7 @@ def test_half_inputs_are_computed_in_float32(name: str, amp: torch.dtype) -> Non
     got, got_grads = _run(case, amp, amp)
     assert got.dtype == torch.float32, f"{name} returned {got.dtype} for {amp} inputs"
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
-    for gg, rg in zip(got_grads, ref_grads):
+    for gg, rg in zip(got_grads, ref_grads, strict=True):
         assert gg.dtype == amp  # the gradient comes back in the input's dtype
         scale = float(rg.abs().max()) or 1.0
         torch.testing.assert_close(gg.float(), rg.to(amp).float(), rtol=ULP[amp], atol=ULP[amp] * 1e-3 * scale)

@@ -41,7 +41,7 @@ def test_peek_npz_folder_and_names(tmp_path) -> None:
     import io
 
     blobs = []
-    for i in range(4):  # JPEG bytes back to back, the shared data's layout
+    for _ in range(4):  # JPEG bytes back to back, the shared data's layout
         buf = io.BytesIO()
         Image.fromarray(rng.integers(0, 255, (18, 22, 3), dtype=np.uint8)).save(buf, format="JPEG")
         blobs.append(np.frombuffer(buf.getvalue(), dtype=np.uint8))

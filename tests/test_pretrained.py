@@ -97,7 +97,7 @@ def test_lite0_loads_by_position_and_matches_timm(weights: Path, encoder: Encode
     raw = torch.load(weights, map_location="cpu", weights_only=True)
     target = ref.state_dict()
     assert len(raw) == len(target)
-    ref.load_state_dict({k: v for k, v in zip(target, raw.values())})
+    ref.load_state_dict({k: v for k, v in zip(target, raw.values(), strict=True)})
     arrays = images.images.permute(0, 2, 3, 1).numpy()[:8]
     x_ref, expected = _reference_features(ref, arrays)
     with torch.no_grad():

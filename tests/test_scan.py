@@ -15,7 +15,6 @@ from deepclust.data.base import FeatureData
 from deepclust.engine import Trainer
 from deepclust.errors import ConfigError
 from deepclust.losses import scan_loss
-from deepclust.metrics import cluster_accuracy
 
 
 def _softmax(a: np.ndarray) -> np.ndarray:
@@ -37,7 +36,7 @@ def test_scan_loss_matches_the_paper_formula(seed: int, lam: float) -> None:
     rng = np.random.default_rng(seed)
     la, ln = rng.normal(0, 3, (37, 7)), rng.normal(0, 3, (37, 7))
     got = scan_loss(torch.tensor(la, dtype=torch.float32), torch.tensor(ln, dtype=torch.float32), lam)
-    for g, r in zip(got, _transcription(la, ln, lam)):
+    for g, r in zip(got, _transcription(la, ln, lam), strict=True):
         assert abs(float(g) - r) < 1e-4 * max(1.0, abs(r))
 
 

@@ -10,11 +10,11 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from deepclust.cluster.secu_assign import secu_dual_update, secu_entropy_costs, secu_size_assign
 from deepclust.config import resolve_config
 from deepclust.engine import train
 from deepclust.losses.secu import secu_center_loss, secu_representation_loss
 from deepclust.methods import DataInfo, create_method
-from deepclust.cluster.secu_assign import secu_dual_update, secu_entropy_costs, secu_size_assign
 
 
 def unit(*shape: int, seed: int = 0) -> torch.Tensor:
@@ -416,7 +416,7 @@ def test_size_constraint_reaches_the_lower_bound() -> None:
     assert int(torch.bincount(sim.argmax(1), minlength=k)[2:].sum()) < 0.2 * n
     dual = torch.zeros(k)
     labels = torch.full((n,), -1)
-    for epoch in range(30):
+    for _epoch in range(30):
         for idx in torch.randperm(n, generator=g).split(bs):
             y = secu_size_assign(sim[idx], dual)
             dual = secu_dual_update(dual, y, gamma, 0.1)

@@ -79,11 +79,11 @@ def test_jpeg_draft_decoding_matches_full_decoding(tmp_path: Path) -> None:
     boxes = crop_boxes(520, 400, specs, sample_rng(0, 0, 7))
     with Image.open(p) as im:
         full = im.convert("RGB")
-        for view, (l, t, w, h) in zip(fast, boxes):
+        for view, (l, t, w, h) in zip(fast, boxes, strict=True):
             ref = np.asarray(full.resize((32, 32), Image.Resampling.BILINEAR, box=(l, t, l + w, t + h)))
             assert np.abs(view.astype(int) - ref.astype(int)).mean() < 4.0
     tv = decode_views(p, specs, 32, "RGB", sample_rng(0, 0, 7), decoder="torchvision")
-    for a, b in zip(fast, tv):
+    for a, b in zip(fast, tv, strict=True):
         assert a.shape == b.shape == (32, 32, 3) and np.abs(a.astype(int) - b.astype(int)).mean() < 6.0
 
 
@@ -113,7 +113,7 @@ def test_loader_serves_the_planned_rows_with_per_sample_views(tmp_path: Path) ->
     for batch, idx in got:
         for row, i in enumerate(idx.tolist()):
             ref = decode_views(data.files.full(i), specs, 24, "RGB", sample_rng(5, 3, i))
-            for k, owner in enumerate([ev, a1, a2]):
+            for k in range(3):  # ev, a1, a2
                 np.testing.assert_array_equal(batch.views[k][row].permute(1, 2, 0).numpy(), ref[k])
         # each pipeline takes the view cut for it, in call order, and skips its own crop
         assert torch.equal(ev(batch), batch.views[0].float() / 255)
@@ -304,7 +304,7 @@ def test_report_thumbnails_decode_only_the_rows_shown(tmp_path: Path) -> None:
     nearest = [np.array([7, 2]), np.array([], dtype=np.int64), np.array([2, 5, 0])]
     shown, rows = _thumbnail_images(data.images, nearest)
     assert len(shown) == 4  # rows 0, 2, 5, 7 only
-    for r, want in zip(rows, nearest):
+    for r, want in zip(rows, nearest, strict=True):
         np.testing.assert_array_equal(shown[r], everything[want])
 
 

@@ -6,15 +6,14 @@ Public entry points::
     from deepclust.metrics import cluster_accuracy, nmi, ari
 """
 
-from deepclust._version import __version__  # noqa: E402
-
-from deepclust.cluster import kmeans, sinkhorn  # noqa: E402
-from deepclust.config import Config, resolve_config  # noqa: E402
-from deepclust.data import list_datasets, load_dataset  # noqa: E402
-from deepclust.engine import train  # noqa: E402
-from deepclust.methods import list_methods  # noqa: E402
-from deepclust.metrics import evaluate  # noqa: E402
-from deepclust.api import DeepClusterer  # noqa: E402
+from deepclust._version import __version__
+from deepclust.api import DeepClusterer
+from deepclust.cluster import kmeans, sinkhorn
+from deepclust.config import Config, resolve_config
+from deepclust.data import list_datasets, load_dataset
+from deepclust.engine import train
+from deepclust.methods import list_methods
+from deepclust.metrics import evaluate
 
 __all__ = [
     "Config",

@@ -348,7 +348,18 @@ class DeepClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
 
     # ----- fit ------------------------------------------------------------------------------------
     def fit(self, X: Any, y: Any = None) -> DeepClusterer:
-        """Train the method on X (``y`` is only used to score ``record_``)."""
+        """Train the method on X.
+
+        Parameters
+        ----------
+        X : images or feature vectors (see the module docstring for the accepted forms).
+        y : optional (N,) integer labels, -1 = unknown; used only to score ``record_``.
+
+        Returns
+        -------
+        DeepClusterer
+            self, fitted (``labels_``, ``cluster_centers_``, ``method_``, ... set).
+        """
         self._check_method()
         data = as_data(X, y)
         self._check_params(data.n_samples)
@@ -377,6 +388,7 @@ class DeepClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         if isinstance(data, FeatureData):
             raise DataError(f"features={self.features!r} embeds images, but X holds feature vectors {tuple(data.images.shape)}; "
                             "pass images, or features=None to cluster the vectors")
+        assert self.features is not None  # _embed runs only for an estimator with features
         enc = create_encoder(self.features, self._data_option("features_size"))
         if weights_hash is not None and enc.weights_hash != weights_hash:
             raise CheckpointError(f"the encoder weights changed since this DeepClusterer was fitted: {self.features} now "
@@ -390,6 +402,7 @@ class DeepClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         trainer = Trainer(cfg, data=data)
         trainer.fit()
         result = trainer.result
+        assert result is not None  # fit() returned, so its result is set
         method = result.method.eval()
         # The trainer's final evaluation already inferred the clean features of these images.
         pred = result.prediction
@@ -454,7 +467,18 @@ class DeepClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         return data
 
     def predict(self, X: Any) -> np.ndarray:
-        """Cluster of every sample of X by the run's rule (nearest centre or head argmax)."""
+        """Cluster of every sample of X by the run's rule (nearest centre or head argmax).
+
+        Parameters
+        ----------
+        X : new data of the kind the estimator was fitted on (images of any size, or feature
+            vectors of the fitted dimension).
+
+        Returns
+        -------
+        numpy.ndarray
+            (N,) int64 cluster ids in ``0..n_clusters-1``.
+        """
         data = self._new_data(X)
         feats, probs = self._infer(self.method_, data)
         if self.method_.prediction == "head_argmax" and probs is not None:
@@ -462,14 +486,29 @@ class DeepClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         return assign_to_centers(feats, torch.from_numpy(self.cluster_centers_))[0].cpu().numpy().astype(np.int64)
 
     def transform(self, X: Any) -> np.ndarray:
-        """The learned embedding (N, D') of X: the method's clean-view features."""
+        """The learned embedding of X: the method's clean-view features.
+
+        Parameters
+        ----------
+        X : new data of the kind the estimator was fitted on.
+
+        Returns
+        -------
+        numpy.ndarray
+            (N, D') float32, the space of ``cluster_centers_``.
+        """
         data = self._new_data(X)
         return self._infer(self.method_, data)[0].cpu().numpy()
 
     # ----- persistence -----------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
         """Write the fitted estimator to one file (atomically): parameters, config, weights and
-        learned attributes. Read it back with :meth:`DeepClusterer.load`."""
+        learned attributes. Read it back with :meth:`DeepClusterer.load`.
+
+        Parameters
+        ----------
+        path : the file to write (replaced if it exists).
+        """
         check_is_fitted(self, "method_")
         params = self.get_params()
         if params["random_state"] is not None and not isinstance(params["random_state"], numbers.Integral):
@@ -492,8 +531,23 @@ class DeepClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
 
     @classmethod
     def load(cls, path: str | Path, device: str | None = None) -> DeepClusterer:
-        """A fitted estimator from a file written by :meth:`save`, on ``device`` (None: the
-        saved ``device`` parameter, "auto" by default)."""
+        """A fitted estimator from a file written by :meth:`save`.
+
+        Parameters
+        ----------
+        path : a file written by :meth:`save`.
+        device : where the model goes (None: the saved ``device`` parameter, "auto" by default).
+
+        Returns
+        -------
+        DeepClusterer
+            The fitted estimator, ready for ``predict`` and ``transform``.
+
+        Raises
+        ------
+        CheckpointError
+            When the file is missing or is not a saved DeepClusterer.
+        """
         p = Path(path)
         if not p.is_file():
             raise CheckpointError(f"no saved DeepClusterer at '{p}'; pass a file written by DeepClusterer.save(path)")

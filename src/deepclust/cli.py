@@ -13,8 +13,9 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from deepclust.errors import ConfigError, DeepClustError
 

@@ -151,7 +151,7 @@ class Collectives:
         tdist.all_gather(parts, x, group=self.group)
         if all(s == m for s in sizes):
             return torch.cat(parts)
-        return torch.cat([p[:s] for p, s in zip(parts, sizes)])
+        return torch.cat([p[:s] for p, s in zip(parts, sizes, strict=True)])
 
     def gather(self, x: torch.Tensor) -> torch.Tensor:
         """Rows of every process concatenated in rank order (= the global batch), no gradient."""
@@ -185,7 +185,7 @@ class Collectives:
         tdist.gather(x, parts, dst=self._global(dst), group=self.group)
         if parts is None:
             return None
-        return torch.cat([p[:s] for p, s in zip(parts, sizes)])
+        return torch.cat([p[:s] for p, s in zip(parts, sizes, strict=True)])
 
     # ----- reductions and broadcasts -------------------------------------------------------------
     def all_reduce(self, x: torch.Tensor, op: str = "sum") -> torch.Tensor:

@@ -118,7 +118,16 @@ class EvalConfig:
 
 @dataclass
 class Config:
-    """A whole run."""
+    """A whole run: one field per section of a config file.
+
+    Attributes
+    ----------
+    method : a name from :func:`deepclust.list_methods`.
+    n_clusters : K (None: the number of classes of the dataset).
+    defaults : which preset was merged under the file's values (see :func:`resolve_config`).
+    data, model, optim, train, augment, eval : the sections' dataclasses.
+    method_args : the method's own options (validated against its ``Options`` dataclass).
+    """
 
     method: str = "idfd"
     n_clusters: int | None = None  # None: the number of classes of the dataset
@@ -215,7 +224,7 @@ def build_dataclass(cls: type, values: dict[str, Any], where: str = "") -> Any:
         if key not in names:
             raise _unknown_key(str(key), names, where)
         tp = hints[key]
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             kwargs[key] = build_dataclass(tp, value or {}, f"{where}{key}.")
         else:
             kwargs[key] = _coerce(value, tp, f"{where}{key}")
@@ -292,6 +301,22 @@ def resolve_config(raw: dict[str, Any], shape: DataShape | None = None, auto: bo
     (:func:`deepclust.presets.kind_defaults`); a kind name forces it; ``method`` merges none.
     The resolved config stores the kind applied (or ``method``). The method's ``method_args``
     are validated against its own options dataclass.
+
+    Parameters
+    ----------
+    raw : the nested config as read from YAML / overrides (``{"method": ..., "data": {...}}``).
+    shape : the data's shape for ``auto`` (None: peeked from ``data.name``).
+    auto : resolve a missing ``defaults`` as ``auto`` (the CLI and the estimator do).
+
+    Returns
+    -------
+    Config
+        The strict, validated config.
+
+    Raises
+    ------
+    ConfigError
+        On an unknown key, a value of the wrong type, or an invalid combination.
     """
     method = raw.get("method", Config.method)
     cls = get_method_class(method)

@@ -16,8 +16,9 @@ import dataclasses
 import math
 import numbers
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from deepclust.errors import ConfigError, DataError
 from deepclust.methods import get_method_class, list_methods
@@ -200,7 +201,7 @@ def _cross_stats(cfg: Any) -> str | None:
 
 def _cross_milestones(cfg: Any) -> str | None:
     ms = list(cfg.optim.milestones)
-    if any(b <= a for a, b in zip(ms, ms[1:])):
+    if any(b <= a for a, b in zip(ms, ms[1:], strict=False)):  # consecutive pairs
         return f"optim.milestones={ms} must be strictly increasing epochs"
     return None
 

@@ -78,7 +78,7 @@ def _labelled_mask(y_true: np.ndarray) -> np.ndarray | None:
 def _is_minus_one(v: Any) -> bool:
     try:
         return bool(v == UNLABELLED) and not isinstance(v, (str, bytes))
-    except Exception:  # pragma: no cover - exotic objects
+    except Exception:  # noqa: BLE001  # pragma: no cover - == on an exotic label object may raise anything
         return False
 
 
@@ -181,7 +181,7 @@ def match_clusters(y_true: Any, y_pred: Any) -> dict:
     t, p, _ = _prepare(y_true, y_pred)
     _require_samples(t.shape[0], "match_clusters")
     _, classes, clusters, rows, cols = _hungarian(t, p)
-    return {_py(clusters[r]): _py(classes[c]) for r, c in zip(rows, cols)}
+    return {_py(clusters[r]): _py(classes[c]) for r, c in zip(rows, cols, strict=True)}
 
 
 def matched_confusion(
@@ -356,11 +356,27 @@ def evaluate(
 ) -> dict:
     """All headline metrics at once.
 
-    Returns ``{"acc", "nmi", "ari", "n_eval", "n_excluded"}`` (ACC = Hungarian one-to-one, NMI
-    with arithmetic averaging); with ``extra=True`` also ``"ami"`` and ``"acc_many_to_one"``.
-    Samples whose true label is -1 are excluded and counted in ``n_excluded``. When
-    ``n_clusters`` is given, ``"cluster_sizes"`` holds :func:`cluster_size_stats` of all
-    predictions (labelled or not), which requires y_pred to be ids in ``0..n_clusters-1``.
+    ACC is the Hungarian one-to-one accuracy, NMI uses arithmetic averaging. Samples whose true
+    label is -1 are excluded and counted in ``n_excluded``.
+
+    Parameters
+    ----------
+    y_true : (N,) true labels (array-like of ints or strings; -1 = unlabelled).
+    y_pred : (N,) predicted cluster ids.
+    n_clusters : K; when given, ``"cluster_sizes"`` holds :func:`cluster_size_stats` of all
+        predictions (labelled or not), which requires y_pred to be ids in ``0..n_clusters-1``.
+    extra : also compute ``"ami"`` and ``"acc_many_to_one"``.
+
+    Returns
+    -------
+    dict
+        ``{"acc", "nmi", "ari", "n_eval", "n_excluded"}`` (floats; counts as ints), plus the
+        extra keys above when asked for.
+
+    Raises
+    ------
+    DataError
+        On inputs of different lengths, or when no sample is labelled.
     """
     t_all = _to_numpy(y_true, "y_true")
     p_all = _to_numpy(y_pred, "y_pred")

@@ -21,10 +21,10 @@ from __future__ import annotations
 import csv
 import logging
 import os
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -67,7 +67,7 @@ def _folder_chunks(
             rel = [f.relative_to(root).as_posix() for f in part]
             ok = [i for i, a in enumerate(arrays) if a is not None]
             bad = [rel[i] for i, a in enumerate(arrays) if a is None]
-            x = np.stack([arrays[i].reshape(size, size, c) for i in ok]) if ok else np.empty((0, size, size, c), np.uint8)
+            x = np.stack([a.reshape(size, size, c) for a in arrays if a is not None]) if ok else np.empty((0, size, size, c), np.uint8)
             yield [rel[i] for i in ok], torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), bad
 
 
@@ -175,9 +175,9 @@ def predict_to_csv(
                 if len(names):
                     feats, probs = infer_images(method, images, bs, dev, amp)
                     labels, conf = soft_assign(feats, probs, centers, tau)
-                    labels, conf = labels.cpu().numpy(), conf.float().cpu().numpy()
-                    writer.writerows((p, int(k), f"{c:.6f}") for p, k, c in zip(names, labels, conf))
-                    sizes += np.bincount(labels, minlength=info.n_clusters)[: info.n_clusters]
+                    labels_np, conf_np = labels.cpu().numpy(), conf.float().cpu().numpy()
+                    writer.writerows((p, int(k), f"{c:.6f}") for p, k, c in zip(names, labels_np, conf_np, strict=True))
+                    sizes += np.bincount(labels_np, minlength=info.n_clusters)[: info.n_clusters]
                     n += len(names)
                 bar.update(len(names) + len(bad))
         if skipped:

@@ -34,12 +34,12 @@ from typing import Any
 import torch
 
 from deepclust.cluster import assign_to_centers, kmeans
-from deepclust.config import build_dataclass, Config, resolve_config
-from deepclust.data import ImageData
+from deepclust.config import Config, build_dataclass, resolve_config
+from deepclust.data import ImageData, StreamData
 from deepclust.engine import io
+from deepclust.engine.data_stage import create_run_encoder, open_split  # the same storage/streaming choice as training
 from deepclust.engine.device import amp_dtype, resolve_device
 from deepclust.engine.evaluate import add_extras, infer_images, make_record, predict
-from deepclust.engine.data_stage import create_run_encoder, open_split  # the same storage/streaming choice as training
 from deepclust.errors import CheckpointError, ConfigError, DeepClustError
 from deepclust.methods import ClusteringMethod, DataInfo, create_method
 
@@ -77,7 +77,7 @@ def load_run(run_dir: str | Path, device: str = "auto"):
 
 
 def load_run_data(cfg: Config, split: str | None = None, device: torch.device | None = None,
-                  encoder: Any = None) -> tuple[ImageData, ImageData]:
+                  encoder: Any = None) -> tuple[ImageData | StreamData, ImageData | StreamData]:
     """The run's training images and its evaluated images (``split`` overrides the eval split);
     a ``--features`` run's embeddings of them (from the cache, by ``encoder`` or the run's own
     ``data.features``, on ``device``)."""
@@ -154,7 +154,7 @@ class RunPrediction:
     info: DataInfo
     ckpt: dict[str, Any]
     device: torch.device
-    data: ImageData
+    data: ImageData | StreamData
     features: torch.Tensor  # (N, D) on the CPU
     labels: torch.Tensor  # (N,) int64 on the CPU
     confidence: torch.Tensor  # (N,) on the CPU
@@ -192,6 +192,7 @@ def evaluate_run(run_dir: str | Path, features: str | None = None, split: str | 
         cfg.data.eval_split = split
     train, evald = load_run_data(cfg, device=dev, encoder=run_encoder(run_dir, cfg))
     pred = predict(method, cfg, info.n_clusters, train, evald, dev, amp_dtype(cfg.train.amp, dev))
+    assert pred is not None  # one process: only torchrun's ranks > 0 get None
     record = make_record(cfg, pred, evald, info.n_clusters, int(ckpt["epoch"]), dev, io.file_hash(Path(run_dir) / io.CHECKPOINT))
     record = add_extras(record, method, pred, evald)
     name = re.sub(r"[^A-Za-z0-9]+", "-", f"{cfg.data.eval_split}_{cfg.eval.features}")

@@ -63,6 +63,7 @@ from torch.nn import functional as F
 from deepclust.augment import StrongAugment
 from deepclust.config import Config
 from deepclust.data import ImageData, load_dataset
+from deepclust.data.stream import LazyImages
 from deepclust.engine import io
 from deepclust.engine.evaluate import Prediction, infer_images
 from deepclust.engine.process_group import close_distributed
@@ -168,7 +169,7 @@ class CosineClassifier(ClusteringMethod):
             return e, F.softmax(logits, dim=1)
 
 
-def _initial_classifier(method: ClusteringMethod, ckpt: dict[str, Any], images: torch.Tensor, batch: int, device: torch.device) -> tuple[torch.Tensor, float | None, str]:
+def _initial_classifier(method: ClusteringMethod, ckpt: dict[str, Any], images: torch.Tensor | LazyImages, batch: int, device: torch.device) -> tuple[torch.Tensor, float | None, str]:
     """(W, default temperature or None, description) for the cosine classifier."""
     if method.prediction == "head_argmax":
         head = method.head_centers()
@@ -344,7 +345,7 @@ def selflabel(
 
 
 @torch.no_grad()
-def _count_confident(model: CosineClassifier, images: torch.Tensor, batch: int, threshold: float,
+def _count_confident(model: CosineClassifier, images: torch.Tensor | LazyImages, batch: int, threshold: float,
                      device: torch.device) -> int:
     """How many images' weak-view max softmax exceeds the threshold (train-mode BN, as the stage
     sees them; the model's state is unchanged: BN running statistics are restored)."""

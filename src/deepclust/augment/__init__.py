@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from deepclust.augment import ops
+from deepclust.augment.features import FeatureAugment, FeatureEvalTransform
 from deepclust.augment.ops import (
     RAND_AUGMENT_OPS,
     JitterParams,
@@ -20,10 +21,12 @@ from deepclust.augment.ops import (
     normalize,
     rand_augment,
     rand_augment_op,
+    random_affine,
     random_crop,
     random_grayscale,
     random_hflip,
     random_resized_crop,
+    random_stroke,
     rgb_to_grayscale,
     sample_crop_boxes,
     sample_jitter_params,
@@ -31,8 +34,8 @@ from deepclust.augment.ops import (
     to_float,
 )
 from deepclust.augment.pipeline import THICKEN_HALF, Augment, AugmentConfig, EvalTransform, StrongAugment
-from deepclust.augment.features import FeatureAugment, FeatureEvalTransform
 
+# the pipelines, then ops.__all__ spelled out (tests/test_tooling.py checks that it holds all of them)
 __all__ = [
     "ops",
     "Augment",
@@ -42,5 +45,31 @@ __all__ = [
     "FeatureEvalTransform",
     "StrongAugment",
     "THICKEN_HALF",
-    *ops.__all__,
+    "JitterParams",
+    "RAND_AUGMENT_OPS",
+    "adjust_brightness",
+    "adjust_contrast",
+    "adjust_hue",
+    "adjust_saturation",
+    "apply_color_jitter",
+    "blur",
+    "color_jitter",
+    "crop_resize",
+    "cutout",
+    "gaussian_blur",
+    "gaussian_kernel_size",
+    "normalize",
+    "rand_augment",
+    "rand_augment_op",
+    "random_affine",
+    "random_crop",
+    "random_grayscale",
+    "random_hflip",
+    "random_resized_crop",
+    "random_stroke",
+    "rgb_to_grayscale",
+    "sample_crop_boxes",
+    "sample_jitter_params",
+    "solarize",
+    "to_float",
 ]

@@ -45,6 +45,10 @@ FEATURE_VIEWS = ("neighbors", "noise")
 class FeatureEvalTransform(nn.Module):
     """Clean view: (B, D) -> (u - mean) / std with u = x / ||x|| (``l2``) or x, float32."""
 
+    # buffers, registered in __init__
+    mean: Tensor
+    std: Tensor
+
     def __init__(self, mean: Sequence[float], std: Sequence[float], l2: bool = False) -> None:
         super().__init__()
         m = torch.as_tensor([float(v) for v in mean], dtype=torch.float32)
@@ -88,6 +92,10 @@ class FeatureAugment(FeatureEvalTransform):
     called without indices, or before :meth:`bind`, a neighbour pipeline views x itself.
     """
 
+    # buffers (None until :meth:`bind`)
+    table: Tensor | None
+    knn: Tensor | None
+
     def __init__(
         self,
         mean: Sequence[float],
@@ -127,7 +135,7 @@ class FeatureAugment(FeatureEvalTransform):
         # Draws come from ``generator`` (on its own device) or the global RNG of x's device,
         # so the run seed drives them, as in the image pipelines.
         dev = generator.device if generator is not None else x.device
-        if self.uses_neighbors and indices is not None and self.knn is not None:
+        if self.uses_neighbors and indices is not None and self.knn is not None and self.table is not None:
             idx = indices.to(self.knn.device)
             pick = torch.randint(self.knn.shape[1], (len(idx),), generator=generator, device=dev).to(self.knn.device)
             x = self.table[self.knn[idx, pick]].to(x.device)

@@ -119,7 +119,7 @@ class AugmentConfig:
         if min(jitter) < 0 or jitter[3] > 0.5:
             raise ConfigError("augment.jitter must be [brightness, contrast, saturation, hue] with "
                               f"all values >= 0 and hue <= 0.5, got {list(self.jitter)!r}")
-        self.jitter = jitter  # type: ignore[assignment]
+        self.jitter = jitter  # type: ignore[assignment]  # _floats checked 4 values; mypy sees tuple[float, ...]
         for name in ("jitter_p", "grayscale_p", "flip_p", "blur_p", "solarize_p", "affine_p", "stroke_p",
                      "stroke_strength", "stroke_thin"):
             setattr(self, name, _probability(name, getattr(self, name)))
@@ -158,6 +158,10 @@ class AugmentConfig:
 
 class _Normalizing(nn.Module):
     """Holds mean/std (None: no normalisation) and checks them against the input channels."""
+
+    # buffers, registered in __init__
+    mean: Tensor | None
+    std: Tensor | None
 
     def __init__(self, mean: Sequence[float] | None, std: Sequence[float] | None) -> None:
         super().__init__()

@@ -36,7 +36,7 @@ def machine_info(device: torch.device | None = None) -> dict[str, Any]:
         "loadavg": loadavg(),
     }
     try:
-        import faiss  # noqa: F401
+        import faiss
 
         info["faiss"] = getattr(faiss, "__version__", "unknown")
     except ImportError:

@@ -9,7 +9,7 @@ import statistics
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -17,6 +17,10 @@ from torch import nn
 from deepclust.bench.records import cpu_model
 from deepclust.bench.timing import timed_windows
 from deepclust.errors import ConfigError, DataError
+
+if TYPE_CHECKING:  # imported at run time inside the functions that need them
+    from deepclust.augment import Augment, EvalTransform
+    from deepclust.methods import ClusteringMethod
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +59,7 @@ def _install_feeders(method: nn.Module) -> dict[str, Any]:
     return shared
 
 
-def torchvision_transform(module: nn.Module, channels: int) -> Callable[[Any], torch.Tensor]:
+def torchvision_transform(module: Augment | EvalTransform, channels: int) -> Callable[[Any], torch.Tensor]:
     """The torchvision v1 (PIL) per-image equivalent of an Augment or EvalTransform module."""
     from torchvision import transforms as T
 
@@ -115,7 +119,7 @@ class ReferenceDataset(torch.utils.data.Dataset):
         return tuple(t(img) for t in self.transforms), i
 
 
-def _reference_optimizer(cfg: Any, method: nn.Module) -> torch.optim.Optimizer:
+def _reference_optimizer(cfg: Any, method: ClusteringMethod) -> torch.optim.Optimizer:
     """The optimiser as published code builds it: default constructor, no fused / foreach flags."""
     o = cfg.optim
     groups = method.param_groups()
@@ -180,6 +184,11 @@ class _ReferenceSide:
 
     def stop(self) -> None:
         self.batches = self.loader = None  # the workers exit with their iterator
+
+    def steps(self, epoch: int, n: int) -> None:
+        """``n`` calls of :meth:`step` (one timed window)."""
+        for _ in range(n):
+            self.step(epoch)
 
     def step(self, epoch: int) -> None:
         assert self.loader is not None and self.batches is not None
@@ -255,6 +264,8 @@ def bench_throughput(cfg: Any, warmup: int = 3, windows: int = 5, steps: int = 5
         device, info = trainer.device, trainer.info
         if info.n_features:
             raise DataError("bench compares image pipelines; the data holds feature vectors")
+        if not isinstance(trainer.train_data.images, torch.Tensor):
+            raise DataError("bench times images held in memory; this dataset is streamed from disk (benchmarks/stream.py times that)")
         bs = cfg.train.batch_size
         n_workers = (os.cpu_count() or 1) if workers is None else workers
         record: dict[str, Any] = {
@@ -290,7 +301,7 @@ def bench_throughput(cfg: Any, warmup: int = 3, windows: int = 5, steps: int = 5
                 ref.start()
                 for _ in range(warmup):
                     ref.step(0)
-                ref_parts.append(timed_windows(lambda w: [ref.step(w + 1) for _ in range(steps)], device, windows, steps, bs))
+                ref_parts.append(timed_windows(lambda w: ref.steps(w + 1, steps), device, windows, steps, bs))
                 ref.stop()
         record["deepclust"] = {**_merge(ours_parts), **ours.info()}
         if ref is not None:

@@ -81,21 +81,21 @@ class _MemoryPeak:
 
 
 @contextlib.contextmanager
-def _peak_memory(device: torch.device) -> Iterator[dict[str, float]]:
+def _peak_memory(device: torch.device) -> Iterator[dict[str, float | str]]:
     """Yields a dict that holds ``peak_mem_mb`` (and what was measured) once the block ends."""
-    out: dict[str, float] = {}
+    out: dict[str, float | str] = {}  # peak_mem_mb, peak_mem_kind
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         yield out
         torch.cuda.synchronize(device)
         out["peak_mem_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
-        out["peak_mem_kind"] = "cuda max_memory_allocated"  # type: ignore[assignment]
+        out["peak_mem_kind"] = "cuda max_memory_allocated"
         return
     with _MemoryPeak() as mem:
         yield out
     out["peak_mem_mb"] = round(mem.peak_mb, 1)
-    out["peak_mem_kind"] = "host PSS, process + DataLoader workers"  # type: ignore[assignment]
+    out["peak_mem_kind"] = "host PSS, process + DataLoader workers"
 
 
 def sync_device(device: torch.device) -> None:

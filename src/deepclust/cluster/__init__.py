@@ -2,8 +2,8 @@
 shards of a torch.distributed job, exact k nearest neighbours (cosine), and Sinkhorn-Knopp."""
 
 from .kmeans import KMeansResult, assign_to_centers, kmeans
-from .sharded_kmeans import kmeans_distributed
 from .neighbors import nearest_neighbors
+from .sharded_kmeans import kmeans_distributed
 from .sinkhorn import sinkhorn
 
 __all__ = ["kmeans", "KMeansResult", "assign_to_centers", "kmeans_distributed", "nearest_neighbors", "sinkhorn"]

@@ -146,9 +146,9 @@ def _assign_pass(
         md, lab = d.min(dim=1)  # (A, rows): the reduction runs along contiguous rows
         labels[:, s:e] = lab
         dist[:, s:e] = md.add_(x_sq[s:e]).clamp_(min=0.0)
-        if with_sums:
+        if sums is not None and counts is not None:  # with_sums
             _add_block_sums(sums, counts, lab + offsets, xb, onehot)
-    if with_sums:
+    if sums is not None and counts is not None:
         return _Pass(labels, dist, sums.view(a, k, dim), counts.view(a, k))
     return _Pass(labels, dist)
 
@@ -446,13 +446,28 @@ def kmeans(
     iterations. The restart with the lowest inertia is returned. Empty clusters are re-seeded
     with the points farthest from their centres.
 
-    x: (N, D) numpy array or torch tensor; the computation (float32, on data centred by its mean)
-    and the result stay on x's device. Restarts run batched while n_init * K is small (one
-    matmul serves them all). ``chunk_size`` caps the rows per distance block (default: blocks of
-    ~64 MB). The same ``seed`` gives the same result on the same device (on CUDA, up to the
-    nondeterminism of atomic float additions unless deterministic algorithms are enabled).
-    Autocast is disabled inside (a bf16 distance matmul would mis-assign near-ties), so calling
-    it under ``torch.autocast`` gives the float32 result.
+    The computation (float32, on data centred by its mean) and the result stay on x's device.
+    Restarts run batched while n_init * K is small (one matmul serves them all). The same
+    ``seed`` gives the same result on the same device (on CUDA, up to the nondeterminism of
+    atomic float additions unless deterministic algorithms are enabled). Autocast is disabled
+    inside (a bf16 distance matmul would mis-assign near-ties), so calling it under
+    ``torch.autocast`` gives the float32 result.
+
+    Parameters
+    ----------
+    x : (N, D) numpy array or torch tensor.
+    n_clusters : K, 1 <= K <= N.
+    n_init : restarts (k-means++ seedings); the lowest inertia wins.
+    max_iter : Lloyd iterations per restart at most.
+    tol : relative tolerance on the centre shift (see above).
+    seed : the seed of the k-means++ draws.
+    chunk_size : rows per distance block (None: blocks of ~64 MB).
+
+    Returns
+    -------
+    KMeansResult
+        ``labels`` (N,) int64, ``centers`` (K, D) float32, ``inertia`` and ``n_iter`` of the
+        best restart, on x's device.
     """
     with fp32(x):
         return _kmeans(x, n_clusters, n_init, max_iter, tol, seed, chunk_size)

@@ -98,7 +98,7 @@ def _lloyd(
     k = centers.shape[0]
     prev: torch.Tensor | None = None
     it = 0
-    for it in range(1, max_iter + 1):
+    for it in range(1, max_iter + 1):  # noqa: B007 - the iteration count is returned after the loop
         labels, d2 = _assign(x, centers)
         changed = x.new_tensor(float(x.shape[0]) if prev is None else float((labels != prev).sum()), dtype=torch.float64)
         sums, counts = _sums_counts(x, labels, k)

@@ -22,8 +22,18 @@ def sinkhorn(scores: torch.Tensor, n_iters: int = 3, epsilon: float = 0.05) -> t
 
     The iterations run in the log domain (``log Q -= logsumexp``), which is the same arithmetic
     as the direct normalisation but cannot underflow, in float64 (float32 on MPS), with autocast
-    disabled. No gradient flows. Returns float32 on scores' device. ``n_iters=0`` gives the row
-    softmax of ``scores / epsilon``.
+    disabled. No gradient flows. ``n_iters=0`` gives the row softmax of ``scores / epsilon``.
+
+    Parameters
+    ----------
+    scores : (B, K) tensor (or array-like) of sample-to-cluster scores.
+    n_iters : column-then-row normalisation rounds (>= 0).
+    epsilon : the entropic temperature (> 0).
+
+    Returns
+    -------
+    torch.Tensor
+        Q, float32 (B, K) on scores' device, rows summing to 1.
     """
     if not isinstance(scores, torch.Tensor):
         scores = torch.as_tensor(scores)

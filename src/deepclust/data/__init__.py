@@ -5,6 +5,7 @@
 """
 
 from deepclust.data.base import ImageData, IndexedDataset
+from deepclust.data.open import open_dataset
 from deepclust.data.registry import (
     DATASETS,
     list_datasets,
@@ -12,7 +13,6 @@ from deepclust.data.registry import (
     load_dataset,
     resolve_data_dir,
 )
-from deepclust.data.open import open_dataset
 from deepclust.data.spec import DATASET_SPECS, DatasetSpec
 from deepclust.data.stream import StreamData
 

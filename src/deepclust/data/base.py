@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -188,7 +189,7 @@ class FeatureData(ImageData):
         )
 
     @classmethod
-    def from_arrays(  # type: ignore[override]
+    def from_arrays(
         cls,
         features: Any,
         labels: Any | None = None,
@@ -342,7 +343,7 @@ def concat(parts: Sequence[ImageData], split: str) -> ImageData:
     classes = next((p.classes for p in parts if p.classes), [])
     paths = None
     if all(p.paths is not None for p in parts):
-        paths = [q for p in parts for q in p.paths]  # type: ignore[union-attr]
+        paths = [q for p in parts for q in (p.paths or [])]
     return ImageData(
         images=torch.cat([p.images for p in parts]),
         labels=torch.cat([p.labels for p in parts]),

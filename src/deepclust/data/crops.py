@@ -18,9 +18,9 @@ antialiased bilinear interpolation). ``benchmarks/stream.py`` measures both.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch

@@ -7,8 +7,9 @@ plus 8 bytes a file and are shared by forked workers untouched.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 

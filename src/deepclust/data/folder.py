@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -210,8 +210,8 @@ def read_image_files(
                 target = (_DEFAULT_MIXED_SIZE, _DEFAULT_MIXED_SIZE)
                 logger.info("%s: images have %d different sizes; resizing all to %dx%d", root, len(sizes), *target)
     arrays = _map(lambda i: _decode(files[i], mode, target), keep, desc=desc)
-    kept = [i for i, a in zip(keep, arrays) if a is not None]
-    skipped += [files[i].relative_to(root).as_posix() for i, a in zip(keep, arrays) if a is None]
+    kept = [i for i, a in zip(keep, arrays, strict=True) if a is not None]
+    skipped += [files[i].relative_to(root).as_posix() for i, a in zip(keep, arrays, strict=True) if a is None]
     _warn_skipped(sorted(skipped), str(root))
     if not kept:
         raise DataError(f"none of the {len(files)} image files under {root} could be read; check the files")

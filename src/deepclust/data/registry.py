@@ -32,7 +32,13 @@ _ALIASES = {alias: name for name, spec in DATASET_SPECS.items() for alias in spe
 
 
 def list_datasets() -> list[str]:
-    """Registered dataset names (plus the ``npz:PATH`` and ``folder:PATH`` forms)."""
+    """Registered dataset names (``npz:PATH`` and ``folder:PATH`` are accepted as well).
+
+    Returns
+    -------
+    list[str]
+        The names :func:`load_dataset` and ``data.name`` accept, in registry order.
+    """
     return list(DATASETS)
 
 
@@ -66,9 +72,25 @@ def load_dataset(
 ) -> ImageData:
     """Load a dataset into memory as uint8 (N, C, H, W).
 
-    ``split`` is one of the dataset's splits (``list_splits(name)``); ``train+test``
-    concatenates train then test. ``image_size`` resizes to image_size x image_size (None keeps
-    the native size; folder datasets have their own defaults). Raises DataError on bad input.
+    Parameters
+    ----------
+    name : a name from :func:`list_datasets`, ``npz:PATH`` or ``folder:PATH``.
+    split : one of the dataset's splits (``list_splits(name)``); ``train+test`` concatenates
+        train then test.
+    data_dir : where the datasets live (None: ``$DEEPCLUST_DATA``, else ``./data``).
+    image_size : resize to image_size x image_size (None keeps the native size; folder
+        datasets have their own defaults).
+
+    Returns
+    -------
+    ImageData
+        uint8 images (N, C, H, W), int64 labels (N,) (-1 where unknown), class names, name and
+        split.
+
+    Raises
+    ------
+    DataError
+        On an unknown name or split, or data that are missing or unreadable.
     """
     if not isinstance(name, str) or not name.strip():
         raise DataError(f"dataset name must be a non-empty string, got {name!r}; valid names: {', '.join(DATASETS)}")

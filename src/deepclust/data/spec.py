@@ -9,9 +9,9 @@ ImageData``), its splits, its shape and whether it has one native size.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from deepclust.data import folder, standard
 from deepclust.data.base import ImageData

@@ -12,8 +12,9 @@ import logging
 import os
 import pickle
 import socket
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
+from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
@@ -172,7 +173,7 @@ _RECONSTRUCT = np.zeros(0).__reduce__()[0]  # NumPy's array reconstructor (numpy
 class _ArrayUnpickler(pickle.Unpickler):
     """Builds NumPy arrays and plain containers only: every other global is refused."""
 
-    def find_class(self, module: str, name: str):  # noqa: ANN201 - pickle's signature
+    def find_class(self, module: str, name: str) -> Any:  # pickle.Unpickler's signature
         if module in ("numpy.core.multiarray", "numpy._core.multiarray") and name == "_reconstruct":
             return _RECONSTRUCT
         if module == "numpy" and name in ("ndarray", "dtype"):

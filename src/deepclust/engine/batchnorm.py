@@ -20,9 +20,10 @@ __all__ = ["SyncBatchNorm", "average_batchnorm_stats", "convert_sync_batchnorm"]
 
 
 def _bn_stat_tensors(module: nn.Module) -> list[torch.Tensor]:
-    out = []
+    out: list[torch.Tensor] = []
     for m in module.modules():
-        if isinstance(m, _BatchNorm) and not isinstance(m, SyncBatchNorm) and m.running_mean is not None:
+        if (isinstance(m, _BatchNorm) and not isinstance(m, SyncBatchNorm)
+                and m.running_mean is not None and m.running_var is not None):
             out += [m.running_mean, m.running_var]
     return out
 
@@ -82,7 +83,8 @@ class SyncBatchNorm(_BatchNorm):
         n = counts.sum()
         mean = (counts * stats[:, :c]).sum(0) / n
         var = (counts * (stats[:, c : 2 * c] + (stats[:, :c] - mean) ** 2)).sum(0) / n
-        if self.track_running_stats and self.running_mean is not None:
+        if (self.track_running_stats and self.running_mean is not None and self.running_var is not None
+                and self.num_batches_tracked is not None):
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
                 f = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum

@@ -121,6 +121,8 @@ def load_data(
     encoder is built (and ``n_clusters`` checked against the images) before anything is embedded.
     """
     d = cfg.data
+    train: ImageData | StreamData
+    evald: ImageData | StreamData
     if data is not None:
         train, evald = (data, data) if isinstance(data, ImageData) else data
         if not (isinstance(train, ImageData) and isinstance(evald, ImageData)):
@@ -137,7 +139,7 @@ def load_data(
     return train, evald
 
 
-def data_info(cfg: Config, train: ImageData, evald: ImageData) -> DataInfo:
+def data_info(cfg: Config, train: ImageData | StreamData, evald: ImageData | StreamData) -> DataInfo:
     """Image size, channel statistics and the number of clusters, checked against the data."""
     if isinstance(train, FeatureData) or isinstance(evald, FeatureData):
         return _feature_info(cfg, train, evald)
@@ -157,7 +159,7 @@ def data_info(cfg: Config, train: ImageData, evald: ImageData) -> DataInfo:
     return DataInfo(n_samples=train.n_samples, n_channels=c, image_size=size, mean=mean, std=std, n_clusters=k)
 
 
-def _feature_info(cfg: Config, train: ImageData, evald: ImageData) -> DataInfo:
+def _feature_info(cfg: Config, train: ImageData | StreamData, evald: ImageData | StreamData) -> DataInfo:
     """Feature mode: per-dimension mean/std of the training features, L2-normalised first where
     ``augment.feature_l2`` says so, as the views see them (``data.mean``/``std`` override them
     with D values each). The std is floored at 1% of its mean over dimensions, so
@@ -169,8 +171,8 @@ def _feature_info(cfg: Config, train: ImageData, evald: ImageData) -> DataInfo:
         x = _sample(train).double()
         if cfg.augment.feature_l2:
             x = torch.nn.functional.normalize(x, dim=1)
-        std = x.std(0) if len(x) > 1 else torch.ones(dim, dtype=torch.float64)
-        mean, std = x.mean(0).tolist(), std.clamp_min(max(1e-2 * float(std.mean()), 1e-6)).tolist()
+        sd = x.std(0) if len(x) > 1 else torch.ones(dim, dtype=torch.float64)
+        mean, std = x.mean(0).tolist(), sd.clamp_min(max(1e-2 * float(sd.mean()), 1e-6)).tolist()
     else:
         mean, std = list(cfg.data.mean), list(cfg.data.std)
     if len(mean) != dim or len(std) != dim:
@@ -182,12 +184,12 @@ def _feature_info(cfg: Config, train: ImageData, evald: ImageData) -> DataInfo:
     )
 
 
-def _sample(train: ImageData) -> torch.Tensor:
+def _sample(train: ImageData | StreamData) -> torch.Tensor:
     """Up to 10,000 training rows, the same ones every time: statistics stay cheap for big sets."""
     return train.images[torch.randperm(train.n_samples, generator=torch.Generator().manual_seed(0))[:10000]]
 
 
-def n_clusters(cfg: Config, train: ImageData, evald: ImageData) -> int:
+def n_clusters(cfg: Config, train: ImageData | StreamData, evald: ImageData | StreamData) -> int:
     """``cfg.n_clusters``, or the number of classes of the evaluated data; checked against N."""
     k = cfg.n_clusters
     if k is None:

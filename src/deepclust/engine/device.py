@@ -49,7 +49,7 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (all devices) from the one run seed."""
     random.seed(seed)
-    np.random.seed(seed % 2**32)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 - the global state is what third-party code draws from
     torch.manual_seed(seed)
 
 
@@ -65,7 +65,7 @@ def rng_state() -> dict:
 def _numpy_state() -> dict:
     """NumPy's legacy global MT19937 state with its 624-word key as an int64 tensor (lossless:
     the words are uint32); a NumPy array would need pickle's NumPy classes to load."""
-    st = np.random.get_state(legacy=False)
+    st = np.random.get_state(legacy=False)  # noqa: NPY002 - checkpointing the global state
     return {"bit_generator": st["bit_generator"], "key": torch.from_numpy(st["state"]["key"].astype(np.int64)),
             "pos": int(st["state"]["pos"]), "has_gauss": int(st["has_gauss"]), "gauss": float(st["gauss"])}
 
@@ -77,7 +77,7 @@ def _set_numpy_state(state: dict | tuple) -> None:
         key = state["key"].cpu().numpy().astype(np.uint32)
         state = {"bit_generator": state["bit_generator"], "state": {"key": key, "pos": int(state["pos"])},
                  "has_gauss": int(state["has_gauss"]), "gauss": float(state["gauss"])}
-    np.random.set_state(state)
+    np.random.set_state(state)  # noqa: NPY002 - restoring the global state
 
 
 def set_rng_state(state: dict) -> None:

@@ -32,8 +32,9 @@ from deepclust._version import __version__
 from deepclust.cluster import assign_to_centers, kmeans, kmeans_distributed
 from deepclust.collectives import Collectives, split_sizes
 from deepclust.config import Config
-from deepclust.data import ImageData
+from deepclust.data import ImageData, StreamData
 from deepclust.data.base import FeatureData
+from deepclust.data.stream import LazyImages
 from deepclust.engine.device import autocast
 from deepclust.errors import ConfigError, DataError
 from deepclust.methods import ClusteringMethod
@@ -52,7 +53,7 @@ class Prediction:
 @torch.no_grad()
 def infer_images(
     method: ClusteringMethod,
-    images: torch.Tensor,
+    images: torch.Tensor | LazyImages,
     batch_size: int,
     device: torch.device,
     amp: torch.dtype | None = None,
@@ -63,7 +64,7 @@ def infer_images(
     method.eval()
     feats, probs = [], []
     try:
-        if hasattr(images, "batches"):  # streamed (data/stream.py LazyImages): decoded by workers
+        if isinstance(images, LazyImages):  # streamed (data/stream.py): decoded by workers
             chunks = images.batches(batch_size, device)
         else:
             chunks = (images[s : s + batch_size].to(device, non_blocking=True) for s in range(0, len(images), batch_size))
@@ -82,7 +83,7 @@ def infer_images(
 
 def infer_sharded(
     method: ClusteringMethod,
-    images: torch.Tensor,
+    images: torch.Tensor | LazyImages,
     batch_size: int,
     device: torch.device,
     amp: torch.dtype | None = None,
@@ -108,8 +109,8 @@ def predict(
     method: ClusteringMethod,
     cfg: Config,
     n_clusters: int,
-    train_data: ImageData,
-    eval_data: ImageData,
+    train_data: ImageData | StreamData,
+    eval_data: ImageData | StreamData,
     device: torch.device,
     amp: torch.dtype | None = None,
     progress: bool = False,
@@ -139,6 +140,7 @@ def predict(
         conf, labels = probs.max(dim=1)
         info = {"type": "head_argmax", "head": method.eval_head, "k": probs.shape[1]}
         return Prediction(labels, conf, None, eval_feats, info)
+    fit_feats: torch.Tensor | None
     if source == "memory":
         assert bank is not None
         fit_feats = bank.float()
@@ -165,8 +167,8 @@ def _predict_distributed_kmeans(
     method: ClusteringMethod,
     cfg: Config,
     n_clusters: int,
-    train_data: ImageData,
-    eval_data: ImageData,
+    train_data: ImageData | StreamData,
+    eval_data: ImageData | StreamData,
     device: torch.device,
     amp: torch.dtype | None,
     progress: bool,
@@ -176,7 +178,7 @@ def _predict_distributed_kmeans(
     k-means runs over all shards (:func:`kmeans_distributed`: centres all-reduced), each process
     assigns its evaluated rows, and rank 0 gathers labels and features for the record."""
 
-    def shard(images: torch.Tensor) -> torch.Tensor:
+    def shard(images: torch.Tensor | LazyImages) -> torch.Tensor:
         if len(images) < dist.world:
             raise DataError(f"{len(images)} images cannot be split over {dist.world} processes; evaluate on more images")
         sizes = split_sizes(len(images), dist.world)
@@ -187,8 +189,8 @@ def _predict_distributed_kmeans(
     eval_local = shard(eval_data.images)
     fit_local = eval_local if cfg.protocol == "train+test" else shard(train_data.images)
     km = kmeans_distributed(fit_local, n_clusters, n_init=cfg.eval.n_init, seed=cfg.eval.kmeans_seed, group=dist.group)
-    labels, d2 = assign_to_centers(eval_local, km.centers)
-    labels, d2, feats = dist.gather_rows(labels), dist.gather_rows(d2), dist.gather_rows(eval_local)
+    local_labels, local_d2 = assign_to_centers(eval_local, km.centers)
+    labels, d2, feats = dist.gather_rows(local_labels), dist.gather_rows(local_d2), dist.gather_rows(eval_local)
     if labels is None or d2 is None or feats is None:
         return None
     info = {
@@ -210,7 +212,7 @@ def config_hash(cfg: Config) -> str:
 def make_record(
     cfg: Config,
     pred: Prediction,
-    eval_data: ImageData,
+    eval_data: ImageData | StreamData,
     n_clusters: int,
     epoch: int,
     device: torch.device,
@@ -280,7 +282,7 @@ def kmeans_baseline(data: FeatureData, n_clusters: int, n_init: int, seed: int,
     return out
 
 
-def add_extras(record: dict[str, Any], method: ClusteringMethod, pred: Prediction, eval_data: ImageData) -> dict[str, Any]:
+def add_extras(record: dict[str, Any], method: ClusteringMethod, pred: Prediction, eval_data: ImageData | StreamData) -> dict[str, Any]:
     """Attach the method's extra, explicitly named results (over-clustering heads, ...)."""
     y = eval_data.labels if eval_data.has_labels else None
     extras = method.evaluation_extras(pred.features, y)

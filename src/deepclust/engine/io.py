@@ -32,8 +32,9 @@ import re
 import secrets
 import warnings
 import zipfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO, Any, Callable, Sequence
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -63,9 +64,10 @@ def storage_error(path: Path, exc: BaseException, kept: bool) -> StorageError:
         reason = os.strerror(exc.errno)
     else:
         reason = "the write failed (disk full, quota or I/O error)"
-    what = {errno.ENOSPC: "free disk space", errno.EDQUOT: "free quota", errno.EACCES: "fix the permissions",
-            errno.EPERM: "fix the permissions", errno.EROFS: "use a writable disk"}.get(
-                getattr(exc, "errno", None), "free space or fix the disk")
+    fixes: dict[int | None, str] = {
+        errno.ENOSPC: "free disk space", errno.EDQUOT: "free quota", errno.EACCES: "fix the permissions",
+        errno.EPERM: "fix the permissions", errno.EROFS: "use a writable disk"}
+    what = fixes.get(getattr(exc, "errno", None), "free space or fix the disk")
     state = f"the previous '{path.name}' is unchanged" if kept else "nothing was written"
     return StorageError(f"cannot write '{path}': {reason}; {state}: {what} (or choose another --out) and try again")
 
@@ -121,11 +123,11 @@ def content_hash(obj: Any) -> str:
             t = o.detach().to("cpu").contiguous()
             h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
             if t.numel():
-                h.update(t.reshape(-1).view(torch.uint8).numpy())
+                h.update(t.reshape(-1).view(torch.uint8).numpy().data)  # .data: the array's memoryview, no copy
         elif isinstance(o, np.ndarray):
             a = np.ascontiguousarray(o)
             h.update(f"A{a.dtype}{a.shape}".encode())
-            h.update(a.tobytes() if a.dtype == object else a.view(np.uint8).reshape(-1))
+            h.update(a.tobytes() if a.dtype == object else a.view(np.uint8).reshape(-1).data)
         elif isinstance(o, dict):
             h.update(f"D{len(o)}".encode())
             for k, v in o.items():
@@ -174,7 +176,7 @@ def _legacy_globals() -> list[Any]:
     try:
         from numpy._core import multiarray  # NumPy 2
     except ImportError:  # pragma: no cover - NumPy 1.x
-        from numpy.core import multiarray
+        from numpy.core import multiarray  # type: ignore[no-redef]  # the same module, NumPy 1.x's path
     names: list[Any] = [np.ndarray, np.dtype]
     for module in ("numpy._core.multiarray", "numpy.core.multiarray"):
         names += [(multiarray._reconstruct, f"{module}._reconstruct"), (multiarray.scalar, f"{module}.scalar")]
@@ -194,7 +196,7 @@ def _pickle_globals(path: Path) -> list[str]:
         return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
     found: list[str] = []
     strings: list[Any] = []  # the strings pushed so far, memo gets included (STACK_GLOBAL pops two)
-    memo: dict[int, Any] = {}
+    memo: dict[Any, Any] = {}  # keys: the int memo index of MEMOIZE, PUT and GET
     try:
         with open(path, "rb") as fh:
             for op, arg, _ in pickletools.genops(fh):
@@ -203,9 +205,9 @@ def _pickle_globals(path: Path) -> list[str]:
                 elif op.name == "MEMOIZE":
                     memo[len(memo)] = strings[-1] if strings else None
                 elif op.name in ("PUT", "BINPUT", "LONG_BINPUT"):
-                    memo[int(arg)] = strings[-1] if strings else None
+                    memo[arg] = strings[-1] if strings else None
                 elif op.name in ("GET", "BINGET", "LONG_BINGET"):
-                    strings.append(memo.get(int(arg)))
+                    strings.append(memo.get(arg))
                 elif op.name == "GLOBAL":
                     found.append(str(arg).replace(" ", "."))
                 elif op.name == "STACK_GLOBAL" and len(strings) >= 2:

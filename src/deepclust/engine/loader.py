@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -68,7 +69,7 @@ class _OrderSampler(Sampler):
             yield order[s : s + bs]
 
 
-def _identity(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def _identity(batch: Any) -> Any:  # Any: DataLoader types collate_fn for lists of samples
     return batch  # the dataset already returns whole batches (module level: picklable)
 
 

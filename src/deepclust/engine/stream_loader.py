@@ -24,7 +24,14 @@ from torch import nn
 from deepclust.augment import Augment, EvalTransform
 from deepclust.augment.views import ViewBatch
 from deepclust.data.crops import ViewSpec, decode_views_tensor, sample_rng
-from deepclust.data.stream import DecodeBatches, KeySampler, StreamData, check_failed, default_stream_workers, make_loader
+from deepclust.data.stream import (
+    DecodeBatches,
+    KeySampler,
+    StreamData,
+    check_failed,
+    default_stream_workers,
+    make_loader,
+)
 from deepclust.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -37,7 +44,7 @@ def view_specs(pipelines: Sequence[nn.Module]) -> list[ViewSpec]:
     specs = []
     for p in pipelines:
         if isinstance(p, Augment):
-            specs.append(ViewSpec("random", tuple(p.cfg.crop_scale), tuple(p.cfg.crop_ratio)))
+            specs.append(ViewSpec("random", p.cfg.crop_scale, p.cfg.crop_ratio))  # tuples (AugmentConfig)
         elif isinstance(p, EvalTransform):
             specs.append(ViewSpec("plain"))
         else:
@@ -108,10 +115,10 @@ class StreamLoader:
                 except RuntimeError:
                     images.append(None)
         s, c = self.data.size, self.data.n_channels
-        failed = [self.data.files[int(i)] for img, i in zip(images, idx.tolist()) if img is None]
+        failed = [self.data.files[int(i)] for img, i in zip(images, idx.tolist(), strict=True) if img is None]
         if failed:
             self.data.report_failed(failed, "not decodable on the GPU, shown as black images")
         per = [decode_views_tensor(None, self.specs, s, self.data.mode, sample_rng(self.seed, self.epoch, int(i)), image=img)
                if img is not None else [torch.zeros(c, s, s, dtype=torch.uint8, device=self.device)] * len(self.specs)
-               for img, i in zip(images, idx.tolist())]
+               for img, i in zip(images, idx.tolist(), strict=True)]
         return [torch.stack([p[k] for p in per]) for k in range(len(self.specs))]

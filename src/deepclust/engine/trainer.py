@@ -25,18 +25,18 @@ import torch
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from deepclust.config import Config, TrainConfig, config_yaml
 from deepclust.collectives import average_gradients, broadcast_state
+from deepclust.config import Config, TrainConfig, config_yaml
 from deepclust.config_rules import validate
 from deepclust.data import ImageData, StreamData
 from deepclust.engine import data_stage
+from deepclust.engine.batchnorm import average_batchnorm_stats
 from deepclust.engine.checkpoint import RunState, seed_rank, to_cpu
 from deepclust.engine.data_stage import data_info, load_data
 from deepclust.engine.device import amp_dtype, autocast, resolve_device, seed_everything
-from deepclust.engine.batchnorm import average_batchnorm_stats
-from deepclust.engine.process_group import close_distributed, init_distributed
 from deepclust.engine.evaluate import Prediction, add_extras, make_record, predict
 from deepclust.engine.fastpath import apply_fast_paths
+from deepclust.engine.process_group import close_distributed, init_distributed
 from deepclust.engine.rundir import RunDir, default_run_dir
 from deepclust.engine.schedule import lr_factor
 from deepclust.engine.setup import build_method, build_optimizer, resolve_auto_model
@@ -320,7 +320,8 @@ class Trainer:
         if isinstance(stream, StreamLoader):
             stream.set_epoch(epoch)  # crops of this epoch: per-sample generators of (seed, epoch, index)
         batches = stream.batches_of([p[2] for p in plan]) if stream is not None else ((images[p[2]], p[2]) for p in plan)
-        for (it, n_global, _), (batch, idx) in zip(plan, batches):
+        # batches is built from plan (same length); not strict: zip never advances the stream past its end
+        for (it, n_global, _), (batch, idx) in zip(plan, batches, strict=False):
             if d.enabled:
                 d.split(n_global)  # sets d.loss_weight / batch sizes for this step (uneven last batch)
             f = method.lr_scale(epoch, it, iters, lr_factor(cfg.optim, epoch, it, iters, cfg.train.epochs))
@@ -344,7 +345,7 @@ class Trainer:
             keys = sorted(sums)
             if keys:
                 total = d.all_reduce(torch.stack([torch.as_tensor(sums[k], device=self.device).float().reshape(()) for k in keys]), "mean")
-                sums = dict(zip(keys, total.unbind()))
+                sums = dict(zip(keys, total.unbind(), strict=True))
             average_batchnorm_stats(method, d)
         logs = {k: float(v) / max(steps, 1) for k, v in sums.items()}
         if not all(math.isfinite(v) for v in logs.values()):
@@ -385,8 +386,20 @@ def _iters_per_epoch(n: int, t: TrainConfig) -> int:
 
 
 def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
-    """Train and evaluate; returns the final result record (under torchrun: on every process).
-    ``overwrite``: start again in a run directory that already holds a run (its files are removed)."""
+    """Train and evaluate one run.
+
+    Parameters
+    ----------
+    cfg : the resolved :class:`deepclust.Config` (:func:`deepclust.resolve_config`).
+    resume : continue the run in ``cfg.train.out`` from its last checkpoint.
+    overwrite : start again in a run directory that already holds a run (its files are removed).
+
+    Returns
+    -------
+    dict
+        The final result record (spec/evaluation.md 2.1: acc, nmi, ari, ...), also written to the
+        run directory; under torchrun on every process.
+    """
     trainer = Trainer(cfg, resume=resume, overwrite=overwrite)
     try:
         return trainer.fit()

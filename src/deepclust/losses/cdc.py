@@ -109,7 +109,7 @@ def cdc_contrastive_loss(
         s = s.masked_fill(torch.eye(2 * b, dtype=torch.bool, device=s.device), float("-inf"))
         if (neg_p is None) != (neg_z is None):
             raise ConfigError("cdc_contrastive_loss: pass both neg_p and neg_z, or neither")
-        if neg_p is not None and neg_p.shape[0] > 0:
+        if neg_p is not None and neg_z is not None and neg_p.shape[0] > 0:
             nz = F.normalize(_f32(neg_z).detach(), dim=1)
             s = torch.cat([s, cdc_similarity(p, z, _f32(neg_p).detach(), nz, tau_p, tau_z, combine, eps)], dim=1)
         target = torch.cat([torch.arange(b, 2 * b), torch.arange(0, b)]).to(s.device)

@@ -40,7 +40,13 @@ def register_method(cls: type[ClusteringMethod]) -> type[ClusteringMethod]:
 
 
 def list_methods() -> list[str]:
-    """Names accepted by ``--method``, configs and the estimator."""
+    """Names accepted by ``--method``, configs and the estimator.
+
+    Returns
+    -------
+    list[str]
+        The registered methods' names, sorted.
+    """
     return sorted(METHODS)
 
 
@@ -64,7 +70,23 @@ def get_method_class(name: str) -> type[ClusteringMethod]:
 
 def create_method(cfg, info: DataInfo) -> ClusteringMethod:
     """Build the method named by ``cfg.method`` and check the contract of
-    :class:`ClusteringMethod` that the engine relies on (a contributor's error, not a user's)."""
+    :class:`ClusteringMethod` that the engine relies on (a contributor's error, not a user's).
+
+    Parameters
+    ----------
+    cfg : the run's :class:`deepclust.Config` (``method``, ``method_args``, model, augment).
+    info : the data's :class:`DataInfo` (sizes, channel statistics, number of clusters).
+
+    Returns
+    -------
+    ClusteringMethod
+        The method, on the CPU in training mode.
+
+    Raises
+    ------
+    ConfigError
+        On an unknown method, invalid ``method_args``, or images for a feature-only method.
+    """
     cls = get_method_class(cfg.method)
     if not info.n_features and not cls.accepts_images:
         raise ConfigError(

@@ -81,8 +81,8 @@ from deepclust.losses.contrastive import nt_xent_loss
 from deepclust.losses.dec import anchor_loss, dec_loss, dec_target, student_t_assignment
 from deepclust.methods.base import ClusteringMethod, DataInfo, StepOutput
 from deepclust.metrics import evaluate
-from deepclust.precision import fp32
 from deepclust.models import mlp_projector
+from deepclust.precision import fp32
 
 if TYPE_CHECKING:  # type hints only: config resolution imports the methods, not the reverse
     from deepclust.config import Config
@@ -107,7 +107,7 @@ class AnchorCL(ClusteringMethod):
     }
 
     @dataclass
-    class Options:
+    class Options(ClusteringMethod.Options):
         instance_temperature: float = 0.5
         alpha: float = 1.0
         instance_weight: float = 1.0
@@ -121,6 +121,13 @@ class AnchorCL(ClusteringMethod):
         target_mode: str = "batch"
         target_interval: int = 0
         instance_warmup: float = 0.0  # fraction of train.epochs on the instance loss alone (library choice)
+
+    opts: Options  # this method's method_args (the base class builds it from cfg.method_args)
+    # buffers, registered in __init__ (checkpointed with the model)
+    centers_initialized: torch.Tensor
+    q_store: torch.Tensor
+    full_target: torch.Tensor
+    target_steps: torch.Tensor
 
     @classmethod
     def defaults(cls) -> dict[str, Any]:

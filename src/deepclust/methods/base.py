@@ -19,7 +19,7 @@ from deepclust.augment import Augment, EvalTransform, FeatureAugment, FeatureEva
 from deepclust.cluster.neighbors import nearest_neighbors
 from deepclust.collectives import SINGLE_PROCESS, Collectives
 from deepclust.errors import ConfigError
-from deepclust.models import create_backbone, resolve_model
+from deepclust.models import Backbone, create_backbone, resolve_model
 
 if TYPE_CHECKING:  # type hints only: config resolution imports the methods, not the reverse
     from deepclust.config import Config
@@ -87,7 +87,7 @@ class ClusteringMethod(nn.Module):
     dist: Collectives = SINGLE_PROCESS
     #: the network that maps (normalised) inputs to features; ``model.init`` loads its weights and
     #: the fast paths (channels-last, ``torch.compile``) apply to it. Every method assigns it.
-    backbone: nn.Module
+    backbone: Backbone
     #: the head whose probabilities :meth:`infer` returns and the record names (SeCu: the K = k one)
     eval_head: int = 0
     #: False for a method that clusters feature vectors only (SCAN: neighbours of a pretrained
@@ -142,6 +142,8 @@ class ClusteringMethod(nn.Module):
             raise ConfigError("feature mode needs DataInfo.feature_mean and feature_std (the training statistics)")
         aug = self.cfg.augment
         if isinstance(pipeline, Augment):
+            # AugmentConfig.__post_init__ resolves a None noise / dropout to its default number
+            assert aug.feature_noise is not None and aug.feature_dropout is not None
             return FeatureAugment(mean, std, noise_std=aug.feature_noise, dropout=aug.feature_dropout,
                                   l2=aug.feature_l2, views=aug.feature_views, neighbors=aug.neighbors)
         return FeatureEvalTransform(mean, std, l2=aug.feature_l2)
@@ -177,7 +179,7 @@ class ClusteringMethod(nn.Module):
                 m.table = m.knn = None
 
     # ----- construction helpers -------------------------------------------------------------
-    def build_backbone(self) -> nn.Module:
+    def build_backbone(self) -> Backbone:
         info = self.info
         # The trainer passes concrete names (engine/setup.py resolve_auto_model); a method built
         # directly from an ``auto`` config resolves them here, by the same rule.

@@ -112,7 +112,7 @@ class CDC(ClusteringMethod):
     }
 
     @dataclass
-    class Options:
+    class Options(ClusteringMethod.Options):
         combine: str = "additive"
         equipartition: str = "sinkhorn"
         sinkhorn_mode: str = "target"
@@ -131,6 +131,13 @@ class CDC(ClusteringMethod):
         queue_start_epoch: int = 0
         queue_negatives: bool = False
         infer_features: str = "backbone"
+
+    opts: Options  # this method's method_args (the base class builds it from cfg.method_args)
+    # buffers, registered in __init__ (checkpointed with the model)
+    queue_u: torch.Tensor
+    queue_z: torch.Tensor
+    queue_ptr: torch.Tensor
+    queue_len: torch.Tensor
 
     @classmethod
     def defaults(cls) -> dict[str, Any]:

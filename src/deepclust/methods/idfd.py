@@ -54,11 +54,15 @@ class IDFD(ClusteringMethod):
         return b, 0.05 * math.sqrt(b / 128)
 
     @dataclass
-    class Options:
+    class Options(ClusteringMethod.Options):
         temperature: float = 1.0  # tau, instance discrimination
         fd_temperature: float = 2.0  # tau2, feature decorrelation
         fd_weight: float = 1.0  # alpha
         memory_momentum: float = 0.5  # mu
+
+    opts: Options  # this method's method_args (the base class builds it from cfg.method_args)
+    # buffers, registered in __init__ (checkpointed with the model)
+    memory: torch.Tensor
 
     @classmethod
     def defaults(cls) -> dict[str, Any]:

@@ -48,9 +48,14 @@ class SCAN(ClusteringMethod):
     accepts_images = False  # neighbours of an embedding: images are embedded first (--features)
 
     @dataclass
-    class Options:
+    class Options(ClusteringMethod.Options):
         entropy_weight: float = 5.0
         n_heads: int = 10
+
+    opts: Options  # this method's method_args (the base class builds it from cfg.method_args)
+    # buffers, registered in __init__ (checkpointed with the model)
+    head_loss: torch.Tensor
+    last_head_loss: torch.Tensor
 
     @classmethod
     def defaults(cls) -> dict[str, Any]:
@@ -68,13 +73,13 @@ class SCAN(ClusteringMethod):
         if o.entropy_weight < 0 or o.n_heads < 1:
             raise ConfigError("method_args.entropy_weight must be >= 0 and n_heads >= 1")
         self.backbone = self.build_backbone()
-        self.heads = nn.ModuleList(nn.Linear(self.backbone.out_dim, info.n_clusters) for _ in range(o.n_heads))
+        self.heads: nn.ModuleList = nn.ModuleList(nn.Linear(self.backbone.out_dim, info.n_clusters) for _ in range(o.n_heads))
         # each head's summed loss over the current epoch (checkpointed, so resume picks the same head)
         self.register_buffer("head_loss", torch.zeros(o.n_heads))
         self.register_buffer("last_head_loss", torch.zeros(o.n_heads))
 
     @property
-    def eval_head(self) -> int:  # type: ignore[override]
+    def eval_head(self) -> int:  # type: ignore[override]  # a read-only property replaces the base's int attribute
         """The head with the lowest loss over the last finished epoch (SCAN's selection)."""
         src = self.head_loss if bool(self.head_loss.any()) else self.last_head_loss
         return int(src.argmin())
@@ -91,7 +96,7 @@ class SCAN(ClusteringMethod):
         # Under torchrun the loss sees the global batch (gathered with gradient), as CDC's does.
         g = self.dist.gather_with_grad
         totals, cons, ents = zip(*(scan_loss(g(z[:b]), g(z[b:]), self.opts.entropy_weight)
-                                   for z in (head(h) for head in self.heads)))
+                                   for z in (head(h) for head in self.heads)), strict=True)
         per_head = torch.stack(totals)
         best = int(self.eval_head)
         logs = {"consistency": cons[best].detach(), "entropy": ents[best].detach()}

@@ -72,10 +72,10 @@ from deepclust.cluster.secu_assign import secu_dual_update, secu_entropy_assign,
 from deepclust.engine.schedule import lr_factor
 from deepclust.errors import ConfigError
 from deepclust.losses.secu import secu_center_loss, secu_representation_loss
-from deepclust.precision import fp32
 from deepclust.methods.base import ClusteringMethod, DataInfo, StepOutput
 from deepclust.metrics import acc_many_to_one, nmi
 from deepclust.models import mlp_projector
+from deepclust.precision import fp32
 
 if TYPE_CHECKING:  # type hints only: config resolution imports the methods, not the reverse
     from deepclust.config import Config
@@ -108,7 +108,7 @@ class SeCu(ClusteringMethod):
         return b, 0.1 * b / 128
 
     @dataclass
-    class Options:
+    class Options(ClusteringMethod.Options):
         n_heads: int = 10
         constraint: str = "size"  # size | entropy
         lower_ratio: float = 0.9  # gamma
@@ -126,6 +126,7 @@ class SeCu(ClusteringMethod):
         solarize_p: tuple[float, float] = (0.0, 0.2)
 
         def __post_init__(self) -> None:
+            # YAML gives lists; the lengths are checked below, mypy sees tuple[float, ...]
             self.blur_p = tuple(float(v) for v in self.blur_p)  # type: ignore[assignment]
             self.solarize_p = tuple(float(v) for v in self.solarize_p)  # type: ignore[assignment]
             if self.n_heads < 1:
@@ -140,6 +141,8 @@ class SeCu(ClusteringMethod):
                 raise ConfigError("method_args: label_weight must be in [0, 1] and the temperatures > 0")
             if self.frozen_epochs < 0 or self.projection_hidden < 0:
                 raise ConfigError("method_args.frozen_epochs and projection_hidden must be >= 0")
+
+    opts: Options  # this method's method_args (the base class builds it from cfg.method_args)
 
     @classmethod
     def defaults(cls) -> dict[str, Any]:
@@ -269,7 +272,7 @@ class SeCu(ClusteringMethod):
         # Under torchrun the assignment runs on the global batch (gathered features and
         # indices), so labels, duals and counts update as with one process; the losses then
         # use this process's rows of the global labels.
-        branches = [x1, x2] if q1 is None else [x1, x2, q1, q2]
+        branches = [x1, x2] if q1 is None or q2 is None else [x1, x2, q1, q2]
         gathered = [self.dist.gather(b.detach().float()) for b in branches]
         all_idx = self.dist.gather(indices)
         mine = self.dist.local_rows(images.shape[0])
@@ -277,7 +280,8 @@ class SeCu(ClusteringMethod):
             w = self.centers[h]
             with torch.no_grad(), fp32(images):
                 c = F.normalize(w.detach().float(), dim=1)
-                sim = sum(b @ c.t() for b in gathered) / len(gathered)
+                sims = [b @ c.t() for b in gathered]
+                sim = sum(sims[1:], sims[0]) / len(sims)  # the first as start: a Tensor, never the int 0
                 y_all, y_prev_all = self._assign(h, sim, all_idx)
                 y, y_prev = y_all[mine], y_prev_all[mine]
             prev = self._buf("prev_centers", h)
@@ -325,7 +329,7 @@ class SeCu(ClusteringMethod):
                 pred = (feats @ c.t()).argmax(dim=1).cpu()
             sizes = torch.bincount(pred, minlength=k)
             entry: dict[str, Any] = {"head": h, "k": k, "n_nonempty": int((sizes > 0).sum()), "min_size": int(sizes.min()), "max_size": int(sizes.max())}
-            if labelled:
+            if labelled and y_true is not None:
                 y = y_true.cpu()
                 entry["acc_many_to_one"] = acc_many_to_one(y.numpy(), pred.numpy())
                 entry["nmi"] = nmi(y.numpy(), pred.numpy())

@@ -1,6 +1,7 @@
 """Backbones and heads."""
 
 from deepclust.models.backbones import (
+    Backbone,
     MLPBackbone,
     ResNetBackbone,
     SmallCNN,
@@ -12,6 +13,7 @@ from deepclust.models.backbones import (
 from deepclust.models.heads import NormalizedLinear, mlp_projector
 
 __all__ = [
+    "Backbone",
     "MLPBackbone",
     "NormalizedLinear",
     "ResNetBackbone",

@@ -16,7 +16,8 @@ convolution, as SCAN's and SeCu's ResNets (secu.md section 8) and torchvision's 
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -24,7 +25,7 @@ from torchvision import models as tvm
 
 from deepclust.errors import ConfigError
 
-_RESNETS: dict[str, Callable[..., nn.Module]] = {
+_RESNETS: dict[str, Callable[..., tvm.ResNet]] = {
     "resnet18": tvm.resnet18,
     "resnet34": tvm.resnet34,
     "resnet50": tvm.resnet50,
@@ -33,7 +34,14 @@ STEMS = ("cifar", "stl", "imagenet")
 STEM_INITS = ("default", "kaiming")
 
 
-class ResNetBackbone(nn.Module):
+class Backbone(nn.Module):
+    """What every backbone is: ``forward`` maps inputs to (B, out_dim) features."""
+
+    #: the width of the features ``forward`` returns
+    out_dim: int
+
+
+class ResNetBackbone(Backbone):
     """A torchvision ResNet without its classifier, with a configurable stem."""
 
     def __init__(self, arch: str = "resnet18", stem: str = "cifar", in_channels: int = 3, stem_init: str = "default") -> None:
@@ -62,7 +70,7 @@ def _conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
     return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
 
-class SmallCNN(nn.Module):
+class SmallCNN(Backbone):
     """A VGG-style CNN for small images (8x8 digits, 28x28 MNIST-like data).
 
     Three stages of two 3x3 conv-BN-ReLU layers (widths w, 2w, 4w); 2x2 max-pool after the
@@ -91,7 +99,7 @@ class SmallCNN(nn.Module):
         return torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
 
 
-class MLPBackbone(nn.Module):
+class MLPBackbone(Backbone):
     """An MLP for precomputed feature vectors (B, D): Linear-BN-ReLU blocks."""
 
     def __init__(self, in_dim: int, hidden: int = 512, depth: int = 2) -> None:
@@ -138,7 +146,7 @@ def resolve_model(model: Any, info: Any) -> tuple[str, str]:
 def create_backbone(
     name: str, in_channels: int, stem: str = "cifar", in_dim: int | None = None, width: int = 32,
     stem_init: str = "default",
-) -> nn.Module:
+) -> Backbone:
     """Build a backbone by name (see :func:`list_backbones`). ``in_dim``: the input length of
     the MLP (feature dimension D, or C x H x W for flattened images). ``stem_init``: the ResNet
     stem's initialisation ("default" or "kaiming"; see the module docstring)."""

@@ -64,7 +64,7 @@ _PREFIXES = (
 )
 # First name components of projection / prediction heads and classifiers: never backbone weights.
 _HEADS = ("fc", "projection_head", "prototypes", "head", "predictor")
-_DEPTHS = {
+_DEPTHS: dict[tuple[tuple[int, ...], bool], str] = {
     ((2, 2, 2, 2), False): "resnet18", ((3, 4, 6, 3), False): "resnet34", ((3, 4, 6, 3), True): "resnet50",
     ((3, 4, 23, 3), True): "resnet101", ((3, 8, 36, 3), True): "resnet152",
 }

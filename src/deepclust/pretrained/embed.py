@@ -22,10 +22,11 @@ import json
 import logging
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -126,9 +127,33 @@ def embed(
     progress: bool = True,
     chunk_rows: int = CHUNK_ROWS,
 ) -> Embedding:
-    """The embedding of every image of ``data`` under the encoder ``spec`` (a spec string or an
-    :class:`Encoder`, which is moved to ``device``), from ``cache_root`` (default
-    :func:`default_cache_root`) when it is there, else computed into it (see the module doc)."""
+    """The embedding of every image of ``data`` under the encoder ``spec``, from the cache when
+    it is there, else computed into it (see the module doc).
+
+    Parameters
+    ----------
+    data : the images (in memory or streamed from disk).
+    spec : an encoder spec string (``timm:NAME[@PATH]``, ``torchvision:ARCH.WEIGHTS[@PATH]``) or
+        an :class:`Encoder`, which is moved to ``device``.
+    cache_root : the cache's root folder (None: :func:`default_cache_root`).
+    device : "auto", "cpu", "cuda", "cuda:N", "mps" or a torch.device.
+    batch_size : images per forward pass.
+    image_size : the encoder's input size (None: the weights'); only with a spec string.
+    amp : "auto", "off", "bf16" or "fp16" (see the module doc).
+    progress : show a progress bar.
+    chunk_rows : rows computed and written to the cache per chunk (what a stopped run keeps).
+
+    Returns
+    -------
+    Embedding
+        ``features`` float32 (N, D) (a read-only memmap of the cache), the labels, class names
+        and the cache's manifest.
+
+    Raises
+    ------
+    ConfigError
+        On a bad option or an unknown encoder.
+    """
     if batch_size < 1 or chunk_rows < 1:
         raise ConfigError(f"embed: batch_size and chunk_rows must be >= 1, got {batch_size} and {chunk_rows}")
     if amp not in _AMP:

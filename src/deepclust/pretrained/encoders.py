@@ -33,7 +33,12 @@ from torch import nn
 from deepclust.engine.io import file_hash
 from deepclust.errors import CheckpointError, ConfigError, DataError
 from deepclust.pretrained.weights import (
-    find_hf_cached, fit_state_dict, hf_hub_cache_dir, read_weights, torch_hub_checkpoints, url_file,
+    find_hf_cached,
+    fit_state_dict,
+    hf_hub_cache_dir,
+    read_weights,
+    torch_hub_checkpoints,
+    url_file,
 )
 
 logger = logging.getLogger(__name__)
@@ -52,8 +57,8 @@ class Preprocess:
     input_size: int
     resize_size: int
     interpolation: str
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean: tuple[float, ...]  # one per RGB channel
+    std: tuple[float, ...]
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -72,6 +77,10 @@ class Encoder(nn.Module):
     ``forward(images)``: uint8 (B, C, H, W), C in {1, 3} -> float32 (B, dim). The network runs
     under whatever autocast the caller has entered; the preprocessing always runs in float32.
     """
+
+    # buffers, registered in __init__ (1, 3, 1, 1)
+    _mean: torch.Tensor
+    _std: torch.Tensor
 
     def __init__(self, net: nn.Module, spec: str, dim: int, preprocess: Preprocess, weights_hash: str,
                  weights_file: Path) -> None:
@@ -143,7 +152,16 @@ def parse_spec(spec: str) -> tuple[str, str, Path | None]:
 def create_encoder(spec: str, image_size: int | None = None) -> Encoder:
     """The encoder of ``spec`` on the CPU in eval mode, gradients off (see the module doc).
 
-    ``image_size`` replaces the weights' input size; the resize keeps their crop fraction.
+    Parameters
+    ----------
+    spec : ``timm:NAME[@PATH]`` or ``torchvision:ARCH.WEIGHTS[@PATH]``.
+    image_size : replaces the weights' input size (>= 8); the resize keeps their crop fraction.
+
+    Returns
+    -------
+    Encoder
+        The network behind its own preprocessing: ``forward`` maps uint8 (B, C, H, W) images to
+        float32 (B, dim) features.
     """
     if image_size is not None and int(image_size) < 8:
         raise ConfigError(f"encoder image size must be at least 8 pixels, got {image_size}")

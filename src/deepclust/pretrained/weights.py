@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 from urllib.parse import urlparse
 
 import torch
@@ -82,10 +83,10 @@ def fit_state_dict(
         if set(weights) == set(target) and all(weights[k].shape == target[k].shape for k in target):
             return {k: v for k, v in weights.items() if k not in head}
     for target in (full, trunk):
-        if len(weights) == len(target) and all(a.shape == b.shape for a, b in zip(weights.values(), target.values())):
+        if len(weights) == len(target) and all(a.shape == b.shape for a, b in zip(weights.values(), target.values(), strict=True)):
             logger.info("%s: key names differ from the network's but all %d tensors match it in order and shape; "
                         "loaded by position", source, len(weights))
-            return {k: v for k, v in zip(target, weights.values()) if k not in head}
+            return {k: v for k, v in zip(target, weights.values(), strict=True) if k not in head}
     missing = [k for k in trunk if k not in weights]
     unexpected = [k for k in weights if k not in full]
     if missing:

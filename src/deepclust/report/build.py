@@ -30,10 +30,10 @@ from deepclust.data.base import FeatureData, resize_images
 from deepclust.engine import io
 from deepclust.engine.data_stage import open_images
 from deepclust.errors import ConfigError, DeepClustError
-from deepclust.saved_run import RunPrediction, predict_run
 from deepclust.metrics import cluster_size_stats, evaluate, match_clusters, matched_confusion
 from deepclust.report import plots
 from deepclust.report.html import Figure, Section, write_html
+from deepclust.saved_run import RunPrediction, predict_run
 
 log = logging.getLogger(__name__)
 

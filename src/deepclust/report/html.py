@@ -3,10 +3,11 @@ PNGs written beside it by relative file name, so the folder can be moved or zipp
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 __all__ = ["Figure", "Section", "render_html", "write_html"]
 

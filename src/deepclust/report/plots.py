@@ -7,15 +7,16 @@ them computes clustering results (that is :mod:`deepclust.report.build`'s job).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")  # headless: never open a window, works without $DISPLAY
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 __all__ = [
     "montage",
@@ -50,7 +51,7 @@ def plot_training_curves(lines: Sequence[dict[str, Any]], path: Path) -> Path:
     keys = sorted({k for _, t in train for k in t})
     for k in keys:
         pts = [(e, t[k]) for e, t in train if k in t]
-        ax_l.plot(*zip(*pts), marker="o", ms=3, label=k)
+        ax_l.plot(*zip(*pts, strict=True), marker="o", ms=3, label=k)
     ax_l.set(title="training losses", xlabel="epoch", ylabel="value")
     if keys:  # below the axes: losses of different scales leave no free corner inside
         ax_l.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=min(len(keys), 5), frameon=False)
@@ -61,10 +62,10 @@ def plot_training_curves(lines: Sequence[dict[str, Any]], path: Path) -> Path:
     for m in ("acc", "nmi", "ari"):
         pts = [(ln["epoch"], ln[m]) for ln in evals if ln.get(m) is not None]
         if pts:
-            ax_m.plot(*zip(*pts), marker="o", ms=4, label=m.upper())
+            ax_m.plot(*zip(*pts, strict=True), marker="o", ms=4, label=m.upper())
     ent = [(ln["epoch"], ln["cluster_sizes"]["entropy_norm"]) for ln in evals if isinstance(ln.get("cluster_sizes"), dict)]
     if ent:
-        ax_m.plot(*zip(*ent), marker="s", ms=4, ls="--", color="0.5", label="size entropy")
+        ax_m.plot(*zip(*ent, strict=True), marker="s", ms=4, ls="--", color="0.5", label="size entropy")
     ax_m.set(title="evaluation", xlabel="epoch", ylim=(-0.05, 1.05))
     if evals:
         ax_m.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=4, frameon=False)
@@ -83,9 +84,9 @@ def plot_training_curves(lines: Sequence[dict[str, Any]], path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_cluster_sizes(sizes: Sequence[int], path: Path) -> Path:
+def plot_cluster_sizes(cluster_sizes: Sequence[int] | np.ndarray, path: Path) -> Path:
     """Bar chart of the number of images per cluster, with the equal-size line n / K."""
-    sizes = np.asarray(sizes)
+    sizes = np.asarray(cluster_sizes)
     k = len(sizes)
     fig, ax = plt.subplots(figsize=(min(14, 4 + 0.25 * k), 3.5))
     ax.bar(np.arange(k), sizes, color="tab:blue", width=0.8)
@@ -109,7 +110,7 @@ def _thumb(img: np.ndarray, scale: int) -> np.ndarray:
     return np.kron(x, np.ones((scale, scale, 1), dtype=np.uint8)) if scale > 1 else x
 
 
-def montage(images: np.ndarray, rows: Sequence[Sequence[int]], cols: int, pad: int = 2) -> np.ndarray:
+def montage(images: np.ndarray, rows: Sequence[Sequence[int] | np.ndarray], cols: int, pad: int = 2) -> np.ndarray:
     """One RGB uint8 image: row r holds ``images[rows[r]]`` (C, H, W each), white padding, blanks left empty."""
     h, w = images.shape[2:]
     s = max(1, math.ceil(_THUMB_MIN / max(h, w)))
@@ -123,7 +124,7 @@ def montage(images: np.ndarray, rows: Sequence[Sequence[int]], cols: int, pad: i
 
 
 def plot_cluster_grid(
-    images: np.ndarray, rows: Sequence[Sequence[int]], row_labels: Sequence[str], cols: int, path: Path, title: str
+    images: np.ndarray, rows: Sequence[Sequence[int] | np.ndarray], row_labels: Sequence[str], cols: int, path: Path, title: str
 ) -> Path:
     """Rows of thumbnails (the images nearest each centre) with a label on the left of every row."""
     grid = montage(images, rows, cols)
@@ -156,7 +157,7 @@ def plot_embedding(xy: np.ndarray, groups: np.ndarray, names: Sequence[str], pat
     colors = _colors(len(values))
     fig, ax = plt.subplots(figsize=(7.5, 6))
     size = 14 if len(xy) <= 2000 else 6
-    for v, col in zip(values, colors):
+    for v, col in zip(values, colors, strict=True):
         m = groups == v
         label = names[int(v)] if 0 <= int(v) < len(names) else str(v)
         ax.scatter(xy[m, 0], xy[m, 1], s=size, color=col, label=label, alpha=0.8, linewidths=0)
@@ -195,9 +196,9 @@ def plot_sweep(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6.5, 4))
     series = [("silhouette", "o-"), ("size_entropy", "s--"), ("acc", "^:"), ("nmi", "v:"), ("ari", "d:")]
     for key, style in series:
-        pts = [(k, r[key]) for k, r in zip(ks, rows) if r.get(key) is not None]
+        pts = [(k, r[key]) for k, r in zip(ks, rows, strict=True) if r.get(key) is not None]
         if pts:
-            ax.plot(*zip(*pts), style, label=key.replace("_", " "))
+            ax.plot(*zip(*pts, strict=True), style, label=key.replace("_", " "))
     ax.set(title="criteria against the number of clusters", xlabel="K", xticks=ks)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
