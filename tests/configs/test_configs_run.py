@@ -27,7 +27,7 @@ from deepclust.engine.fastpath import fused_supported, resolve_channels_last, re
 from deepclust.engine.trainer import Trainer
 from deepclust.models import auto_backbone, create_backbone
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIRS = [ROOT / "configs", ROOT / "src" / "deepclust" / "configs"]
 CUDA = torch.device("cuda")
 CPU = torch.device("cpu")

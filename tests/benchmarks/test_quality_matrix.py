@@ -18,7 +18,7 @@ from sklearn.metrics import normalized_mutual_info_score
 
 from deepclust.data import load_dataset
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "quality_matrix.py"
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "gpu_suite.py"
 ALL_PARTS = ["train_idfd", "train_secu", "train_cdc", "train_anchorcl", "bench_idfd", "bench_secu", "embed_lite0",
              "tta_idfd"]

@@ -12,7 +12,7 @@ from PIL import Image
 
 from deepclust.cli import main
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def block(name: str) -> str:
