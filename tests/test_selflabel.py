@@ -95,6 +95,7 @@ def tiny_runs(tmp_path_factory: pytest.TempPathFactory):
 # IDFD run's 16-d features are barely clustered after 2 epochs: it needs a lower temperature.
 @pytest.mark.parametrize("method,args,temperature,expected_t", [
     ("secu", {"n_heads": 1, "temperature_w": 1.0}, None, 0.1), ("idfd", {}, 0.03, 0.03)])
+@pytest.mark.slow
 def test_selflabel_stage_writes_a_record(tmp_path: Path, tiny_runs, method: str, args: dict,
                                          temperature: float | None, expected_t: float) -> None:
     run = tiny_runs(method, **args)
@@ -121,6 +122,7 @@ def test_selflabel_stage_writes_a_record(tmp_path: Path, tiny_runs, method: str,
     assert float((w1 - decayed).norm()) > 0.5 * float((w1 - w0).norm()) > 0
 
 
+@pytest.mark.slow
 def test_selflabel_refuses_a_stage_that_selects_nothing(tmp_path: Path, tiny_runs) -> None:
     run = tiny_runs("idfd")
     # unreachable: 10 unit-norm centres at t = 1 cap the softmax at 1 / (1 + 9 e^-2) = 0.45

@@ -8,7 +8,7 @@ follows the engine when its defaults change. Reduced: images of 8 px (32 px for 
 stem, whose five stride-2 stages need it), batches of 8, one step in epoch 0 and one in epoch 1
 (SeCu's frozen epoch, then its first trained one; CDC's queue from ``queue_start_epoch`` 1).
 The number of clusters and every method option stay as configured. ``torch.compile`` is left
-to tests/test_compile.py (a C++ build per graph on the CPU).
+to tests/engine/test_compile.py (a C++ build per graph on the CPU).
 """
 
 from __future__ import annotations

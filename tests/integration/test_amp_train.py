@@ -42,7 +42,7 @@ SMALL = {
 
 
 def test_the_four_methods_are_covered() -> None:
-    # every method that trains on images (scan clusters feature vectors only: tests/test_scan.py)
+    # every method that trains on images (scan clusters feature vectors only: tests/methods/test_scan.py)
     images = [m for m in list_methods() if get_method_class(m).accepts_images]
     assert sorted(images) == sorted(METHODS)
 

@@ -43,6 +43,7 @@ def make_photos(folder: Path, n_per_kind: int = 12) -> None:
             Image.fromarray(img).save(folder / f"img_{k}_{i}.png")
 
 
+@pytest.mark.slow
 def test_folder_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     make_photos(tmp_path / "photos")
@@ -54,6 +55,7 @@ def test_folder_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     assert (tmp_path / "runs/sweep/sweep.csv").is_file()
 
 
+@pytest.mark.slow
 def test_python_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     code = block("python").replace("epochs=10", "epochs=1")
@@ -61,6 +63,7 @@ def test_python_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     assert (tmp_path / "idfd_digits.pt").is_file()
 
 
+@pytest.mark.slow
 def test_research_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     run_commands(block("research"), {"train.epochs=20": "train.epochs=1 train.device=cpu", "train.epochs=40": "train.epochs=2"})
@@ -69,6 +72,7 @@ def test_research_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     assert json.loads((tmp_path / "runs/idfd_digits/results.json").read_text())["epoch"] == 2
 
 
+@pytest.mark.slow
 def test_adding_a_method_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from deepclust import methods
 
@@ -78,3 +82,4 @@ def test_adding_a_method_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     exec(compile(block("method").replace("epochs=10", "epochs=1"), "README.md", "exec"), namespace)
     assert "simclr" in methods.list_methods()
     assert namespace["labels"].shape == (1797,) and len(set(namespace["labels"].tolist())) > 1
+
