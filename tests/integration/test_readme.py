@@ -83,3 +83,9 @@ def test_adding_a_method_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert "simclr" in methods.list_methods()
     assert namespace["labels"].shape == (1797,) and len(set(namespace["labels"].tolist())) > 1
 
+
+def test_ci_runs_the_readme_test_command_with_every_tier() -> None:
+    # .ci/run's last line is the README's test command, and that command runs every tier (--all)
+    command = (README.parent / ".ci" / "run").read_text().strip().splitlines()[-1]
+    assert command in README.read_text().splitlines()  # a whole line of the README
+    assert "pytest" in command and "--all" in command.split()
