@@ -3,7 +3,7 @@ checkpoint writes and during the final evaluation, resume it each time, and comp
 uninterrupted run; then a table of bad inputs with the line each produced and its exit status.
 
     python benchmarks/faults.py                       # 20 kills, the bad-input table, a record in results/faults/
-    python benchmarks/faults.py --kills 3 --no-table  # what tests/test_faults.py runs
+    python benchmarks/faults.py --kills 3 --no-table  # what tests/integration/test_faults.py runs
 
 Every training process runs through ``python benchmarks/faults.py child MARKERS -- ARGS``: the
 deepclust CLI with two hooks that do not change what is computed: ``torch.save`` writes its

@@ -1,4 +1,4 @@
-"""Shared fixtures."""
+"""Shared fixtures, and the --all option that runs every tier (tests/README.md)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,22 @@ import os
 from pathlib import Path
 
 import pytest
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--all",
+        action="store_true",
+        help="run every tier: drop the -m of pyproject.toml's addopts (and any other -m), so the "
+        "slow, multiprocess and fault tests run too (tests/README.md)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The default -m in addopts deselects the long tiers; --all empties it, which pytest reads
+    # as "no mark filter" (the same as -m "").
+    if config.getoption("--all"):
+        config.option.markexpr = ""
 
 
 @pytest.fixture(scope="session")

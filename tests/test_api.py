@@ -37,6 +37,7 @@ def _images(n: int = 48, seed: int = 0, shape: tuple[int, ...] = (10, 10)) -> np
 # scikit-learn's check_estimator, whole: the checks that cannot apply (they set n_clusters=1) are
 # declared with their reason in deepclust.api.SKLEARN_EXPECTED_FAILED_CHECKS; any other failure,
 # or a declared one that starts passing, fails this test.
+@pytest.mark.slow
 def test_sklearn_check_estimator_whole() -> None:
     from sklearn.utils.estimator_checks import check_estimator
 
@@ -180,6 +181,7 @@ def test_image_conversion_rule_matches_a_direct_transcription() -> None:
     assert isinstance(f, FeatureData) and f.labels.tolist() == [0, 1, 1]
 
 
+@pytest.mark.slow
 def test_rgb_images_and_feature_tensors() -> None:
     rgb = _images(40, shape=(8, 8, 3))
     est = DeepClusterer("cdc", n_clusters=2, random_state=0, **FAST).fit(rgb)
@@ -302,6 +304,7 @@ def _kmeans_acc(x: np.ndarray, y: np.ndarray, n_init: int) -> float:
     return cluster_accuracy(y, pred)
 
 
+@pytest.mark.slow
 def test_fmnist_images_beat_kmeans_on_pixels(fmnist: tuple[np.ndarray, np.ndarray]) -> None:
     images, y = fmnist
     t0 = time.time()
@@ -314,6 +317,7 @@ def test_fmnist_images_beat_kmeans_on_pixels(fmnist: tuple[np.ndarray, np.ndarra
     assert acc > base + 0.02
 
 
+@pytest.mark.slow
 def test_fmnist_feature_vectors_beat_kmeans(fmnist: tuple[np.ndarray, np.ndarray]) -> None:
     images, y = fmnist
     # The raw pixels as feature vectors: the comparison then isolates what training adds (a

@@ -35,6 +35,7 @@ def test_flag_form_on_npz(tmp_path: Path, capsys) -> None:
     assert code == 0 and "ACC" in stdout
 
 
+@pytest.mark.slow
 def test_config_form_with_overrides(tmp_path: Path, capsys) -> None:
     out = tmp_path / "run"
     code, stdout, _ = run_cli(["train", "idfd/digits", f"train.out={out}", "train.epochs=1", "train.device=cpu", "train.progress=false", "eval.n_init=1"], capsys)
@@ -85,6 +86,7 @@ def test_bad_input_is_one_line_exit_2(case: str, tmp_path: Path, capsys) -> None
     assert "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_subprocess_error_has_no_traceback(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "deepclust", "train", "--method", "idfd", "--data", f"npz:{tmp_path / 'x.npz'}", "--n-clusters", "2"],

@@ -113,6 +113,7 @@ def test_corrupt_predict_output_is_not_left_behind(env: dict[str, Path], capsys)
     assert not out.exists() and not list(out.parent.glob(".never.csv*"))
 
 
+@pytest.mark.slow
 def test_subprocess_predict_error_has_no_traceback(env: dict[str, Path]) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "deepclust", "predict", str(env["run"]), "--data", f"folder:{env['empty']}"],

@@ -125,6 +125,7 @@ def test_chunks_stream_and_do_not_change_results(idfd_run: Path, mixed_folder: P
     np.testing.assert_allclose([float(r["confidence"]) for r in a], [float(r["confidence"]) for r in b], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_head_method_rgb_confidence_is_head_probability(tmp_path: Path, mixed_folder: Path) -> None:
     run = _train(tmp_path, "cdc", rgb=True)
     out = tmp_path / "cdc.csv"

@@ -95,6 +95,7 @@ def tiny_runs(tmp_path_factory: pytest.TempPathFactory):
 # IDFD run's 16-d features are barely clustered after 2 epochs: it needs a lower temperature.
 @pytest.mark.parametrize("method,args,temperature,expected_t", [
     ("secu", {"n_heads": 1, "temperature_w": 1.0}, None, 0.1), ("idfd", {}, 0.03, 0.03)])
+@pytest.mark.slow
 def test_selflabel_stage_writes_a_record(tmp_path: Path, tiny_runs, method: str, args: dict,
                                          temperature: float | None, expected_t: float) -> None:
     run = tiny_runs(method, **args)
@@ -125,6 +126,7 @@ class _Killed(BaseException):
     """A kill: nothing is saved on the way out, the last periodic checkpoint is what remains."""
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop", ["ctrl-c", "kill"])
 def test_selflabel_stopped_mid_way_resumes_exactly(tmp_path: Path, tiny_runs, interrupt_in_epoch,
                                                    monkeypatch: pytest.MonkeyPatch, stop: str) -> None:
@@ -170,6 +172,7 @@ def test_a_selflabel_stage_is_resumed_only_as_one(tmp_path: Path, tiny_runs) -> 
         selflabel(run, out=run, resume=True, epochs=3, threshold=0.5, batch_size=512, device="cpu", progress=False)
 
 
+@pytest.mark.slow
 def test_selflabel_refuses_a_stage_that_selects_nothing(tmp_path: Path, tiny_runs) -> None:
     run = tiny_runs("idfd")
     # unreachable: 10 unit-norm centres at t = 1 cap the softmax at 1 / (1 + 9 e^-2) = 0.45

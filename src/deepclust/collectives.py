@@ -4,7 +4,7 @@ A method computes "global batch" quantities (contrastive losses, the feature dec
 Sinkhorn, DEC targets, memory-bank / label / dual updates) through ``self.dist``; with one
 process every call returns its input unchanged, so the single-process path is untouched.
 
-Gradient convention (proved by tests/test_distributed.py). The trainer averages gradients
+Gradient convention (proved by tests/engine/test_distributed.py). The trainer averages gradients
 over the W processes, like DDP, and each process back-propagates its own loss L_r; the
 optimised objective is then J = (1/W) sum_r L_r:
 

@@ -178,7 +178,7 @@ def _zero_momentum_buffers(opt: torch.optim.Optimizer) -> None:
     torch's fused SGD allocates the buffers of its first step with ``empty_like`` and fills them
     in the kernel; when ``GradScaler`` skips that step (an fp16 overflow, which the first steps at
     scale 2^16 usually are), the kernel skips too and the next step reads uninitialised memory:
-    SeCu's centres went to NaN under fp16 on the CPU (torch 2.14, tests/test_fastpath.py). The
+    SeCu's centres went to NaN under fp16 on the CPU (torch 2.14, tests/engine/test_fastpath.py). The
     allocation is in torch's Python code for every device, so CUDA's fp16 runs meet it too. With
     zero buffers and no dampening, ``b = m b + g`` gives ``b = g`` on the first step, the same
     update as the unfused first step.

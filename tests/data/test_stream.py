@@ -213,6 +213,7 @@ def _imagenet_cfg(name: str, data_dir: Path, out: Path, epochs: int = 1, **extra
     return resolve_config(deep_merge(deep_merge(raw, small), extra))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["secu/imagenet", "cdc/imagenet"])
 def test_imagenet_configs_train_on_an_imagenet_tree(tmp_path: Path, name: str, caplog: pytest.LogCaptureFixture) -> None:
     from deepclust.engine import train
@@ -248,8 +249,9 @@ def test_anchorcl_trains_on_a_streamed_folder(tmp_path: Path) -> None:
     assert rec["dataset"].startswith("folder:") and rec["n_eval"] == 36 and rec["protocol"] == "train+test"
 
 
+@pytest.mark.slow
 def test_streamed_resume_is_exact(tmp_path: Path) -> None:
-    # IDFD: its in-memory resume is exact (tests/test_train_e2e.py); CDC's is not, streamed or not
+    # IDFD: its in-memory resume is exact (tests/integration/test_train_e2e.py); CDC's is not, streamed or not
     from deepclust.config import resolve_config
     from deepclust.engine import io, train
 
@@ -335,7 +337,8 @@ def _stream_worker(rank: int, port: int, raw: dict) -> None:
     train(resolve_config(raw))
 
 
-@pytest.mark.slow  # two spawned gloo processes: about 80 s at load 8 on 2 cores, like tests/test_distributed.py
+@pytest.mark.slow  # two spawned gloo processes: about 80 s at load 8 on 2 cores, like tests/engine/test_distributed.py
+@pytest.mark.multiprocess
 def test_two_processes_streaming_their_rows_equal_one_process(tmp_path: Path) -> None:
     import socket
 

@@ -18,9 +18,10 @@ from sklearn.metrics import normalized_mutual_info_score
 
 from deepclust.data import load_dataset
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["cdc", "idfd"])
 def test_quality_script_writes_a_complete_record(method: str, tmp_path: Path) -> None:
     cmd = [sys.executable, str(ROOT / "benchmarks" / "quality.py"), "--method", method, "--data", "digits",
@@ -41,6 +42,7 @@ def test_quality_script_writes_a_complete_record(method: str, tmp_path: Path) ->
     assert abs(normalized_mutual_info_score(data.labels.numpy(), sk) - rec["kmeans_raw_pixels"]["nmi"]) < 0.05
 
 
+@pytest.mark.slow
 def test_pretrained_script_writes_a_complete_record(tmp_path: Path) -> None:
     """benchmarks/pretrained.py on 120 digits through the real Lite0 weights at 32 px, two
     methods for two epochs: the record holds the embedding, k-means and every cell, and the

@@ -364,6 +364,7 @@ def test_entropy_variant_costs_decide_the_assignment() -> None:
     assert moved > 0  # the entropy costs, not the nearest centre, decided some labels
 
 
+@pytest.mark.slow
 def test_short_digits_run_does_not_collapse(tmp_path: Path) -> None:
     cfg = resolve_config(
         {

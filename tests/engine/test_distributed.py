@@ -244,6 +244,7 @@ def _assert_close(got: torch.Tensor, ref: torch.Tensor, what: str, rtol: float =
     assert got.shape == ref.shape and err <= rtol * scale + atol, f"{what}: max error {err:.3g} at scale {scale:.3g}"
 
 
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("case", list(CASES))
 def test_one_step_equals_one_process_on_the_global_batch(spawned: Path, case: str) -> None:
     name, args = CASES[case]
@@ -263,6 +264,7 @@ def test_one_step_equals_one_process_on_the_global_batch(spawned: Path, case: st
                 assert torch.equal(got["state"][k], v), f"state {k}, rank {rank}"
 
 
+@pytest.mark.multiprocess
 def test_the_reference_is_not_trivially_equal(spawned: Path) -> None:
     """The comparison can fail: without the gathers (each process on its own rows) IDFD's loss
     and memory differ from the global-batch reference."""
@@ -275,6 +277,7 @@ def test_the_reference_is_not_trivially_equal(spawned: Path) -> None:
     assert abs(float(res.loss.detach()) - ref["loss"][0]) > 1e-3
 
 
+@pytest.mark.multiprocess
 def test_distributed_kmeans_equals_lloyd_on_all_rows(spawned: Path) -> None:
     x = _blobs()
     parts = [torch.load(spawned / f"kmeans.rank{r}.pt") for r in range(WORLD)]
@@ -286,6 +289,7 @@ def test_distributed_kmeans_equals_lloyd_on_all_rows(spawned: Path) -> None:
     np.testing.assert_array_equal(labels, sk.labels_)
 
 
+@pytest.mark.multiprocess
 def test_distributed_kmeans_with_its_own_init_finds_the_blobs(spawned: Path) -> None:
     x = _blobs()
     parts = [torch.load(spawned / f"kmeans.rank{r}.pt") for r in range(WORLD)]
@@ -295,6 +299,7 @@ def test_distributed_kmeans_with_its_own_init_finds_the_blobs(spawned: Path) -> 
     assert parts[0]["default"][2] <= sk.inertia_ * (1 + 1e-5)
 
 
+@pytest.mark.multiprocess
 def test_distributed_kmeans_refills_an_empty_cluster(spawned: Path) -> None:
     x = _blobs().astype(np.float64)
     parts = [torch.load(spawned / f"kmeans.rank{r}.pt") for r in range(WORLD)]
@@ -307,6 +312,7 @@ def test_distributed_kmeans_refills_an_empty_cluster(spawned: Path) -> None:
     np.testing.assert_array_equal(labels, nearest)
 
 
+@pytest.mark.multiprocess
 def test_sharded_evaluation_equals_one_process(spawned: Path) -> None:
     data = _pixel_data()
     ref = predict(PixelMethod(), _predict_cfg(False), 3, data, data, torch.device("cpu"))
@@ -362,6 +368,7 @@ def _trainer_worker(rank: int, port: int, raw: dict[str, Any], rec_path: str) ->
     Path(f"{rec_path}.rank{rank}").write_text(json.dumps(record, default=str))
 
 
+@pytest.mark.multiprocess
 def test_two_process_run_resumed_in_one_process_equals_one_process_run(tmp_path: Path) -> None:
     two, ref_dir = tmp_path / "two", tmp_path / "one"
     data = _toy_npz(tmp_path / "toy.npz")

@@ -480,6 +480,7 @@ def test_instance_warmup_out_of_range() -> None:
         make_anchorcl(instance_warmup=1.0)
 
 
+@pytest.mark.slow
 def test_instance_warmup_resumes_exactly(tmp_path, interrupt_in_epoch) -> None:
     """The re-initialisation at the warm-up's end reads the training images again, on a
     resumed run too (the trainer's bind_data): a run stopped at the end of the warm-up and

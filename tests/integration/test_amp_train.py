@@ -29,7 +29,7 @@ from deepclust.config import resolve_config
 from deepclust.engine.fastpath import _to_channels_last, fused_supported
 from deepclust.methods import DataInfo, create_method, get_method_class, list_methods
 
-# every method that trains on images (scan clusters feature vectors only: tests/test_scan.py)
+# every method that trains on images (scan clusters feature vectors only: tests/methods/test_scan.py)
 METHODS = [m for m in list_methods() if get_method_class(m).accepts_images]
 AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
 STEP_RTOL = {"bf16": 5e-2, "fp16": 1e-2, "channels_last": 1e-4}

@@ -44,6 +44,7 @@ def test_run_directory_contents(tmp_path: Path) -> None:
     assert io.load_checkpoint(out)["epoch"] == 2
 
 
+@pytest.mark.slow
 def test_resume_is_exact(tmp_path: Path) -> None:
     straight = tmp_path / "straight"
     train(tiny_cfg(straight, epochs=3))
@@ -82,6 +83,7 @@ def test_crash_during_save_keeps_last_checkpoint(tmp_path: Path, monkeypatch: py
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temporary file left
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(tmp_path: Path, interrupt_in_epoch) -> None:
     from deepclust.errors import DeepClustError
 

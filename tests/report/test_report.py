@@ -47,6 +47,7 @@ def _referenced(page: Path) -> list[Path]:
     return [page.parent / s for s in parser.src]
 
 
+@pytest.mark.slow
 def test_report_with_labels_via_cli(tmp_path: Path, capsys) -> None:
     run = _run(tmp_path, labels=True)
     code = main(["-q", "report", str(run), "--device", "cpu", "--sample", "150", "--per-cluster", "5"])
@@ -65,6 +66,7 @@ def test_report_with_labels_via_cli(tmp_path: Path, capsys) -> None:
     assert "ant" in text or "ACC" in text  # the summary names the metrics
 
 
+@pytest.mark.slow
 def test_report_without_labels_has_no_class_figures(tmp_path: Path) -> None:
     from deepclust.report import build_report
 

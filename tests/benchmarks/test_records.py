@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results"
 # script -> its folder under benchmarks/results (an independent list: a script that starts writing
 # elsewhere, or a folder renamed without its script, fails here)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "gpu_suite.py"
 ALL_PARTS = ["train_idfd", "train_secu", "train_cdc", "train_anchorcl", "bench_idfd", "bench_secu", "embed_lite0",
              "tta_idfd"]
@@ -42,6 +42,7 @@ def _record(out: Path) -> dict:
     return json.loads((out / "gpu_suite_cpu-smoke.json").read_text())
 
 
+@pytest.mark.slow
 def test_smoke_runs_every_part_and_writes_a_complete_record(tmp_path: Path) -> None:
     # the command of the issue, with its default (smoke) budget of 240 s (110 s was too little on an Intel Xeon, where SeCu's fp16 is emulated)
     done = _run(["--smoke", "--out", str(tmp_path)])
@@ -94,6 +95,7 @@ def test_smoke_runs_every_part_and_writes_a_complete_record(tmp_path: Path) -> N
     assert from_log and [p["epoch"] for p in from_log] == epochs[len(epochs) - len(from_log):]
 
 
+@pytest.mark.slow
 def test_a_failing_part_is_recorded_and_the_next_part_still_runs(tmp_path: Path) -> None:
     # sinkhorn_iters is a CDC option: IDFD's config rejects it, CDC's accepts it
     done = _run(["--smoke", "--out", str(tmp_path), "--parts", "train_idfd,train_cdc", "method_args.sinkhorn_iters=2"])
@@ -104,6 +106,7 @@ def test_a_failing_part_is_recorded_and_the_next_part_still_runs(tmp_path: Path)
     assert parts["train_cdc"]["status"] == "ok" and parts["train_cdc"]["figures"]["images_per_s"] > 0
 
 
+@pytest.mark.slow
 def test_a_tiny_budget_skips_the_parts_and_still_writes_the_record(tmp_path: Path) -> None:
     done = _run(["--smoke", "--out", str(tmp_path), "--budget-s", "3"])
     assert done.returncode == 1
@@ -162,6 +165,7 @@ def test_a_hung_child_is_stopped_at_its_timeout(tmp_path: Path) -> None:
     assert time.perf_counter() - t0 < 20
 
 
+@pytest.mark.slow
 def test_a_stopped_suite_keeps_what_it_measured(tmp_path: Path) -> None:
     proc = subprocess.Popen([sys.executable, str(SCRIPT), "--smoke", "--out", str(tmp_path),
                              "--parts", "train_idfd,train_cdc,train_anchorcl"],

