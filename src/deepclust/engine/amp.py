@@ -3,8 +3,8 @@
 
 - ``off``: float32. ``bf16``: bf16 autocast on any device (on a CPU without bf16 units it is
   emulated and slower: one warning says so).
-- ``auto``: bf16 on CUDA. On the CPU, bf16 where the processor has bf16 matrix or dot-product
-  units and torch has oneDNN to use them, else float32 (:func:`cpu_bf16_units`). Float32 on MPS.
+- ``auto``: bf16 on CUDA. On the CPU, bf16 where the processor has AMX-BF16 matrix units and
+  torch has oneDNN to use them, else float32 (:func:`cpu_bf16_units`). Float32 on MPS.
 - ``fp16``: fp16 (with a gradient scaler) on CUDA and MPS, which have fast fp16. A CPU has none:
   there fp16 autocast is emulated (a 2-epoch SeCu run on digits took 274 s per epoch against
   about 4 s in float32, issue #28), so a *config's* ``fp16`` (SeCu's paper configs, written for
@@ -13,13 +13,26 @@
   warning that it is emulated and slow.
 
 The CPU rule reads the processor's facts as torch reports them (``torch.cpu.get_capabilities``:
-``amx_bf16`` on Intel Xeons since Sapphire Rapids, ``avx512_bf16`` on Cooper Lake and AMD Zen 4
-and later) rather than timing a probe matmul at start-up: the facts cost nothing, give the
-same answer every run, and a probe on a loaded 2-core machine would flip with the load. On a
-Xeon with AMX-BF16 a ResNet-18 training step at 32 px ran 2.1x faster under bf16 autocast (issue
-#28); on a 2-core AMD EPYC without bf16 units bf16 was slower than float32. Other
-architectures (arm64) stay float32: unmeasured here. ``DEEPCLUST_CPU_BF16=1`` / ``0`` overrides
-the facts (tests pin ``0`` so the suite runs the same on every machine).
+``amx_bf16`` on Intel Xeons since Sapphire Rapids) rather than timing a probe matmul at start-up:
+the facts cost nothing, give the same answer every run, and a probe on a loaded 2-core machine
+would flip with the load. Measured on a 2-core Xeon with AMX-BF16 (torch 2.14.1, one thread,
+process CPU time of a channels-last forward + backward + SGD step, medians; the machine was
+loaded, so CPU time rather than wall time), bf16 autocast against float32, with oneDNN limited by
+``ONEDNN_MAX_CPU_ISA`` to what other processors have:
+
+=====================================  ===========================  ==============================
+oneDNN ISA (a processor like)          small CNN, 28 px, batch 128  ResNet-18, 32 px, batch 64
+=====================================  ===========================  ==============================
+AMX (Xeon since Sapphire Rapids)       2.26x                        2.53x
+AVX512_CORE_BF16 (Cooper Lake, Zen 4)  0.88x                        0.81x
+AVX512_CORE (no bf16 instructions)     0.39x                        0.31x
+AVX2                                   0.10x                        --
+=====================================  ===========================  ==============================
+
+So AVX512-BF16 alone does not make bf16 faster, and only AMX-BF16 turns it on (a real Zen 4
+is unmeasured; ``train.amp=bf16`` tries it). Other architectures (arm64) stay float32:
+unmeasured. ``DEEPCLUST_CPU_BF16=1`` / ``0`` overrides the facts (tests pin ``0`` so the suite
+runs the same on every machine).
 
 Whatever the choice, the losses, Sinkhorn, k-means and the assignments run in float32 inside
 their own autocast-off blocks (:mod:`deepclust.precision`). Each decision is logged once per
@@ -43,9 +56,10 @@ log = logging.getLogger(__name__)
 __all__ = ["CPU_BF16_ENV", "Precision", "cpu_bf16_units", "cpu_capabilities", "resolve_amp", "typed_fp16"]
 
 CPU_BF16_ENV = "DEEPCLUST_CPU_BF16"
-#: the capability names (torch.cpu.get_capabilities) of bf16 units that oneDNN uses for
-#: convolutions and matmuls: AMX tiles with bf16, and the AVX-512 bf16 dot product
-BF16_UNITS = ("amx_bf16", "avx512_bf16")
+#: the capability (torch.cpu.get_capabilities) of the bf16 units that make oneDNN's bf16
+#: convolutions and matmuls faster than float32: AMX tiles with bf16 (AVX512-BF16 alone was
+#: slower than float32, see the module docstring)
+BF16_UNITS = ("amx_bf16",)
 _DTYPES: dict[str, torch.dtype | None] = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 _said: set[str] = set()  # messages already logged by this process (each decision once)
 
@@ -76,7 +90,7 @@ def cpu_capabilities() -> Mapping[str, Any]:
 
 def cpu_bf16_units() -> tuple[bool, str]:
     """Whether bf16 autocast is faster than float32 on this CPU, and why (see the module doc):
-    the processor has AMX-BF16 or AVX512-BF16 and torch has oneDNN; ``$DEEPCLUST_CPU_BF16``
+    the processor has AMX-BF16 and torch has oneDNN; ``$DEEPCLUST_CPU_BF16``
     (1 / 0) overrides the facts."""
     env = os.environ.get(CPU_BF16_ENV, "").strip().lower()
     if env in ("1", "true", "yes", "on"):
@@ -91,7 +105,8 @@ def cpu_bf16_units() -> tuple[bool, str]:
     if not units:
         if arch and "x86" not in arch:  # arm64's bf16 instructions: not measured here
             return False, f"bf16 on {arch} processors is unmeasured"
-        return False, f"the processor has no bf16 matrix units ({' or '.join(BF16_UNITS)}), where bf16 is slower than float32"
+        extra = " (avx512_bf16 alone is slower than float32)" if caps.get("avx512_bf16") else ""
+        return False, f"the processor has no AMX-BF16 matrix units{extra}, where bf16 is slower than float32"
     if not torch.backends.mkldnn.is_available():
         return False, f"the processor has {', '.join(units)} but this torch has no oneDNN to use them"
     return True, f"the processor has bf16 units: {', '.join(units)}"

@@ -12,7 +12,7 @@ process embeds a contiguous share of the missing rows into the same memmap; rank
 and finalises the folder.
 
 Precision: ``amp="auto"`` is :func:`deepclust.engine.amp.resolve_amp`'s rule (bf16 autocast on
-CUDA and on CPUs with bf16 units, AMX-BF16 or AVX512-BF16; float32 on other CPUs); rows are
+CUDA and on CPUs with AMX-BF16 units; float32 on other CPUs); rows are
 always stored as float32.
 """
 
