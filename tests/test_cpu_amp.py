@@ -203,3 +203,12 @@ def test_auto_with_units_trains_and_evaluates_in_bf16(processor, tmp_path: Path)
     assert dtype_of(cfg.train.amp, CPU) is torch.bfloat16
     processor(EPYC_NO_UNITS)  # the run's saved bf16 is explicit: it holds on another processor too
     assert dtype_of(cfg.train.amp, CPU) is torch.bfloat16
+
+
+def test_bench_amp_list() -> None:
+    from deepclust.bench.cli import amp_variants
+
+    assert amp_variants("off, bf16") == {"fp32": ["train.amp=off"], "bf16": ["train.amp=bf16"]}
+    for bad in ("", "fp8", "off,,half"):
+        with pytest.raises(ConfigError, match="--amp"):
+            amp_variants(bad)
