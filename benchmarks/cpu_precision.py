@@ -128,7 +128,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch  # after argparse: --help stays fast
 
-    from deepclust.bench import bench_throughput, machine_info, stamp_record, write_record
+    from deepclust.bench import (
+        bench_throughput,
+        machine_info,
+        stamp_record,
+        write_record,
+    )
 
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]
     setups = ["smoke"] if a.smoke else [s.strip() for s in a.setups.split(",") if s.strip()]

@@ -192,8 +192,8 @@ def test_auto_on_a_cpu_without_units_changes_nothing(processor, tmp_path: Path) 
 def test_auto_with_units_trains_and_evaluates_in_bf16(processor, tmp_path: Path) -> None:
     """With (mocked) bf16 units, ``auto`` trains in bf16 (saved as such); evaluation and
     predict read the saved bf16."""
-    from deepclust.evaluation import load_run
     from deepclust.engine.device import amp_dtype as dtype_of
+    from deepclust.evaluation import load_run
 
     processor(XEON_AMX)
     out = tmp_path / "run"

@@ -30,9 +30,9 @@ from deepclust.config import Config, TrainConfig, config_yaml
 from deepclust.config_rules import validate
 from deepclust.data import ImageData, StreamData
 from deepclust.engine import data_stage
+from deepclust.engine.amp import resolve_amp
 from deepclust.engine.checkpoint import RunState, seed_rank, to_cpu
 from deepclust.engine.data_stage import data_info, load_data, open_split
-from deepclust.engine.amp import resolve_amp
 from deepclust.engine.device import autocast, resolve_device, seed_everything
 from deepclust.engine.distributed import (
     average_batchnorm_stats,
