@@ -7,6 +7,11 @@ from pathlib import Path
 
 import pytest
 
+# train.amp=auto picks bf16 on CPUs with bf16 units (engine/amp.py). Tests compare against float32
+# references and exact reruns, so the suite runs as on a CPU without them, the same on every
+# machine (subprocesses inherit it); tests of the rule set or clear it themselves.
+os.environ.setdefault("DEEPCLUST_CPU_BF16", "0")  # DEEPCLUST_CPU_BF16=auto: the processor decides
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(

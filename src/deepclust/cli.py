@@ -61,12 +61,13 @@ def _config_from_args(positional: Sequence[str], flags: dict[str, Any]) -> dict[
 def cmd_train(args: argparse.Namespace) -> int:
     from deepclust.config import resolve_config
     from deepclust.engine import train
+    from deepclust.engine.amp import typed_fp16
 
     raw = _config_from_args(args.config, vars(args))
     cfg = resolve_config(raw, auto=True)  # no dataset config: the data kind's defaults (presets.py)
     if args.resume and args.overwrite:
         raise ConfigError("--resume continues a run and --overwrite starts it again: pass one of them")
-    record = train(cfg, resume=args.resume, overwrite=args.overwrite)
+    record = train(cfg, resume=args.resume, overwrite=args.overwrite, keep_fp16=typed_fp16(args.config))
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one process reports
         _print_record(record)
     return 0
@@ -75,6 +76,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_resume(args: argparse.Namespace) -> int:
     from deepclust.config import deep_merge, load_yaml, parse_override, resolve_config
     from deepclust.engine import io, train
+    from deepclust.engine.amp import typed_fp16
 
     run = Path(args.run_dir)
     if not (run / io.CONFIG).is_file():
@@ -88,7 +90,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
             f"'{run}' holds a run of method '{method}'; it cannot be resumed as {raw.get('method')}: train a new run with --method"
         )
     raw = deep_merge(raw, {"train": {"out": str(run), **({"device": args.device} if args.device else {})}})
-    record = train(resolve_config(raw), resume=True)
+    record = train(resolve_config(raw), resume=True, keep_fp16=typed_fp16(args.overrides))
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one process reports
         _print_record(record)
     return 0

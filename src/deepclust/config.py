@@ -92,7 +92,7 @@ class TrainConfig:
     batch_size: int = 128
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    amp: str = "auto"  # auto (bf16 on CUDA, off elsewhere) | bf16 | fp16 | off
+    amp: str = "auto"  # auto (bf16 on CUDA and on CPUs with AMX-BF16, else off; engine/amp.py) | bf16 | fp16 | off
     drop_last: bool = False
     eval_every: int = 0  # 0: evaluate only at the end
     checkpoint_every: int = 1

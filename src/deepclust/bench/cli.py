@@ -13,6 +13,7 @@ import torch
 from deepclust.bench.kmeans import bench_kmeans, kmeans_features
 from deepclust.bench.records import bench_config, loadavg, machine_info, write_record
 from deepclust.bench.throughput import bench_throughput
+from deepclust.engine.amp import typed_fp16
 from deepclust.errors import ConfigError
 
 
@@ -40,6 +41,9 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     b.add_argument("--rounds", type=int, default=1, help="alternate the sides this many times (default 1)")
     b.add_argument("--workers", type=int, default=None, help="reference DataLoader workers (default: CPU count)")
     b.add_argument("--no-reference", action="store_true", help="time deepclust only")
+    b.add_argument("--amp", default=None,
+                   help="comma-separated train.amp values timed side by side in one run, e.g. off,bf16 "
+                        "(default: the config's train.amp alone)")
     b.add_argument("--kmeans", action="store_true", help="benchmark k-means instead of training")
     b.add_argument("--features", default="blobs", help="k-means features: blobs | fashion-mnist | FILE.npy")
     b.add_argument("--n", type=int, default=60000, help="k-means: rows (default 60000)")
@@ -55,12 +59,26 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     return b
 
 
+AMP_NAMES = {"off": "fp32", "bf16": "bf16", "fp16": "fp16", "auto": "auto"}
+
+
+def amp_variants(text: str) -> dict[str, list[str]]:
+    """``"off,bf16"`` -> ``{"fp32": ["train.amp=off"], "bf16": ["train.amp=bf16"]}``."""
+    values = [v.strip().lower() for v in text.split(",") if v.strip()]
+    bad = [v for v in values if v not in AMP_NAMES]
+    if not values or bad:
+        raise ConfigError(f"--amp takes a comma-separated list of auto, off, bf16, fp16; got {text!r}")
+    return {AMP_NAMES[v]: [f"train.amp={v}"] for v in values}
+
+
 def print_throughput(r: dict[str, Any]) -> None:
     d = r["deepclust"]
     head = f"{r['method']} on {r['dataset']} ({r['backbone']}, {r['image_size']} px, batch {r['batch_size']}, {r['machine']['device']})"
     print(head)
-    print(f"  deepclust  {d['images_per_s']:9.1f} images/s   peak {d['peak_mem_mb']:.0f} MB   ({d['precision']}, "
-          + ", ".join(f"{k}={v}" for k, v in d["fast_paths"].items()) + ")")
+    for name, v in (r.get("variants") or {"deepclust": d}).items():
+        print(f"  {name:10s} {v['images_per_s']:9.1f} images/s   peak {v['peak_mem_mb']:.0f} MB   ({v['precision']}, "
+              + ", ".join(f"{k}={x}" for k, x in v["fast_paths"].items()) + ")"
+              + (f"   {v['speedup']:.2f}x the reference" if "speedup" in v else ""))
     if "reference" in r:
         ref = r["reference"]
         print(f"  reference  {ref['images_per_s']:9.1f} images/s   peak {ref['peak_mem_mb']:.0f} MB   "
@@ -95,8 +113,10 @@ def run_bench(args: argparse.Namespace) -> int:
             over += [f"data.train_split={args.split}", f"data.eval_split={args.split}"]
         over.append(f"train.seed={args.seed}")
         cfg = bench_config(args.method, args.data, args.data_dir, args.backbone, args.batch_size, args.device, over)
+        variants = amp_variants(args.amp) if args.amp else None
+        keep = typed_fp16(args.overrides) or bool(variants and "fp16" in variants)
         record = bench_throughput(cfg, args.warmup, args.windows, args.steps, args.workers, not args.no_reference,
-                                  args.rounds)
+                                  args.rounds, variants=variants, keep_fp16=keep)
     load_start = start.pop("loadavg")
     record["machine"] = {**start, "loadavg_start": load_start, "loadavg_end": loadavg()}
     record["command"] = command

@@ -25,6 +25,7 @@ def machine_info(device: torch.device | None = None) -> dict[str, Any]:
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_model(),
         "cpu_model": cpu_model(),
         "cpu_bf16_flags": cpu_bf16_flags(),
+        "cpu_auto_amp": _cpu_auto_amp(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "platform": platform.platform(),
@@ -42,6 +43,14 @@ def machine_info(device: torch.device | None = None) -> dict[str, Any]:
     except ImportError:
         pass
     return info
+
+
+def _cpu_auto_amp() -> dict[str, str]:
+    """What ``train.amp=auto`` picks on this CPU and why (engine/amp.py)."""
+    from deepclust.engine.amp import cpu_bf16_units
+
+    fast, why = cpu_bf16_units()
+    return {"precision": "bf16" if fast else "fp32", "reason": why}
 
 
 def cpu_model() -> str:

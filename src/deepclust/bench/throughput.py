@@ -7,6 +7,7 @@ import logging
 import os
 import statistics
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from deepclust.bench.records import cpu_model
-from deepclust.bench.timing import timed_windows
+from deepclust.bench.records import cpu_bf16_flags, cpu_model
+from deepclust.bench.timing import sync_device, timed_windows
 from deepclust.errors import ConfigError, DataError
 
 if TYPE_CHECKING:  # imported at run time inside the functions that need them
@@ -222,17 +223,26 @@ class _DeepclustSide:
         trainer.method.setup(_setup_images(self.images, trainer.info.n_clusters))
         self.logs: dict[str, float] = {}
         self.epoch = 0
+        self.warmup_s: float | None = None  # the first warm-up: torch.compile's compile time is in it
 
     def steps(self, n: int) -> None:
         # one "epoch" of n steps; it ends with one host sync (the epoch's logs)
         self.epoch += 1
         self.logs = self.trainer._train_epoch(self.images, self.epoch, n)
 
+    def warm(self, n: int) -> None:
+        t0 = time.perf_counter()
+        self.steps(n)
+        sync_device(self.trainer.device)
+        if self.warmup_s is None:
+            self.warmup_s = round(time.perf_counter() - t0, 2)
+
     def info(self) -> dict[str, Any]:
         t = self.trainer
         fast = getattr(t, "fast", None)
         amp = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[t.amp]
-        return {"precision": amp, "fast_paths": fast.as_dict() if fast is not None else {},
+        return {"precision": amp, "precision_reason": t.precision.reason,
+                "fast_paths": fast.as_dict() if fast is not None else {}, "first_warmup_s": self.warmup_s,
                 "pipeline": "device-resident uint8, batched on-device augmentation", "mean_loss": self.logs.get("loss")}
 
 
@@ -243,8 +253,19 @@ def _merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
             "peak_mem_mb": max(p["peak_mem_mb"] for p in parts), "peak_mem_kind": parts[0]["peak_mem_kind"]}
 
 
+def variant_config(cfg: Any, overrides: list[str]) -> Any:
+    """``cfg`` with ``key=value`` overrides (a variant of a benchmark's deepclust side)."""
+    from deepclust.config import deep_merge, parse_override, resolve_config
+
+    raw = cfg.to_dict()
+    for item in overrides:
+        raw = deep_merge(raw, parse_override(item))
+    return resolve_config(raw)
+
+
 def bench_throughput(cfg: Any, warmup: int = 3, windows: int = 5, steps: int = 5, workers: int | None = None,
-                     reference: bool = True, rounds: int = 1) -> dict[str, Any]:
+                     reference: bool = True, rounds: int = 1, variants: dict[str, list[str]] | None = None,
+                     keep_fp16: bool = False) -> dict[str, Any]:
     """Training images/s of deepclust and of the published-style reference on ``cfg``'s data.
 
     ``rounds`` alternates the sides (deepclust, reference, deepclust, ...), each round with
@@ -252,14 +273,27 @@ def bench_throughput(cfg: Any, warmup: int = 3, windows: int = 5, steps: int = 5
     change of background load hits both; the median is over all windows of a side. Returns a
     record with ``deepclust`` and ``reference`` entries (images_per_s, the windows, peak_mem_mb,
     ...) and ``speedup`` = deepclust / reference images/s.
+
+    ``variants``: name -> ``key=value`` overrides of ``cfg`` (e.g. ``{"fp32": ["train.amp=off"],
+    "bf16": ["train.amp=bf16"]}``): one deepclust side each, timed in the same rounds; the first
+    is ``deepclust`` in the record, and ``variants`` holds all of them with their ``speedup``
+    over the reference and ``vs_first`` (images/s over the first variant's). ``keep_fp16``: run
+    ``train.amp=fp16`` even on a CPU (typed on the command line; engine/amp.py).
     """
     from deepclust.engine.trainer import Trainer
 
     if warmup < 0 or windows < 1 or steps < 1 or rounds < 1:
         raise ConfigError("bench needs --warmup >= 0, --windows >= 1, --steps >= 1 and --rounds >= 1")
+    named = dict(variants or {"deepclust": []})
+    if not named:
+        raise ConfigError("bench needs at least one variant of the deepclust side")
     with tempfile.TemporaryDirectory(prefix="deepclust-bench-") as tmp:
-        cfg.train.out = str(Path(tmp) / "run")
-        trainer = Trainer(cfg)
+        trainers = {}
+        for i, (name, over) in enumerate(named.items()):
+            vcfg = variant_config(cfg, over) if over else cfg
+            vcfg.train.out = str(Path(tmp) / f"run{i}")
+            trainers[name] = Trainer(vcfg, keep_fp16=keep_fp16)
+        trainer = next(iter(trainers.values()))
         cfg = trainer.cfg  # with the concrete backbone and stem
         device, info = trainer.device, trainer.info
         if info.n_features:
@@ -286,16 +320,20 @@ def bench_throughput(cfg: Any, warmup: int = 3, windows: int = 5, steps: int = 5
             "steps_per_window": steps,
             "rounds": rounds,
         }
-        log.info("bench %s on %s (%s, %d px, batch %d) on %s", cfg.method, record["dataset"],
-                 cfg.model.backbone, info.image_size, bs, device)
-        ours = _DeepclustSide(trainer)
+        if device.type == "cpu":
+            record["cpu_bf16_flags"] = cpu_bf16_flags()
+        log.info("bench %s on %s (%s, %d px, batch %d) on %s; deepclust sides: %s", cfg.method, record["dataset"],
+                 cfg.model.backbone, info.image_size, bs, device, ", ".join(named))
+        ours = {name: _DeepclustSide(t) for name, t in trainers.items()}
         ref = _ReferenceSide(cfg, info, trainer.train_data.images, device, n_workers) if reference else None
-        ours_parts, ref_parts = [], []
+        ours_parts: dict[str, list[dict[str, Any]]] = {name: [] for name in ours}
+        ref_parts = []
         for r in range(rounds):
-            log.info("bench round %d/%d: deepclust", r + 1, rounds)
-            if warmup:
-                ours.steps(warmup)
-            ours_parts.append(timed_windows(lambda w: ours.steps(steps), device, windows, steps, bs))
+            for name, side in ours.items():
+                log.info("bench round %d/%d: deepclust %s", r + 1, rounds, name)
+                if warmup:
+                    side.warm(warmup)
+                ours_parts[name].append(timed_windows(_window(side, steps), device, windows, steps, bs))
             if ref is not None:
                 log.info("bench round %d/%d: reference loop (%d workers)", r + 1, rounds, n_workers)
                 ref.start()
@@ -303,10 +341,26 @@ def bench_throughput(cfg: Any, warmup: int = 3, windows: int = 5, steps: int = 5
                     ref.step(0)
                 ref_parts.append(timed_windows(lambda w: ref.steps(w + 1, steps), device, windows, steps, bs))
                 ref.stop()
-        record["deepclust"] = {**_merge(ours_parts), **ours.info()}
+        entries = {name: {**_merge(ours_parts[name]), **side.info(), "overrides": named[name]}
+                   for name, side in ours.items()}
+        first = next(iter(entries.values()))
+        record["deepclust"] = first
         if ref is not None:
             record["reference"] = {**_merge(ref_parts), **ref.info()}
-            record["speedup"] = round(record["deepclust"]["images_per_s"] / record["reference"]["images_per_s"], 3)
+            record["speedup"] = round(first["images_per_s"] / record["reference"]["images_per_s"], 3)
+        if variants:
+            for e in entries.values():
+                e["vs_first"] = round(e["images_per_s"] / first["images_per_s"], 3)
+                if ref is not None:
+                    e["speedup"] = round(e["images_per_s"] / record["reference"]["images_per_s"], 3)
+            record["variants"] = entries
     return record
 
 
+def _window(side: _DeepclustSide, steps: int) -> Callable[[int], None]:
+    """One timed window of ``side``: ``steps`` steps (bound now, not when the loop variable moves on)."""
+
+    def run(window: int) -> None:
+        side.steps(steps)
+
+    return run

@@ -8,6 +8,7 @@ import random
 import numpy as np
 import torch
 
+from deepclust.engine.amp import resolve_amp
 from deepclust.errors import ConfigError
 from deepclust.precision import fp32, full  # noqa: F401  (re-exported: the engine's precision helpers)
 
@@ -31,13 +32,11 @@ def resolve_device(name: str = "auto") -> torch.device:
     return dev
 
 
-def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype: bf16 on CUDA by default, nothing on CPU unless asked for."""
-    if setting == "off":
-        return None
-    if setting == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
-    return torch.bfloat16 if setting == "bf16" else torch.float16
+def amp_dtype(setting: str, device: torch.device, keep_fp16: bool = False) -> torch.dtype | None:
+    """The autocast dtype of ``train.amp`` on ``device`` (None: float32); the rule, per device and
+    processor, is :func:`deepclust.engine.amp.resolve_amp`'s (``auto``: bf16 on CUDA and on CPUs
+    with bf16 units, float32 elsewhere)."""
+    return resolve_amp(setting, device, keep_fp16).dtype
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:

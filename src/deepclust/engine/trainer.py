@@ -1,6 +1,7 @@
 """The training loop shared by every method.
 
-Device chosen automatically (``train.device`` overrides), bf16 autocast on CUDA, one seed for
+Device chosen automatically (``train.device`` overrides), bf16 autocast on CUDA and on CPUs with
+bf16 units (engine/amp.py; the resolved ``train.amp`` is saved in config.yaml), one seed for
 everything, a progress bar, evaluation every ``train.eval_every`` epochs and at the end,
 atomic checkpoints every ``train.checkpoint_every`` epochs, and exact resume: the batch order
 of every epoch is drawn from a generator seeded by (seed, epoch), and the global RNG states
@@ -30,10 +31,11 @@ from deepclust.config import Config, TrainConfig, config_yaml
 from deepclust.config_rules import validate
 from deepclust.data import ImageData, StreamData
 from deepclust.engine import data_stage
+from deepclust.engine.amp import resolve_amp
 from deepclust.engine.batchnorm import average_batchnorm_stats
 from deepclust.engine.checkpoint import RunState, seed_rank, to_cpu
 from deepclust.engine.data_stage import data_info, load_data
-from deepclust.engine.device import amp_dtype, autocast, resolve_device, seed_everything
+from deepclust.engine.device import autocast, resolve_device, seed_everything
 from deepclust.engine.evaluate import Prediction, add_extras, make_record, predict
 from deepclust.engine.fastpath import apply_fast_paths
 from deepclust.engine.process_group import close_distributed, init_distributed
@@ -68,12 +70,14 @@ class Trainer:
     """Train ``cfg.method`` on ``cfg.data`` and write the run directory.
 
     ``data``: in-memory data instead of ``cfg.data.name`` (engine/data_stage.py load_data);
-    ``overwrite``: start again in a directory that holds a run. After :meth:`fit`,
+    ``overwrite``: start again in a directory that holds a run; ``keep_fp16``: ``train.amp=fp16``
+    was typed on the command line, so it runs even on a CPU, where it is emulated (a config's
+    fp16 runs as the CPU's fast precision there: engine/amp.py). After :meth:`fit`,
     :attr:`result` is its :class:`FitResult`."""
 
     def __init__(
         self, cfg: Config, resume: bool = False, data: ImageData | tuple[ImageData, ImageData] | None = None,
-        overwrite: bool = False,
+        overwrite: bool = False, keep_fp16: bool = False,
     ) -> None:
         validate(cfg)  # a hand-built Config too: before any data is read
         self.run = RunDir(Path(cfg.train.out) if cfg.train.out else default_run_dir(cfg), resume, overwrite)
@@ -83,7 +87,11 @@ class Trainer:
         # torchrun: join the process group; the device becomes cuda:LOCAL_RANK (no-op otherwise)
         self.dist, self.device = init_distributed(resolve_device(cfg.train.device))
         self.run.is_main = self.dist.is_main  # under torchrun only rank 0 writes the run directory
-        self.amp = amp_dtype(cfg.train.amp, self.device)
+        # auto (and a config's fp16 on a CPU) resolved for this device and processor; the copy of
+        # the config says what ran (config.yaml), so resume, eval and predict use the same
+        self.precision = resolve_amp(cfg.train.amp, self.device, keep_fp16)
+        self.amp = self.precision.dtype
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, amp=self.precision.name))
         self.train_data, self.eval_data = load_data(cfg, data, self.device)
         self.info = data_info(cfg, self.train_data, self.eval_data)
         self.cfg = cfg = resolve_auto_model(cfg, self.info)  # a copy: the caller's config is not changed
@@ -385,7 +393,7 @@ def _iters_per_epoch(n: int, t: TrainConfig) -> int:
     return iters
 
 
-def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+def train(cfg: Config, resume: bool = False, overwrite: bool = False, keep_fp16: bool = False) -> dict[str, Any]:
     """Train and evaluate one run.
 
     Parameters
@@ -393,6 +401,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict[st
     cfg : the resolved :class:`deepclust.Config` (:func:`deepclust.resolve_config`).
     resume : continue the run in ``cfg.train.out`` from its last checkpoint.
     overwrite : start again in a run directory that already holds a run (its files are removed).
+    keep_fp16 : run ``train.amp=fp16`` even where it is emulated (see :class:`Trainer`).
 
     Returns
     -------
@@ -400,7 +409,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict[st
         The final result record (spec/evaluation.md 2.1: acc, nmi, ari, ...), also written to the
         run directory; under torchrun on every process.
     """
-    trainer = Trainer(cfg, resume=resume, overwrite=overwrite)
+    trainer = Trainer(cfg, resume=resume, overwrite=overwrite, keep_fp16=keep_fp16)
     try:
         return trainer.fit()
     finally:

@@ -11,8 +11,9 @@ size (centre square of the shorter side), so the encoder only crops. Under torch
 process embeds a contiguous share of the missing rows into the same memmap; rank 0 creates
 and finalises the folder.
 
-Precision: ``amp="auto"`` is ``engine.device.amp_dtype`` (bf16 autocast on CUDA, float32 on the
-CPU); rows are always stored as float32.
+Precision: ``amp="auto"`` is :func:`deepclust.engine.amp.resolve_amp`'s rule (bf16 autocast on
+CUDA and on CPUs with AMX-BF16 units; float32 on other CPUs); rows are
+always stored as float32.
 """
 
 from __future__ import annotations
