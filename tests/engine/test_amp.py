@@ -193,7 +193,7 @@ def test_auto_with_units_trains_and_evaluates_in_bf16(processor, tmp_path: Path)
     """With (mocked) bf16 units, ``auto`` trains in bf16 (saved as such); evaluation and
     predict read the saved bf16."""
     from deepclust.engine.device import amp_dtype as dtype_of
-    from deepclust.evaluation import load_run
+    from deepclust.saved_run import load_run
 
     processor(XEON_AMX)
     out = tmp_path / "run"
