@@ -37,14 +37,31 @@ from typing import Any
 RESULTS = Path(__file__).resolve().parent / "results" / "cpu_precision"
 METHODS = ("idfd", "secu", "cdc", "anchorcl")
 SETUPS: dict[str, dict[str, Any]] = {
-    "small_cnn": {"config": "{m}/fashion-mnist", "data": "fashion-mnist", "split": "test",
-                  "overrides": ["model.backbone=small_cnn"]},
-    "resnet18": {"config": "{m}/cifar10", "data": "cifar10-jpeg", "split": "train",
-                 "overrides": ["model.backbone=resnet18", "model.stem=cifar", "data.image_size=32"]},
+    "small_cnn": {
+        "config": "{m}/fashion-mnist",
+        "data": "fashion-mnist",
+        "split": "test",
+        "overrides": ["model.backbone=small_cnn"],
+    },
+    "resnet18": {
+        "config": "{m}/cifar10",
+        "data": "cifar10-jpeg",
+        "split": "train",
+        "overrides": ["model.backbone=resnet18", "model.stem=cifar", "data.image_size=32"],
+    },
     # --smoke: the bundled digits, a narrow small CNN (the test suite, no shared data)
-    "smoke": {"config": None, "data": "digits", "split": "train+test",
-              "overrides": ["model.backbone=small_cnn", "model.width=8", "model.feature_dim=16", "data.image_size=8",
-                            "method_args.n_heads=2"]},
+    "smoke": {
+        "config": None,
+        "data": "digits",
+        "split": "train+test",
+        "overrides": [
+            "model.backbone=small_cnn",
+            "model.width=8",
+            "model.feature_dim=16",
+            "data.image_size=8",
+            "method_args.n_heads=2",
+        ],
+    },
 }
 PACKAGED = {("anchorcl", "resnet18"): "anchorcl/cifar10-native"}
 
@@ -61,8 +78,13 @@ def setup_config(method: str, setup: str, data_dir: str | None, batch_size: int 
 
     s = SETUPS[setup]
     name = PACKAGED.get((method, setup), s["config"].format(m=method) if s["config"] else None)
-    over = [f"data.name={s['data']}", f"data.train_split={s['split']}", f"data.eval_split={s['split']}",
-            *s["overrides"], *extra]
+    over = [
+        f"data.name={s['data']}",
+        f"data.train_split={s['split']}",
+        f"data.eval_split={s['split']}",
+        *s["overrides"],
+        *extra,
+    ]
     if method != "secu":
         over = [o for o in over if not o.startswith("method_args.n_heads")]
     data = name.split("/", 1)[1] if name else s["data"]  # bench_config reads <method>/<data>.yaml
@@ -92,26 +114,35 @@ def summary_row(rec: dict[str, Any], setup: str) -> dict[str, Any]:
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    print("| method | setup | fp32 img/s | bf16 img/s | bf16/fp32 | reference img/s | bf16/reference | compile fp32 / bf16 img/s (first warm-up s) |")
+    print(
+        "| method | setup | fp32 img/s | bf16 img/s | bf16/fp32 | reference img/s | bf16/reference | compile fp32 / bf16 img/s (first warm-up s) |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|---|")
     for r in rows:
         comp = ""
         if "fp32_compile_images_per_s" in r:
-            comp = (f"{r['fp32_compile_images_per_s']:.1f} ({r['fp32_compile_first_warmup_s']:.0f} s) / "
-                    f"{r['bf16_compile_images_per_s']:.1f} ({r['bf16_compile_first_warmup_s']:.0f} s)")
+            comp = (
+                f"{r['fp32_compile_images_per_s']:.1f} ({r['fp32_compile_first_warmup_s']:.0f} s) / "
+                f"{r['bf16_compile_images_per_s']:.1f} ({r['bf16_compile_first_warmup_s']:.0f} s)"
+            )
         ref = r.get("reference_images_per_s")
         ref_s = "" if ref is None else f"{ref:.1f}"
         ratio = "" if ref is None else f"{r['bf16_vs_reference']:.2f}x"
-        print(f"| {r['method']} | {r['setup']} | {r['fp32_images_per_s']:.1f} | {r['bf16_images_per_s']:.1f} | "
-              f"{r['bf16_vs_fp32']:.2f}x | {ref_s} | {ratio} | {comp} |")
+        print(
+            f"| {r['method']} | {r['setup']} | {r['fp32_images_per_s']:.1f} | {r['bf16_images_per_s']:.1f} | "
+            f"{r['bf16_vs_fp32']:.2f}x | {ref_s} | {ratio} | {comp} |"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated (default: all four)")
     p.add_argument("--setups", default="small_cnn,resnet18", help="small_cnn, resnet18 (comma-separated)")
-    p.add_argument("--compile-methods", default="idfd",
-                   help="methods also timed with train.compile=true (comma-separated; '' for none)")
+    p.add_argument(
+        "--compile-methods",
+        default="idfd",
+        help="methods also timed with train.compile=true (comma-separated; '' for none)",
+    )
     p.add_argument("--data-dir", default=os.environ.get("DEEPCLUST_DATA", "../shared/data"))
     p.add_argument("--batch-size", type=int, default=None, help="default: the packaged config's")
     p.add_argument("--warmup", type=int, default=2)
@@ -154,17 +185,37 @@ def main(argv: list[str] | None = None) -> int:
             start = machine_info(torch.device("cpu"))
             tag = cpu_tag(start["cpu_bf16_flags"])
             date = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-            rec = bench_throughput(cfg, warmup, windows, steps, workers, not a.no_reference, rounds,
-                                   variants=variants(method, compile_methods))
-            stamp_record(rec, start, "benchmarks/cpu_precision.py", argv if argv is not None else sys.argv[1:], date,
-                         onednn_max_cpu_isa=os.environ.get("ONEDNN_MAX_CPU_ISA"))
+            rec = bench_throughput(
+                cfg,
+                warmup,
+                windows,
+                steps,
+                workers,
+                not a.no_reference,
+                rounds,
+                variants=variants(method, compile_methods),
+            )
+            stamp_record(
+                rec,
+                start,
+                "benchmarks/cpu_precision.py",
+                argv if argv is not None else sys.argv[1:],
+                date,
+                onednn_max_cpu_isa=os.environ.get("ONEDNN_MAX_CPU_ISA"),
+            )
             rec["setup"] = setup
             path = write_record(rec, out_dir / f"{method}_{setup}_{tag}.json")
             rows.append(summary_row(rec, setup))
             print(f"written to {path}")
     if tag is not None:
-        summary = {"benchmark": "cpu_precision", "rows": rows, "machine": start, "command": " ".join(
-            ["python", "benchmarks/cpu_precision.py", *(argv if argv is not None else sys.argv[1:])])}
+        summary = {
+            "benchmark": "cpu_precision",
+            "rows": rows,
+            "machine": start,
+            "command": " ".join(
+                ["python", "benchmarks/cpu_precision.py", *(argv if argv is not None else sys.argv[1:])]
+            ),
+        }
         write_record(summary, out_dir / f"summary_{tag}.json")
         print_table(rows)
     return 0

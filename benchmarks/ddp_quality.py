@@ -63,25 +63,62 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
 
     config = ROOT / "configs" / a.method / f"{a.data}.yaml"
-    common = [str(config), f"data.data_dir={a.data_dir}", f"data.train_split={a.split}", f"data.eval_split={a.split}",
-              f"train.seed={a.seed}", f"train.device={a.device}", "train.progress=false", *a.overrides]
+    common = [
+        str(config),
+        f"data.data_dir={a.data_dir}",
+        f"data.train_split={a.split}",
+        f"data.eval_split={a.split}",
+        f"train.seed={a.seed}",
+        f"train.device={a.device}",
+        "train.progress=false",
+        *a.overrides,
+    ]
     if a.epochs:
         common.append(f"train.epochs={a.epochs}")
     runs: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         single = [sys.executable, "-m", "deepclust", "train", *common, f"train.out={tmp}/single"]
-        ddp = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={a.nproc}",
-               "-m", "deepclust", "train", *common, f"train.out={tmp}/ddp", f"train.sync_bn={str(a.sync_bn).lower()}"]
-        for name, cmd, threads in (("single_process", single, a.single_threads), (f"torchrun_{a.nproc}", ddp, a.threads_per_proc)):
+        ddp = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={a.nproc}",
+            "-m",
+            "deepclust",
+            "train",
+            *common,
+            f"train.out={tmp}/ddp",
+            f"train.sync_bn={str(a.sync_bn).lower()}",
+        ]
+        for name, cmd, threads in (
+            ("single_process", single, a.single_threads),
+            (f"torchrun_{a.nproc}", ddp, a.threads_per_proc),
+        ):
             wall = _train(cmd, threads, Path(tmp) / f"{name}.log")
-            rec = json.loads((Path(tmp) / ("single" if name == "single_process" else "ddp") / "results.json").read_text())
+            rec = json.loads(
+                (Path(tmp) / ("single" if name == "single_process" else "ddp") / "results.json").read_text()
+            )
             runs[name] = {
                 "command": " ".join(["OMP_NUM_THREADS=" + str(threads), *[c.replace(tmp, "RUN") for c in cmd]]),
                 "processes": 1 if name == "single_process" else a.nproc,
                 "threads_per_process": threads,
                 "command_wall_time_s": round(wall, 1),
-                **{k: rec.get(k) for k in ("acc", "nmi", "ari", "epoch", "wall_time_s", "train_images_per_s", "n_init",
-                                           "cluster_sizes", "distributed", "device")},
+                **{
+                    k: rec.get(k)
+                    for k in (
+                        "acc",
+                        "nmi",
+                        "ari",
+                        "epoch",
+                        "wall_time_s",
+                        "train_images_per_s",
+                        "n_init",
+                        "cluster_sizes",
+                        "distributed",
+                        "device",
+                    )
+                },
             }
             print(f"{name}: ACC {rec['acc']:.4f} NMI {rec['nmi']:.4f} ARI {rec['ari']:.4f} in {wall:.0f}s", flush=True)
         cfg_text = (Path(tmp) / "single" / "config.yaml").read_text()
@@ -97,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info(),
         "device": a.device,
         "same": "global batch, epochs, seed and config; only the number of processes differs"
-                + ("; BatchNorm synchronised over the processes" if a.sync_bn else "; BatchNorm per process (DDP default)"),
+        + ("; BatchNorm synchronised over the processes" if a.sync_bn else "; BatchNorm per process (DDP default)"),
         "runs": runs,
         "delta_torchrun_minus_single": {k: round(many[k] - one[k], 4) for k in ("acc", "nmi", "ari")},
         "config": cfg_text,

@@ -41,9 +41,25 @@ sys.path.insert(0, str(ROOT / "src"))
 
 log = logging.getLogger("faults")
 
-RUN_ARGS = ["--method", "idfd", "--data", "digits", "--device", "cpu", "--batch-size", "256", "--seed", "0",
-            "model.backbone=small_cnn", "model.width=8", "model.feature_dim=16", "data.image_size=8",
-            "eval.n_init=1", "train.checkpoint_every=2", "train.progress=false"]
+RUN_ARGS = [
+    "--method",
+    "idfd",
+    "--data",
+    "digits",
+    "--device",
+    "cpu",
+    "--batch-size",
+    "256",
+    "--seed",
+    "0",
+    "model.backbone=small_cnn",
+    "model.width=8",
+    "model.feature_dim=16",
+    "data.image_size=8",
+    "eval.n_init=1",
+    "train.checkpoint_every=2",
+    "train.progress=false",
+]
 EPOCHS = 5
 KINDS = ("random", "checkpoint_write", "final_eval")
 
@@ -87,10 +103,24 @@ def _start(out: Path, markers: Path, mode: str, epochs: int) -> subprocess.Popen
     if mode == "resume":
         cli = ["-q", "resume", str(out)]
     else:
-        cli = ["-q", "train", *RUN_ARGS, "--epochs", str(epochs), "--out", str(out), *(["--overwrite"] if mode == "overwrite" else [])]
+        cli = [
+            "-q",
+            "train",
+            *RUN_ARGS,
+            "--epochs",
+            str(epochs),
+            "--out",
+            str(out),
+            *(["--overwrite"] if mode == "overwrite" else []),
+        ]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, __file__, "child", str(markers), "--", *cli], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, __file__, "child", str(markers), "--", *cli],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _wait_marker(proc: subprocess.Popen, markers: Path, pattern: str, timeout: float) -> bool:
@@ -165,8 +195,17 @@ def fault_injection(work: Path, kills: int, seed: int, epochs: int = EPOCHS, kil
     span = time.time() - t0  # one whole process, start-up included: random kills fall inside it
     ref_w, ref_m = _weights(ref), _metrics(ref)
     plan = list(rng.permutation([KINDS[i % 3] for i in range(kills)]))
-    fig = {"kills": 0, "kills_survived": 0, "missed_moments": 0, "checkpoints_lost": 0, "runs": 0,
-           "runs_with_different_weights": 0, "metrics_inconsistencies": 0, "by_kind": {k: 0 for k in KINDS}, "events": []}
+    fig = {
+        "kills": 0,
+        "kills_survived": 0,
+        "missed_moments": 0,
+        "checkpoints_lost": 0,
+        "runs": 0,
+        "runs_with_different_weights": 0,
+        "metrics_inconsistencies": 0,
+        "by_kind": {k: 0 for k in KINDS},
+        "events": [],
+    }
     run = 0
     while plan and run < kills * 3:
         out, run = work / f"run{run}", run + 1
@@ -189,8 +228,15 @@ def fault_injection(work: Path, kills: int, seed: int, epochs: int = EPOCHS, kil
             epoch = _checkpoint_epoch(out)
             lost = epoch == "bad" or (last_epoch is not None and (epoch is None or epoch < last_epoch))
             fig["checkpoints_lost"] += int(lost)
-            fig["events"].append({"run": run - 1, "kind": kind, "checkpoint_epoch": epoch,
-                                  "metrics_epochs": [m.get("epoch") for m in _metrics(out)], "lost": bool(lost)})
+            fig["events"].append(
+                {
+                    "run": run - 1,
+                    "kind": kind,
+                    "checkpoint_epoch": epoch,
+                    "metrics_epochs": [m.get("epoch") for m in _metrics(out)],
+                    "lost": bool(lost),
+                }
+            )
             if isinstance(epoch, int):
                 last_epoch = epoch
             mode = "resume" if isinstance(epoch, int) else "overwrite"
@@ -203,7 +249,9 @@ def fault_injection(work: Path, kills: int, seed: int, epochs: int = EPOCHS, kil
         fig["runs"] += 1
         fig["runs_with_different_weights"] += int(not _same_weights(ref_w, _weights(out)))
         got = _metrics(out)
-        fig["metrics_inconsistencies"] += sum(a != b for a, b in zip(got, ref_m, strict=False)) + abs(len(got) - len(ref_m))
+        fig["metrics_inconsistencies"] += sum(a != b for a, b in zip(got, ref_m, strict=False)) + abs(
+            len(got) - len(ref_m)
+        )
     fig["epochs"] = epochs
     fig["uninterrupted_process_s"] = round(span, 2)
     return fig
@@ -228,15 +276,22 @@ def _crafted_file(path: Path, marker: Path) -> Path:
     return path
 
 
-def _cli(args: list[str], env_extra: dict[str, str] | None = None, sigint_when: Path | None = None,
-         python: str | None = None) -> dict[str, Any]:
+def _cli(
+    args: list[str], env_extra: dict[str, str] | None = None, sigint_when: Path | None = None, python: str | None = None
+) -> dict[str, Any]:
     """Run the CLI (or a Python snippet); ``sigint_when``: Ctrl-C once that file appears (training started)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1", **(env_extra or {})}
     cmd = [sys.executable, "-c", python] if python else [sys.executable, "-m", "deepclust", "-q", *args]
     # a job started in the background inherits SIGINT ignored, and Python then keeps it ignored:
     # give the child the default, so Python installs its KeyboardInterrupt handler
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        cmd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     if sigint_when is not None:
         while not sigint_when.exists() and proc.poll() is None:
             time.sleep(0.01)
@@ -244,8 +299,12 @@ def _cli(args: list[str], env_extra: dict[str, str] | None = None, sigint_when: 
         proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=600)
     lines = [x for x in err.strip().splitlines() if x and not x.startswith(("WARNING", "INFO"))]
-    return {"exit": proc.returncode, "line": lines[-1] if lines else "", "stderr_lines": len(lines),
-            "traceback": "Traceback" in err}
+    return {
+        "exit": proc.returncode,
+        "line": lines[-1] if lines else "",
+        "stderr_lines": len(lines),
+        "traceback": "Traceback" in err,
+    }
 
 
 def bad_input_table(work: Path) -> list[dict[str, Any]]:
@@ -259,8 +318,22 @@ def bad_input_table(work: Path) -> list[dict[str, Any]]:
     (work / "corrupt").mkdir(exist_ok=True)
     (work / "corrupt" / "a.png").write_bytes(b"not an image")
     np.savez(work / "rank5.npz", images=np.zeros((4, 2, 8, 8, 3), np.uint8))
-    base = ["train", "--method", "idfd", "--data", f"npz:{toy}", "--n-clusters", "3", "--device", "cpu",
-            "--batch-size", "48", "model.width=4", "model.feature_dim=8", "eval.n_init=1"]
+    base = [
+        "train",
+        "--method",
+        "idfd",
+        "--data",
+        f"npz:{toy}",
+        "--n-clusters",
+        "3",
+        "--device",
+        "cpu",
+        "--batch-size",
+        "48",
+        "model.width=4",
+        "model.feature_dim=8",
+        "eval.n_init=1",
+    ]
 
     def fresh(name: str) -> str:
         shutil.rmtree(work / name, ignore_errors=True)
@@ -278,8 +351,15 @@ def bad_input_table(work: Path) -> list[dict[str, Any]]:
         ("unknown dataset", lambda: _cli(["train", "--method", "idfd", "--data", "fashion-mnst", "--out", fresh("o")])),
         ("unknown config key", lambda: _cli([*base, "optim.lrr=0.1", "--out", fresh("o")])),
     ]
-    for override in ("train.checkpoint_every=0", "eval.batch_size=0", "optim.lr=-1", "model.feature_dim=0",
-                     "model.width=0", "model.stem=foo", "train.eval_every=-1"):
+    for override in (
+        "train.checkpoint_every=0",
+        "eval.batch_size=0",
+        "optim.lr=-1",
+        "model.feature_dim=0",
+        "model.width=0",
+        "model.stem=foo",
+        "train.eval_every=-1",
+    ):
         rows.append((override, lambda o=override: _cli([*base, o, "--out", fresh("o")])))
 
     def damaged() -> dict[str, Any]:
@@ -307,11 +387,29 @@ def bad_input_table(work: Path) -> list[dict[str, Any]]:
     def full_disk() -> dict[str, Any]:
         mnt = work / "full"
         mnt.mkdir(exist_ok=True)
-        if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True).returncode:
+        if subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True
+        ).returncode:
             return {"exit": None, "line": "not run: mounting a 64 KiB tmpfs needs root", "traceback": False}
         try:
-            r = _cli(["train", "--method", "idfd", "--data", "digits", "--device", "cpu", "--epochs", "1",
-                      "model.width=8", "model.feature_dim=16", "eval.n_init=1", "--out", str(mnt / "run")])
+            r = _cli(
+                [
+                    "train",
+                    "--method",
+                    "idfd",
+                    "--data",
+                    "digits",
+                    "--device",
+                    "cpu",
+                    "--epochs",
+                    "1",
+                    "model.width=8",
+                    "model.feature_dim=16",
+                    "eval.n_init=1",
+                    "--out",
+                    str(mnt / "run"),
+                ]
+            )
             r["files_left"] = sorted(p.name for p in (mnt / "run").iterdir()) if (mnt / "run").exists() else []
             return r
         finally:
@@ -327,18 +425,28 @@ def bad_input_table(work: Path) -> list[dict[str, Any]]:
         args = [*base, "--epochs", "1", "--init", str(ckpt), "--out", fresh("o")] if init else [*command, str(d)]
         return {**_cli(args), "payload_ran": marker.exists()}
 
-    est = ("import numpy as np, sys\nfrom deepclust import DeepClusterer\nfrom deepclust.errors import DeepClustError\n"
-           "x = np.random.default_rng(0).normal(size=(90, 8)).astype('float32')\n"
-           "try:\n    DeepClusterer('idfd', n_clusters=3, epochs=2, batch_size=16, device='cpu', lr=1e6).fit(x)\n"
-           "except DeepClustError as e:\n    print('deepclust: error:', e, file=sys.stderr); sys.exit(2)\n")
+    est = (
+        "import numpy as np, sys\nfrom deepclust import DeepClusterer\nfrom deepclust.errors import DeepClustError\n"
+        "x = np.random.default_rng(0).normal(size=(90, 8)).astype('float32')\n"
+        "try:\n    DeepClusterer('idfd', n_clusters=3, epochs=2, batch_size=16, device='cpu', lr=1e6).fit(x)\n"
+        "except DeepClustError as e:\n    print('deepclust: error:', e, file=sys.stderr); sys.exit(2)\n"
+    )
     rows += [
         ("--out on a full disk (64 KiB tmpfs)", full_disk),
         ("random bytes in checkpoint.pt, then resume", damaged),
         ("logs but no checkpoint, then train into the same --out", killed_before_checkpoint),
-        ("Ctrl-C during epoch 1", lambda: _cli([*base[:4], "digits", *base[5:], "--epochs", "50", "--out", fresh("int")],
-                                               sigint_when=work / "int" / io.CONFIG)),
+        (
+            "Ctrl-C during epoch 1",
+            lambda: _cli(
+                [*base[:4], "digits", *base[5:], "--epochs", "50", "--out", fresh("int")],
+                sigint_when=work / "int" / io.CONFIG,
+            ),
+        ),
         ("resume train.epochs=1 after 2 epochs", lambda: _cli(["resume", run, "train.epochs=1"])),
-        ("resume --device cpu (documented: exit 0)", lambda: _cli(["resume", run, "train.epochs=3", "--device", "cpu"])),
+        (
+            "resume --device cpu (documented: exit 0)",
+            lambda: _cli(["resume", run, "train.epochs=3", "--device", "cpu"]),
+        ),
         ("estimator with lr=1e6", lambda: _cli([], python=est)),
         ("crafted checkpoint.pt (pickle payload), then resume", lambda: crafted("resume")),
         ("crafted checkpoint.pt (pickle payload), then eval", lambda: crafted("eval")),
@@ -370,13 +478,22 @@ def main(argv: list[str] | None = None) -> int:
     start, date = machine_info(), datetime.now(timezone.utc).isoformat(timespec="seconds")
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="deepclust-faults-") as tmp:
-        record: dict[str, Any] = {"benchmark": "fault injection (issue #17)",
-                                  "run": {"args": RUN_ARGS, "epochs": a.epochs}, "seed": a.seed}
+        record: dict[str, Any] = {
+            "benchmark": "fault injection (issue #17)",
+            "run": {"args": RUN_ARGS, "epochs": a.epochs},
+            "seed": a.seed,
+        }
         record["faults"] = fault_injection(Path(tmp), a.kills, a.seed, a.epochs)
         f = record["faults"]
-        log.info("kills %d, survived %d, checkpoints lost %d, runs %d with different weights %d, metrics inconsistencies %d",
-                 f["kills"], f["kills_survived"], f["checkpoints_lost"], f["runs"], f["runs_with_different_weights"],
-                 f["metrics_inconsistencies"])
+        log.info(
+            "kills %d, survived %d, checkpoints lost %d, runs %d with different weights %d, metrics inconsistencies %d",
+            f["kills"],
+            f["kills_survived"],
+            f["checkpoints_lost"],
+            f["runs"],
+            f["runs_with_different_weights"],
+            f["metrics_inconsistencies"],
+        )
         if not a.no_table:
             record["bad_inputs"] = bad_input_table(Path(tmp))
     record["wall_time_s"] = round(time.time() - t0, 1)

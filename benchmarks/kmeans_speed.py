@@ -47,8 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     x, desc = kmeans_features(a.features, a.n, a.dim, a.k, a.seed, a.data_dir)
     start = machine_info(dev)
     date = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    rec = {"benchmark": "kmeans", "features": desc,
-           **bench_kmeans(x, a.k, a.n_init, a.max_iter, a.tol, a.seed, a.repeats, device)}
+    rec = {
+        "benchmark": "kmeans",
+        "features": desc,
+        **bench_kmeans(x, a.k, a.n_init, a.max_iter, a.tol, a.seed, a.repeats, device),
+    }
     stamp_record(rec, start, "benchmarks/kmeans_speed.py", argv if argv is not None else sys.argv[1:], date)
     kind = re.sub(r"[^A-Za-z0-9-]+", "-", Path(a.features).stem)
     name = f"kmeans_{kind}_{rec['n']}x{rec['dim']}_k{a.k}_{device.split(':')[0]}"

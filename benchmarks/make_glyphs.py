@@ -27,8 +27,18 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 FONT_DIR = Path("/usr/share/fonts/truetype/dejavu")
 # A tuning set disjoint from the held-out faces: matplotlib's own STIX and Computer Modern text
 # faces (its DejaVu copies, symbol faces and faces without the ten digits left out).
-TUNE_FONTS = ("STIXGeneral.ttf", "STIXGeneralBol.ttf", "STIXGeneralItalic.ttf", "STIXGeneralBolIta.ttf",
-              "cmr10.ttf", "cmb10.ttf", "cmss10.ttf", "cmti10.ttf", "cmtt10.ttf", "cmmi10.ttf")
+TUNE_FONTS = (
+    "STIXGeneral.ttf",
+    "STIXGeneralBol.ttf",
+    "STIXGeneralItalic.ttf",
+    "STIXGeneralBolIta.ttf",
+    "cmr10.ttf",
+    "cmb10.ttf",
+    "cmss10.ttf",
+    "cmti10.ttf",
+    "cmtt10.ttf",
+    "cmmi10.ttf",
+)
 
 
 def font_files(kind: str) -> list[Path]:
@@ -55,8 +65,13 @@ def render(digit: int, font: ImageFont.FreeTypeFont, rng: np.random.Generator) -
     w, h = glyph.size
     side = max(w, h)
     square = Image.new("L", (side, side), 0)
-    square.paste(glyph, ((side - w) // 2 + int(rng.integers(-side // 10, side // 10 + 1)),
-                         (side - h) // 2 + int(rng.integers(-side // 10, side // 10 + 1))))
+    square.paste(
+        glyph,
+        (
+            (side - w) // 2 + int(rng.integers(-side // 10, side // 10 + 1)),
+            (side - h) // 2 + int(rng.integers(-side // 10, side // 10 + 1)),
+        ),
+    )
     small = square.resize((16, 16), Image.Resampling.LANCZOS)
     if rng.random() < 0.5:
         small = small.filter(ImageFilter.GaussianBlur(rng.uniform(0.2, 0.7)))
@@ -70,12 +85,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="data/glyphs16.npz")
     p.add_argument("--n", type=int, default=9000)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--fonts", choices=("dejavu", "matplotlib"), default="dejavu",
-                   help="dejavu: the held-out glyphs16; matplotlib: a tuning set of other faces (glyphs16-tune)")
+    p.add_argument(
+        "--fonts",
+        choices=("dejavu", "matplotlib"),
+        default="dejavu",
+        help="dejavu: the held-out glyphs16; matplotlib: a tuning set of other faces (glyphs16-tune)",
+    )
     a = p.parse_args(argv)
     fonts = font_files(a.fonts)
     if not fonts:
-        where = f"under {FONT_DIR}; install Debian's fonts-dejavu-core" if a.fonts == "dejavu" else "in matplotlib's data"
+        where = (
+            f"under {FONT_DIR}; install Debian's fonts-dejavu-core" if a.fonts == "dejavu" else "in matplotlib's data"
+        )
         print(f"no {a.fonts} fonts {where}", file=sys.stderr)
         return 2
     rng = np.random.default_rng(a.seed)
@@ -85,7 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     images = np.stack([render(int(y), faces[int(rng.integers(len(faces)))], rng) for y in labels])
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(out, images=images, labels=labels.astype(np.int64), classes=np.array([str(i) for i in range(10)]))
+    np.savez_compressed(
+        out, images=images, labels=labels.astype(np.int64), classes=np.array([str(i) for i in range(10)])
+    )
     print(f"wrote {out}: {len(images)} images 16x16 from {len(fonts)} fonts")
     return 0
 

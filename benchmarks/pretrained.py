@@ -76,20 +76,32 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict[str, Any]:
     if args.subset:  # the first N images (a quick check of the script, not a record)
         data = data.subset(slice(0, args.subset))
     t_load = time.time() - t0
-    emb = embed(data, args.encoder, args.cache, device=args.device, image_size=args.image_size, amp=args.amp,
-                progress=False)
+    emb = embed(
+        data, args.encoder, args.cache, device=args.device, image_size=args.image_size, amp=args.amp, progress=False
+    )
     x, y = np.asarray(emb.features), data.labels.numpy()
     record: dict[str, Any] = {
-        "benchmark": "pretrained", "dataset": name, "source": f"{registered}:{split}", "protocol": "train+test",
-        "n_samples": int(len(x)), "n_clusters": k,
+        "benchmark": "pretrained",
+        "dataset": name,
+        "source": f"{registered}:{split}",
+        "protocol": "train+test",
+        "n_samples": int(len(x)),
+        "n_clusters": k,
         "embedding": {
-            "model": emb.manifest.get("model"), "weights_hash": emb.manifest.get("weights_hash"),
-            "preprocess": emb.manifest.get("preprocess"), "dim": int(x.shape[1]),
-            "precision": emb.manifest.get("precision"), "reused": bool(emb.reused),
-            "seconds": round(emb.seconds, 1), "rows_computed": int(emb.rows_computed),  # a resumed cache: the rest only
+            "model": emb.manifest.get("model"),
+            "weights_hash": emb.manifest.get("weights_hash"),
+            "preprocess": emb.manifest.get("preprocess"),
+            "dim": int(x.shape[1]),
+            "precision": emb.manifest.get("precision"),
+            "reused": bool(emb.reused),
+            "seconds": round(emb.seconds, 1),
+            "rows_computed": int(emb.rows_computed),  # a resumed cache: the rest only
             "images_per_s": round(emb.rows_computed / emb.seconds, 1) if emb.seconds else None,
         },
-        "load_seconds": round(t_load, 1), "seeds": args.seeds, "kmeans": {}, "methods": {},
+        "load_seconds": round(t_load, 1),
+        "seeds": args.seeds,
+        "kmeans": {},
+        "methods": {},
     }
     for seed in args.seeds:
         t = time.time()
@@ -101,7 +113,11 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict[str, Any]:
             t = time.time()
             est = DeepClusterer(method=method, n_clusters=k, random_state=seed, epochs=args.epochs, verbose=False)
             labels = est.fit_predict(x)
-            cells[str(seed)] = {**_scores(y, labels), "seconds": round(time.time() - t, 1), "epochs": est.config_.train.epochs}
+            cells[str(seed)] = {
+                **_scores(y, labels),
+                "seconds": round(time.time() - t, 1),
+                "epochs": est.config_.train.epochs,
+            }
             logging.info("%s %s seed %d: %s", name, method, seed, cells[str(seed)])
     stamp_record(record, start, "benchmarks/pretrained.py", sys.argv[1:], dt.date.today().isoformat())
     return record
@@ -112,26 +128,35 @@ def margins(record: dict[str, Any]) -> dict[str, dict[str, float]]:
     km = {m: max(c[m] for c in record["kmeans"].values()) for m in ("acc", "nmi")}
     out = {}
     for method, cells in record["methods"].items():
-        out[method] = {f"{w}_{m}": round(100 * (f(c[m] for c in cells.values()) - km[m]), 1)
-                       for m in ("acc", "nmi") for w, f in (("worst", min), ("best", max))}
+        out[method] = {
+            f"{w}_{m}": round(100 * (f(c[m] for c in cells.values()) - km[m]), 1)
+            for m in ("acc", "nmi")
+            for w, f in (("worst", min), ("best", max))
+        }
     return out
 
 
 def table(paths: list[Path]) -> str:
-    rows = ["| dataset | N | method | ACC worst / best | NMI worst / best | worst - k-means (ACC / NMI points) |",
-            "|---|---:|---|---|---|---|"]
+    rows = [
+        "| dataset | N | method | ACC worst / best | NMI worst / best | worst - k-means (ACC / NMI points) |",
+        "|---|---:|---|---|---|---|",
+    ]
     for p in paths:
         r = json.loads(p.read_text())
         km = r["kmeans"].values()
-        rows.append(f"| {r['dataset']} | {r['n_samples']:,} | k-means (L2, n_init 10) | "
-                    f"{min(c['acc'] for c in km):.3f} / {max(c['acc'] for c in km):.3f} | "
-                    f"{min(c['nmi'] for c in km):.3f} / {max(c['nmi'] for c in km):.3f} | |")
+        rows.append(
+            f"| {r['dataset']} | {r['n_samples']:,} | k-means (L2, n_init 10) | "
+            f"{min(c['acc'] for c in km):.3f} / {max(c['acc'] for c in km):.3f} | "
+            f"{min(c['nmi'] for c in km):.3f} / {max(c['nmi'] for c in km):.3f} | |"
+        )
         for method, cells in r["methods"].items():
             mg = margins(r)[method]
             c = cells.values()
-            rows.append(f"| | | {method} | {min(x['acc'] for x in c):.3f} / {max(x['acc'] for x in c):.3f} | "
-                        f"{min(x['nmi'] for x in c):.3f} / {max(x['nmi'] for x in c):.3f} | "
-                        f"{mg['worst_acc']:+.1f} / {mg['worst_nmi']:+.1f} |")
+            rows.append(
+                f"| | | {method} | {min(x['acc'] for x in c):.3f} / {max(x['acc'] for x in c):.3f} | "
+                f"{min(x['nmi'] for x in c):.3f} / {max(x['nmi'] for x in c):.3f} | "
+                f"{mg['worst_acc']:+.1f} / {mg['worst_nmi']:+.1f} |"
+            )
     return "\n".join(rows)
 
 

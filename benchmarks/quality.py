@@ -36,8 +36,9 @@ from deepclust.metrics import evaluate
 RESULTS = Path(__file__).resolve().parent / "results" / "quality"
 
 
-def flag_form_config(method: str, data: str, data_dir: str, device: str, n_clusters: int, overrides: list[str],
-                     images=None):
+def flag_form_config(
+    method: str, data: str, data_dir: str, device: str, n_clusters: int, overrides: list[str], images=None
+):
     """What ``deepclust train --method M --data D --n-clusters K --epochs E`` resolves to (no
     shipped config: the data kind's defaults), plus the split, seed and ``overrides``;
     progress bars off. ``images``: the loaded images, whose shape (a subset's size) the data
@@ -72,15 +73,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--tag", default="")
     p.add_argument("--out-dir", default=str(RESULTS), help="where the record goes")
-    p.add_argument("--defaults", action="store_true",
-                   help="the flag form a new user types (--method --data --n-clusters --epochs): the method's "
-                        "defaults, not configs/<method>/<data>.yaml")
-    p.add_argument("--subset", type=int, help="train and evaluate on this many images of the split (a fixed seeded draw)")
+    p.add_argument(
+        "--defaults",
+        action="store_true",
+        help="the flag form a new user types (--method --data --n-clusters --epochs): the method's "
+        "defaults, not configs/<method>/<data>.yaml",
+    )
+    p.add_argument(
+        "--subset", type=int, help="train and evaluate on this many images of the split (a fixed seeded draw)"
+    )
     p.add_argument("overrides", nargs="*")
     a = p.parse_args(argv)
 
-    over = [f"data.train_split={a.split}", f"data.eval_split={a.split}", f"train.seed={a.seed}",
-            *([f"train.epochs={a.epochs}"] if a.epochs else []), *a.overrides]
+    over = [
+        f"data.train_split={a.split}",
+        f"data.eval_split={a.split}",
+        f"train.seed={a.seed}",
+        *([f"train.epochs={a.epochs}"] if a.epochs else []),
+        *a.overrides,
+    ]
     start = machine_info()
     date = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     with tempfile.TemporaryDirectory() as tmp:
@@ -91,8 +102,14 @@ def main(argv: list[str] | None = None) -> int:
             cfg = bench_config(a.method, a.data, a.data_dir, device=a.device, overrides=over)
             data = subset(load_dataset(cfg.data.name, a.split, a.data_dir), a.subset)
             if cfg.defaults != "method":  # a config on a kind's preset: sized for the images it trains on
-                cfg = bench_config(a.method, a.data, a.data_dir, device=a.device, overrides=over,
-                                   shape=shape_of(tuple(data.images.shape)))
+                cfg = bench_config(
+                    a.method,
+                    a.data,
+                    a.data_dir,
+                    device=a.device,
+                    overrides=over,
+                    shape=shape_of(tuple(data.images.shape)),
+                )
         cfg.train.out = str(Path(tmp) / "run")
         t0 = time.time()
         pixels = data.images.flatten(1).float() / 255.0
@@ -106,21 +123,48 @@ def main(argv: list[str] | None = None) -> int:
             t1 = time.time()
             feats = pred.features
             km_f = kmeans(feats, cfg.n_clusters or data.n_classes, n_init=cfg.eval.n_init, seed=cfg.eval.kmeans_seed)
-            feat_km = {**{k: v for k, v in evaluate(data.labels.numpy(), km_f.labels.numpy()).items() if k in ("acc", "nmi", "ari")},
-                       "features": f"{trainer.method.name} infer() features of the final evaluation, clean (eval transform, eval mode)",
-                       "dim": feats.shape[1], "n_init": cfg.eval.n_init, "wall_time_s": round(time.time() - t1, 2)}
+            feat_km = {
+                **{
+                    k: v
+                    for k, v in evaluate(data.labels.numpy(), km_f.labels.numpy()).items()
+                    if k in ("acc", "nmi", "ari")
+                },
+                "features": f"{trainer.method.name} infer() features of the final evaluation, clean (eval transform, eval mode)",
+                "dim": feats.shape[1],
+                "n_init": cfg.eval.n_init,
+                "wall_time_s": round(time.time() - t1, 2),
+            }
     device = rec["device"]
     out = {
         "benchmark": "quality",
         "method": a.method,
-        "config_source": "defaults (flag form)" if a.defaults else "shipped config" if packaged_config(f"{a.method}/{a.data}") else "defaults (no shipped config)",
+        "config_source": "defaults (flag form)"
+        if a.defaults
+        else "shipped config"
+        if packaged_config(f"{a.method}/{a.data}")
+        else "defaults (no shipped config)",
         "dataset": data.name,
         "split": a.split,
-        "protocol": f"train+test on the {data.n_samples} {a.split} images" + (f" (a seeded subset of {a.subset})" if a.subset else ""),
+        "protocol": f"train+test on the {data.n_samples} {a.split} images"
+        + (f" (a seeded subset of {a.subset})" if a.subset else ""),
         "data_kind": cfg.defaults,
         "device": device,
         "kmeans_raw_pixels": {k: base[k] for k in ("acc", "nmi", "ari", "wall_time_s")} | {"n_init": cfg.eval.n_init},
-        "method_result": {k: rec.get(k) for k in ("acc", "nmi", "ari", "epoch", "wall_time_s", "train_images_per_s", "n_init", "prediction", "cluster_sizes", "extras")},
+        "method_result": {
+            k: rec.get(k)
+            for k in (
+                "acc",
+                "nmi",
+                "ari",
+                "epoch",
+                "wall_time_s",
+                "train_images_per_s",
+                "n_init",
+                "prediction",
+                "cluster_sizes",
+                "extras",
+            )
+        },
         "beats_kmeans_acc": rec["acc"] > base["acc"],
         **({"kmeans_on_method_features": feat_km} if feat_km is not None else {}),
         "config": cfg.to_dict(),
@@ -131,8 +175,12 @@ def main(argv: list[str] | None = None) -> int:
     path = write_record(out, Path(a.out_dir) / f"{a.method}_{label}_{a.split}_{dev}{a.tag}.json")
     print(f"k-means raw pixels: ACC {base['acc']:.4f} NMI {base['nmi']:.4f} ARI {base['ari']:.4f}")
     if feat_km is not None:
-        print(f"k-means on {a.method}'s features: ACC {feat_km['acc']:.4f} NMI {feat_km['nmi']:.4f} ARI {feat_km['ari']:.4f}")
-    print(f"{a.method}: ACC {rec['acc']:.4f} NMI {rec['nmi']:.4f} ARI {rec['ari']:.4f} in {rec['wall_time_s']:.0f}s -> {path}")
+        print(
+            f"k-means on {a.method}'s features: ACC {feat_km['acc']:.4f} NMI {feat_km['nmi']:.4f} ARI {feat_km['ari']:.4f}"
+        )
+    print(
+        f"{a.method}: ACC {rec['acc']:.4f} NMI {rec['nmi']:.4f} ARI {rec['ari']:.4f} in {rec['wall_time_s']:.0f}s -> {path}"
+    )
     return 0
 
 

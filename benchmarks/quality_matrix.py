@@ -67,8 +67,10 @@ DATASETS: dict[str, tuple[str, str, str | None, int | None]] = {
     "cifar10-jpeg-5k": ("cifar10-jpeg", "test", "cifar10", 5000),
 }
 # key -> (path option, script, default file); the option's value fills {option} in the name
-BUILDERS = {"glyphs16": ("glyphs", "make_glyphs.py", "data/glyphs16.npz"),
-            "mnist-5k": ("mnist", "make_mnist5k.py", "data/mnist5k.npz")}
+BUILDERS = {
+    "glyphs16": ("glyphs", "make_glyphs.py", "data/glyphs16.npz"),
+    "mnist-5k": ("mnist", "make_mnist5k.py", "data/mnist5k.npz"),
+}
 DEFAULT_PATHS = {option: file for option, _, file in BUILDERS.values()}
 DEFAULT_DATASETS = ("digits", "glyphs16", "mnist-5k", "fashion-mnist-5k")  # cifar10-jpeg-5k: ResNet-18, a GPU's job
 MODES = ("defaults", "config")
@@ -76,14 +78,39 @@ MARGIN = 0.05  # "beats k-means": the min over seeds at least 5 points above it,
 SMOKE_OVERRIDES = ["train.batch_size=64", "eval.n_init=2"]
 
 
-def cell_command(method: str, key: str, mode: str, seed: int, epochs: int, data_dir: str,
-                 out_dir: Path, overrides: list[str], paths: dict[str, str] = DEFAULT_PATHS) -> list[str]:
+def cell_command(
+    method: str,
+    key: str,
+    mode: str,
+    seed: int,
+    epochs: int,
+    data_dir: str,
+    out_dir: Path,
+    overrides: list[str],
+    paths: dict[str, str] = DEFAULT_PATHS,
+) -> list[str]:
     """The ``benchmarks/quality.py`` command line of one cell (``paths``: the BUILDERS files)."""
     name, split, cfg_name, n = DATASETS[key]
     name = name.format(**paths)
-    cmd = [sys.executable, str(HERE / "quality.py"), "--method", method, "--split", split, "--data-dir", data_dir,
-           "--epochs", str(epochs), "--seed", str(seed), "--out-dir", str(out_dir), "--tag", f"_{mode}_seed{seed}",
-           *(["--subset", str(n)] if n else [])]
+    cmd = [
+        sys.executable,
+        str(HERE / "quality.py"),
+        "--method",
+        method,
+        "--split",
+        split,
+        "--data-dir",
+        data_dir,
+        "--epochs",
+        str(epochs),
+        "--seed",
+        str(seed),
+        "--out-dir",
+        str(out_dir),
+        "--tag",
+        f"_{mode}_seed{seed}",
+        *(["--subset", str(n)] if n else []),
+    ]
     if mode == "defaults":
         return [*cmd, "--data", name, "--defaults", *overrides]
     extra = [f"data.name={name}"] if cfg_name != name else []
@@ -96,7 +123,9 @@ def run_child(cmd: list[str], timeout_s: float, threads: int | None = None) -> t
     Returns (status ok | failed | timed_out, return code, output tail, wall seconds)."""
     t0 = time.time()
     env = {**os.environ, **({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else {})}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, env=env)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, env=env
+    )
     try:
         out, _ = proc.communicate(timeout=timeout_s)
         status = "ok" if proc.returncode == 0 else "failed"
@@ -120,17 +149,30 @@ def run_cell(method: str, key: str, mode: str, seed: int, a: argparse.Namespace,
     out_dir = cells_dir / f"{method}_{key}_{mode}_seed{seed}"
     cmd = cell_command(method, key, mode, seed, a.epochs, a.data_dir, out_dir, a.overrides, built_paths(a))
     status, rc, tail, wall = run_child(cmd, a.cell_timeout_s, a.threads)
-    row |= {"status": status, "returncode": rc, "wall_time_s": wall,
-            "command": " ".join(["python", *[str(Path(c).relative_to(HERE.parent)) if c.startswith(str(HERE)) else c for c in cmd[1:]]])}
+    row |= {
+        "status": status,
+        "returncode": rc,
+        "wall_time_s": wall,
+        "command": " ".join(
+            ["python", *[str(Path(c).relative_to(HERE.parent)) if c.startswith(str(HERE)) else c for c in cmd[1:]]]
+        ),
+    }
     records = sorted(out_dir.glob("*.json")) if out_dir.is_dir() else []
     if status == "ok" and records:
         rec = json.loads(records[0].read_text())
         res, km = rec["method_result"], rec["kmeans_raw_pixels"]
-        row |= {"acc": res["acc"], "nmi": res["nmi"], "ari": res["ari"], "epochs": res["epoch"],
-                "data_kind": rec.get("data_kind"), "protocol": rec.get("protocol"),
-                "train_wall_time_s": res["wall_time_s"], "config_source": rec.get("config_source"),
-                "kmeans_raw_pixels": {k: km[k] for k in ("acc", "nmi", "ari", "n_init")},
-                "cell_record": str(records[0].relative_to(cells_dir.parent))}
+        row |= {
+            "acc": res["acc"],
+            "nmi": res["nmi"],
+            "ari": res["ari"],
+            "epochs": res["epoch"],
+            "data_kind": rec.get("data_kind"),
+            "protocol": rec.get("protocol"),
+            "train_wall_time_s": res["wall_time_s"],
+            "config_source": rec.get("config_source"),
+            "kmeans_raw_pixels": {k: km[k] for k in ("acc", "nmi", "ari", "n_init")},
+            "cell_record": str(records[0].relative_to(cells_dir.parent)),
+        }
         if "kmeans_on_method_features" in rec:
             row["kmeans_on_method_features"] = {k: rec["kmeans_on_method_features"][k] for k in ("acc", "nmi", "ari")}
     else:
@@ -165,8 +207,14 @@ def aggregate(cells: list[dict[str, Any]], margin: float = MARGIN) -> list[dict[
         counts: dict[str, int] = {}
         for r in rows:
             counts[r["status"]] = counts.get(r["status"], 0) + 1
-        t: dict[str, Any] = {"method": method, "dataset": key, "mode": mode, "n_seeds": len(rows), "n_ok": len(ok),
-                             "statuses": counts}
+        t: dict[str, Any] = {
+            "method": method,
+            "dataset": key,
+            "mode": mode,
+            "n_seeds": len(rows),
+            "n_ok": len(ok),
+            "statuses": counts,
+        }
         for m in ("acc", "nmi", "ari"):
             vals = [r[m] for r in ok]
             t[f"{m}_mean"] = round(statistics.fmean(vals), 4) if vals else None
@@ -179,7 +227,9 @@ def aggregate(cells: list[dict[str, Any]], margin: float = MARGIN) -> list[dict[
         t["wall_time_s_max"] = round(max(walls), 1) if walls else None
         if ok and len(ok) == len(rows):
             eps = 1e-9  # 0.70 - 0.65 is a hair under 0.05 in floating point: exactly 5 points counts
-            t["beats_kmeans"] = bool(t["acc_min"] - t["kmeans_acc"] >= margin - eps and t["nmi_min"] - t["kmeans_nmi"] >= margin - eps)
+            t["beats_kmeans"] = bool(
+                t["acc_min"] - t["kmeans_acc"] >= margin - eps and t["nmi_min"] - t["kmeans_nmi"] >= margin - eps
+            )
         else:
             t["beats_kmeans"] = None
         table.append(t)
@@ -193,10 +243,13 @@ def markdown(table: list[dict[str, Any]], title: str) -> str:
     def w(v: Any) -> str:
         return "-" if v is None else f"{v:.0f}"
 
-    lines = [f"# {title}", "",
-             "| method | dataset | mode | seeds ok | ACC mean / min | NMI mean / min | ARI mean / min "
-             "| k-means raw pixels ACC / NMI | wall s per cell (mean / max) | min beats k-means by >= 5 pts ACC and NMI |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# {title}",
+        "",
+        "| method | dataset | mode | seeds ok | ACC mean / min | NMI mean / min | ARI mean / min "
+        "| k-means raw pixels ACC / NMI | wall s per cell (mean / max) | min beats k-means by >= 5 pts ACC and NMI |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for t in table:
         not_ok = ", ".join(f"{n} {s}" for s, n in t["statuses"].items() if s != "ok")
         beats = {True: "yes", False: "no", None: "n/a (seeds missing)"}[t["beats_kmeans"]]
@@ -204,7 +257,8 @@ def markdown(table: list[dict[str, Any]], title: str) -> str:
             f"| {t['method']} | {t['dataset']} | {t['mode']} | {t['n_ok']}/{t['n_seeds']}{f' ({not_ok})' if not_ok else ''} "
             f"| {f(t['acc_mean'])} / {f(t['acc_min'])} | {f(t['nmi_mean'])} / {f(t['nmi_min'])} "
             f"| {f(t['ari_mean'])} / {f(t['ari_min'])} | {f(t['kmeans_acc'])} / {f(t['kmeans_nmi'])} "
-            f"| {w(t['wall_time_s_mean'])} / {w(t['wall_time_s_max'])} | {beats} |")
+            f"| {w(t['wall_time_s_mean'])} / {w(t['wall_time_s_max'])} | {beats} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -236,7 +290,9 @@ def available(key: str, data_dir: str, paths: dict[str, str]) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--methods", help=f"comma-separated (default: {','.join(METHODS)})")
-    p.add_argument("--datasets", help=f"comma-separated, of {', '.join(DATASETS)} (default: {','.join(DEFAULT_DATASETS)})")
+    p.add_argument(
+        "--datasets", help=f"comma-separated, of {', '.join(DATASETS)} (default: {','.join(DEFAULT_DATASETS)})"
+    )
     for key, (option, script, file) in BUILDERS.items():
         p.add_argument(f"--{option}", default=file, help=f"the {key} file (built by {script} when missing)")
     p.add_argument("--seeds", help="comma-separated (default: 0,1,2)")
@@ -248,10 +304,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", default=os.environ.get("DEEPCLUST_DATA", "../shared/data"))
     p.add_argument("--out-dir", default=str(RESULTS))
     p.add_argument("--tag", help="record name suffix (default: '' or '_smoke')")
-    p.add_argument("--update", action="store_true",
-                   help="keep the other cells of the existing record: re-run only the planned cells, rewrite the table")
-    p.add_argument("--smoke", action="store_true",
-                   help="tiny: digits, 1 epoch, seed 0, batch 64, k-means n_init 2 (well under a minute)")
+    p.add_argument(
+        "--update",
+        action="store_true",
+        help="keep the other cells of the existing record: re-run only the planned cells, rewrite the table",
+    )
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny: digits, 1 epoch, seed 0, batch 64, k-means n_init 2 (well under a minute)",
+    )
     p.add_argument("overrides", nargs="*", help="key=value for every cell (a benchmark knob, not a default)")
     a = p.parse_args(argv)
     if a.smoke:
@@ -295,12 +357,30 @@ def main(argv: list[str] | None = None) -> int:
             keys.remove(k)
     record: dict[str, Any] = {
         "benchmark": "quality_matrix",
-        "settings": {"methods": methods, "datasets": {k: {"name": DATASETS[k][0].format(**paths), "split": DATASETS[k][1],
-                                                           "config": DATASETS[k][2], "subset": DATASETS[k][3]} for k in keys},
-                     "seeds": seeds, "epochs": a.epochs, "modes": modes, "cell_timeout_s": a.cell_timeout_s,
-                     "overrides": a.overrides, "smoke": a.smoke, "beats_margin": MARGIN},
+        "settings": {
+            "methods": methods,
+            "datasets": {
+                k: {
+                    "name": DATASETS[k][0].format(**paths),
+                    "split": DATASETS[k][1],
+                    "config": DATASETS[k][2],
+                    "subset": DATASETS[k][3],
+                }
+                for k in keys
+            },
+            "seeds": seeds,
+            "epochs": a.epochs,
+            "modes": modes,
+            "cell_timeout_s": a.cell_timeout_s,
+            "overrides": a.overrides,
+            "smoke": a.smoke,
+            "beats_margin": MARGIN,
+        },
         "protocol": "train+test on the split; raw-pixel k-means (same n_init) in the same process as the method",
-        "skipped_datasets": skipped, "complete": False, "cells": [], "table": [],
+        "skipped_datasets": skipped,
+        "complete": False,
+        "cells": [],
+        "table": [],
     }
     argv_ = argv if argv is not None else sys.argv[1:]
     plan = [(m, k, mode, s) for k in keys for m in methods for mode in modes for s in seeds]
@@ -310,9 +390,15 @@ def main(argv: list[str] | None = None) -> int:
         old = json.loads(path.read_text())
         planned = set(plan)
         record["cells"] = sorted((c for c in old["cells"] if _cell_key(c) not in planned), key=_cell_order)
-        runs = [*old.get("runs", [{"date": old.get("date"), "command": old.get("command"), "cells": len(old["cells"])}]), *runs]
+        runs = [
+            *old.get("runs", [{"date": old.get("date"), "command": old.get("command"), "cells": len(old["cells"])}]),
+            *runs,
+        ]
         for key in ("methods", "seeds", "modes"):  # the union, in the old record's order
-            record["settings"][key] = [*old["settings"][key], *(v for v in record["settings"][key] if v not in old["settings"][key])]
+            record["settings"][key] = [
+                *old["settings"][key],
+                *(v for v in record["settings"][key] if v not in old["settings"][key]),
+            ]
         record["settings"]["datasets"] = old["settings"]["datasets"] | record["settings"]["datasets"]
         record["table"] = aggregate(record["cells"])
     record["runs"] = runs
@@ -329,13 +415,22 @@ def main(argv: list[str] | None = None) -> int:
             record["table"] = aggregate(record["cells"])
             stamp_record(record, start, "benchmarks/quality_matrix.py", argv_, date)
             write_record(record, path)
-            score = f"ACC {row['acc']:.4f} NMI {row['nmi']:.4f} (k-means {row['kmeans_raw_pixels']['acc']:.4f} / " \
-                    f"{row['kmeans_raw_pixels']['nmi']:.4f})" if row["status"] == "ok" else ""
-            print(f"[{done}/{len(plan)}] {m} {k} {mode} seed {s}: {row['status']} {score} {row.get('wall_time_s', 0):.0f}s", flush=True)
+            score = (
+                f"ACC {row['acc']:.4f} NMI {row['nmi']:.4f} (k-means {row['kmeans_raw_pixels']['acc']:.4f} / "
+                f"{row['kmeans_raw_pixels']['nmi']:.4f})"
+                if row["status"] == "ok"
+                else ""
+            )
+            print(
+                f"[{done}/{len(plan)}] {m} {k} {mode} seed {s}: {row['status']} {score} {row.get('wall_time_s', 0):.0f}s",
+                flush=True,
+            )
     record["complete"] = True
     stamp_record(record, start, "benchmarks/quality_matrix.py", argv_, date)
     write_record(record, path)
-    runs_note = f"; cells from {len(runs)} runs, the last on {date}: the record's runs" if len(runs) > 1 else f", {date}"
+    runs_note = (
+        f"; cells from {len(runs)} runs, the last on {date}: the record's runs" if len(runs) > 1 else f", {date}"
+    )
     md = markdown(record["table"], f"Quality matrix ({a.epochs} epochs, seeds {','.join(map(str, seeds))}{runs_note})")
     if skipped:
         md += "\nSkipped (no data): " + "; ".join(f"{k}: {w}" for k, w in skipped.items()) + "\n"

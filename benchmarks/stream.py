@@ -105,7 +105,10 @@ class PeakMemory:
     def stop(self) -> dict[str, float]:
         self._stop.set()
         self._thread.join()
-        return {"peak_pss_mb_total": round(self.peak_kb / 1024, 1), "peak_pss_mb_main": round(self.peak_self_kb / 1024, 1)}
+        return {
+            "peak_pss_mb_total": round(self.peak_kb / 1024, 1),
+            "peak_pss_mb_main": round(self.peak_self_kb / 1024, 1),
+        }
 
 
 MEM: PeakMemory | None = None
@@ -125,7 +128,9 @@ def child_loader(a: argparse.Namespace) -> dict:
 
     base = _pss_kb(os.getpid()) / 1024  # after the imports, before any data
     t0 = time.perf_counter()
-    data = open_dataset(f"folder:{a.folder}", "train", image_size=a.size, stream=True, decoder=a.decoder, workers=a.workers)
+    data = open_dataset(
+        f"folder:{a.folder}", "train", image_size=a.size, stream=True, decoder=a.decoder, workers=a.workers
+    )
     open_s = time.perf_counter() - t0
     views = [Augment(AugmentConfig(crop_scale=(0.2, 1.0)), a.size, None, None) for _ in range(a.views)]
     loader = StreamLoader(data, views, torch.device("cpu"), seed=0, workers=a.workers)
@@ -142,12 +147,21 @@ def child_loader(a: argparse.Namespace) -> dict:
     mem = peak_rss()  # before the workers are shut down
     n, c, s = data.n_samples, data.n_channels, data.size
     return {
-        "kind": "loader", "decoder": a.decoder, "views": a.views, "n_files": n, "workers": n_workers,
-        "batch_size": a.batch_size, "batches_timed": a.batches, "size": s,
+        "kind": "loader",
+        "decoder": a.decoder,
+        "views": a.views,
+        "n_files": n,
+        "workers": n_workers,
+        "batch_size": a.batch_size,
+        "batches_timed": a.batches,
+        "size": s,
         "images_per_s": round(a.batches * a.batch_size / steady, 1),
-        "open_s": round(open_s, 2), "file_list_mb": round(data.files.nbytes / 2**20, 2),
+        "open_s": round(open_s, 2),
+        "file_list_mb": round(data.files.nbytes / 2**20, 2),
         "decoded_dataset_mb_at_size": round(n * c * s * s / 2**20, 1),
-        "decoded_dataset_mb_at_224": round(n * c * 224 * 224 / 2**20, 1), "pss_mb_after_imports": round(base, 1), **mem,
+        "decoded_dataset_mb_at_224": round(n * c * 224 * 224 / 2**20, 1),
+        "pss_mb_after_imports": round(base, 1),
+        **mem,
     }
 
 
@@ -157,13 +171,28 @@ def child_epoch(a: argparse.Namespace) -> dict:
     from deepclust.config import resolve_config
     from deepclust.engine.trainer import Trainer
 
-    cfg = resolve_config({
-        "method": "idfd", "n_clusters": 8,
-        "data": {"name": f"folder:{a.folder}", "image_size": a.size, "stream": a.stream == "stream",
-                 "workers": a.workers, "mean": [0.5] * 3, "std": [0.25] * 3},
-        "model": {"backbone": "resnet18", "stem": a.stem},
-        "train": {"epochs": 1, "batch_size": a.batch_size, "device": "cpu", "progress": False, "out": str(Path(a.root) / f"run_{a.stream}_{os.getpid()}")},
-    })
+    cfg = resolve_config(
+        {
+            "method": "idfd",
+            "n_clusters": 8,
+            "data": {
+                "name": f"folder:{a.folder}",
+                "image_size": a.size,
+                "stream": a.stream == "stream",
+                "workers": a.workers,
+                "mean": [0.5] * 3,
+                "std": [0.25] * 3,
+            },
+            "model": {"backbone": "resnet18", "stem": a.stem},
+            "train": {
+                "epochs": 1,
+                "batch_size": a.batch_size,
+                "device": "cpu",
+                "progress": False,
+                "out": str(Path(a.root) / f"run_{a.stream}_{os.getpid()}"),
+            },
+        }
+    )
     base = _pss_kb(os.getpid()) / 1024  # after the imports, before any data
     tr = Trainer(cfg)
     images = tr.place_data()
@@ -174,10 +203,23 @@ def child_epoch(a: argparse.Namespace) -> dict:
     logs = tr._train_epoch(images, 0, iters)
     wall = time.perf_counter() - t0
     mem = peak_rss()
-    return {"kind": "epoch", "data": a.stream, "n_files": n, "size": a.size, "batch_size": a.batch_size,
-            "workers": a.workers, "backbone": "resnet18", "stem": tr.cfg.model.stem, "method": "idfd", "epoch_s": round(wall, 2),
-            "images_per_s": round(n / wall, 1), "loss": round(logs["loss"], 4),
-            "decoded_dataset_mb_at_size": round(n * 3 * a.size * a.size / 2**20, 1), "pss_mb_after_imports": round(base, 1), **mem}
+    return {
+        "kind": "epoch",
+        "data": a.stream,
+        "n_files": n,
+        "size": a.size,
+        "batch_size": a.batch_size,
+        "workers": a.workers,
+        "backbone": "resnet18",
+        "stem": tr.cfg.model.stem,
+        "method": "idfd",
+        "epoch_s": round(wall, 2),
+        "images_per_s": round(n / wall, 1),
+        "loss": round(logs["loss"], 4),
+        "decoded_dataset_mb_at_size": round(n * 3 * a.size * a.size / 2**20, 1),
+        "pss_mb_after_imports": round(base, 1),
+        **mem,
+    }
 
 
 def decode_times(folder: Path, sizes: list[int], files: int = 150, repeats: int = 3) -> list[dict]:
@@ -197,16 +239,22 @@ def decode_times(folder: Path, sizes: list[int], files: int = 150, repeats: int 
                     for i, p in enumerate(paths):
                         decode_views(p, specs, size, "RGB", sample_rng(0, 0, i), dec)
                     best = min(best, time.perf_counter() - t)
-                out.append({"decoder": dec, "size": size, "views": views, "ms_per_image": round(1000 * best / len(paths), 3)})
+                out.append(
+                    {"decoder": dec, "size": size, "views": views, "ms_per_image": round(1000 * best / len(paths), 3)}
+                )
                 logging.info("%s", out[-1])
     return out
 
 
 def run_child(args: list[str]) -> dict:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
-    out = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True, env=env, check=False)
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", *args], capture_output=True, text=True, env=env, check=False
+    )
     if out.returncode != 0:
-        raise SystemExit(f"child {args} failed: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode}")
+        raise SystemExit(
+            f"child {args} failed: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode}"
+        )
     rec = json.loads(out.stdout.strip().splitlines()[-1])
     logging.info("%s", rec)
     return rec
@@ -221,7 +269,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--batches", type=int, default=12)
     p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--stem", default="auto", help="ResNet-18 stem of the epochs (auto: the library's choice for the size)")
+    p.add_argument(
+        "--stem", default="auto", help="ResNet-18 stem of the epochs (auto: the library's choice for the size)"
+    )
     p.add_argument("--skip-epochs", action="store_true")
     p.add_argument("--tag", default="")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -246,8 +296,18 @@ def main(argv: list[str] | None = None) -> int:
     small = make_folder(root / "small", a.n, 128, 320, 0)
     large = make_folder(root / "large", a.n_large, 48, 96, 1) if a.n_large else None
     logging.info("folders ready in %.0f s", time.perf_counter() - t)
-    common = ["--size", str(a.size), "--batch-size", str(a.batch_size), "--workers", str(a.workers), "--root", str(root),
-              "--stem", a.stem]
+    common = [
+        "--size",
+        str(a.size),
+        "--batch-size",
+        str(a.batch_size),
+        "--workers",
+        str(a.workers),
+        "--root",
+        str(root),
+        "--stem",
+        a.stem,
+    ]
     import torch
 
     torch.set_num_threads(1)  # one core, as in a loader worker
@@ -255,12 +315,44 @@ def main(argv: list[str] | None = None) -> int:
     loaders = []
     for dec in ("pil", "torchvision"):
         for views in (1, 2):
-            loaders.append(run_child(["loader", "--folder", str(small), "--decoder", dec, "--views", str(views),
-                                      "--batches", str(a.batches), *common]))
+            loaders.append(
+                run_child(
+                    [
+                        "loader",
+                        "--folder",
+                        str(small),
+                        "--decoder",
+                        dec,
+                        "--views",
+                        str(views),
+                        "--batches",
+                        str(a.batches),
+                        *common,
+                    ]
+                )
+            )
     if large is not None:
-        loaders.append(run_child(["loader", "--folder", str(large), "--decoder", "pil", "--views", "1",
-                                  "--batches", str(a.batches), *common]))
-    epochs = [] if a.skip_epochs else [run_child(["epoch", "--folder", str(small), "--stream", s, *common]) for s in ("stream", "memory")]
+        loaders.append(
+            run_child(
+                [
+                    "loader",
+                    "--folder",
+                    str(large),
+                    "--decoder",
+                    "pil",
+                    "--views",
+                    "1",
+                    "--batches",
+                    str(a.batches),
+                    *common,
+                ]
+            )
+        )
+    epochs = (
+        []
+        if a.skip_epochs
+        else [run_child(["epoch", "--folder", str(small), "--stream", s, *common]) for s in ("stream", "memory")]
+    )
     rec: dict = {"benchmark": "stream", "decode_one_core": decoders, "loaders": loaders, "epochs": epochs}
     one = {(r["decoder"], r["views"], r["n_files"]): r["images_per_s"] for r in loaders}
     if epochs:

@@ -60,10 +60,30 @@ def main(argv: list[str] | None = None) -> int:
     base_mb = _pss_kb(os.getpid()) / 1024
     mem = PeakMemory()
     t0 = time.perf_counter()
-    rc = cli(["-q", "train", "--method", "idfd", "--data", f"folder:{folder}", "--n-clusters", "8",
-              "--epochs", str(a.epochs), "--out", str(out), "--device", "cpu",
-              f"data.image_size={a.size}", f"data.stream={a.stream}", "model.backbone=small_cnn",
-              f"train.batch_size={a.batch_size}", "train.progress=false", "eval.n_init=3"])
+    rc = cli(
+        [
+            "-q",
+            "train",
+            "--method",
+            "idfd",
+            "--data",
+            f"folder:{folder}",
+            "--n-clusters",
+            "8",
+            "--epochs",
+            str(a.epochs),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            f"data.image_size={a.size}",
+            f"data.stream={a.stream}",
+            "model.backbone=small_cnn",
+            f"train.batch_size={a.batch_size}",
+            "train.progress=false",
+            "eval.n_init=3",
+        ]
+    )
     wall = time.perf_counter() - t0
     peak = mem.stop()
     if rc != 0:
@@ -72,12 +92,22 @@ def main(argv: list[str] | None = None) -> int:
     res = json.loads((out / "results.json").read_text())
     n = res.get("n_samples") or a.n
     rec = {
-        "benchmark": "stream_cluster", "n_files": a.n, "size": a.size, "epochs": a.epochs, "method": "idfd",
-        "backbone": "small_cnn", "batch_size": a.batch_size, "wall_s": round(wall, 1),
-        "metrics": {k: res.get(k) for k in ("acc", "nmi", "ari", "ami")}, "n_evaluated": n,
-        "data_stream": a.stream, "data_stage_log": chosen, "cluster_sizes": res.get("cluster_sizes"),
+        "benchmark": "stream_cluster",
+        "n_files": a.n,
+        "size": a.size,
+        "epochs": a.epochs,
+        "method": "idfd",
+        "backbone": "small_cnn",
+        "batch_size": a.batch_size,
+        "wall_s": round(wall, 1),
+        "metrics": {k: res.get(k) for k in ("acc", "nmi", "ari", "ami")},
+        "n_evaluated": n,
+        "data_stream": a.stream,
+        "data_stage_log": chosen,
+        "cluster_sizes": res.get("cluster_sizes"),
         "decoded_dataset_mb_at_size": round(a.n * 3 * a.size * a.size / 2**20, 1),
-        "pss_mb_after_imports": round(base_mb, 1), **peak,
+        "pss_mb_after_imports": round(base_mb, 1),
+        **peak,
     }
     stamp_record(rec, start, "benchmarks/stream_cluster.py", argv if argv is not None else sys.argv[1:], date)
     name = f"stream_cluster_cpu{'_' + a.tag if a.tag else ''}.json"

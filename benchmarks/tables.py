@@ -69,8 +69,9 @@ def matrix_summary() -> str:
         scores = [pair(cell[m, d]["acc_min"], cell[m, d]["nmi_min"]) if (m, d) in cell else "-" for d in datasets]
         out.append(f"| {m} | " + " | ".join(scores) + " |")
     # the highest of the k-means means beside each method (they differ only in k-means' restarts)
-    km = [max((cell[m, d]["kmeans_acc"], cell[m, d]["kmeans_nmi"]) for m in methods if (m, d) in cell)
-          for d in datasets]
+    km = [
+        max((cell[m, d]["kmeans_acc"], cell[m, d]["kmeans_nmi"]) for m in methods if (m, d) in cell) for d in datasets
+    ]
     out.append("| k-means on raw pixels | " + " | ".join(pair(a, n) for a, n in km) + " |")
     return "\n".join(out)
 
@@ -82,64 +83,82 @@ def pretrained() -> str:
 
 def quality_runs() -> str:
     """The single ``quality.py`` runs: one method, one dataset, seed 0, beside raw-pixel k-means."""
-    out = ["| method | data | ACC | NMI | ARI | k-means raw pixels ACC / NMI / ARI | k-means on its features ACC "
-           "| epochs | wall s |", "|---|---|---:|---:|---:|---|---:|---:|---:|"]
+    out = [
+        "| method | data | ACC | NMI | ARI | k-means raw pixels ACC / NMI / ARI | k-means on its features ACC "
+        "| epochs | wall s |",
+        "|---|---|---:|---:|---:|---|---:|---:|---:|",
+    ]
     recs = [_load(p) for p in sorted((RESULTS / "quality").glob("*.json"))]
     for r in sorted(recs, key=lambda r: (r["dataset"], _order(r["method"]))):
         res, km = r["method_result"], r["kmeans_raw_pixels"]
         own = r.get("kmeans_on_method_features")
         own_acc = f"{own['acc']:.4f}" if own else "-"
-        out.append(f"| {r['method']} | {r['dataset']} {r['split']} "
-                   f"| {res['acc']:.4f} | {res['nmi']:.4f} | {res['ari']:.4f} "
-                   f"| {km['acc']:.4f} / {km['nmi']:.4f} / {km['ari']:.4f} | {own_acc} | {res['epoch']} "
-                   f"| {res['wall_time_s']:.0f} |")
+        out.append(
+            f"| {r['method']} | {r['dataset']} {r['split']} "
+            f"| {res['acc']:.4f} | {res['nmi']:.4f} | {res['ari']:.4f} "
+            f"| {km['acc']:.4f} / {km['nmi']:.4f} / {km['ari']:.4f} | {own_acc} | {res['epoch']} "
+            f"| {res['wall_time_s']:.0f} |"
+        )
     return "\n".join(out)
 
 
 def throughput() -> str:
     """``deepclust bench`` records: deepclust's training step against the reference loop."""
     model = {"resnet18": "ResNet-18", "small_cnn": "small CNN"}
-    out = ["| method | data | model, batch | deepclust img/s | reference img/s | speed-up | device |",
-           "|---|---|---|---:|---:|---:|---|"]
+    out = [
+        "| method | data | model, batch | deepclust img/s | reference img/s | speed-up | device |",
+        "|---|---|---|---:|---:|---:|---|",
+    ]
     recs = [_load(p) for p in sorted((RESULTS / "throughput").glob("*.json"))]
+
     # ResNet rows first, then the small CNN's, its one larger dataset last
     def key(r: dict[str, Any]) -> tuple[bool, bool, int]:
         small = r["backbone"] != "resnet18"
         return small, small and r["n_images"] > 10_000, _order(r["method"])
 
     for r in sorted(recs, key=key):
-        out.append(f"| {r['method']} | {r['dataset']} {r['split']} ({r['n_images'] // 1000}k) "
-                   f"| {model.get(r['backbone'], r['backbone'])} {r['image_size']} px, {r['batch_size']} "
-                   f"| {r['deepclust']['images_per_s']:.1f} | {r['reference']['images_per_s']:.1f} "
-                   f"| {r['speedup']:.2f}x "
-                   f"| {r['machine']['cpu_model'] if r['device'] == 'cpu' else r['device_name']} ({r['device']}) |")
+        out.append(
+            f"| {r['method']} | {r['dataset']} {r['split']} ({r['n_images'] // 1000}k) "
+            f"| {model.get(r['backbone'], r['backbone'])} {r['image_size']} px, {r['batch_size']} "
+            f"| {r['deepclust']['images_per_s']:.1f} | {r['reference']['images_per_s']:.1f} "
+            f"| {r['speedup']:.2f}x "
+            f"| {r['machine']['cpu_model'] if r['device'] == 'cpu' else r['device_name']} ({r['device']}) |"
+        )
     return "\n".join(out)
 
 
 def kmeans() -> str:
     """``deepclust bench --kmeans`` records: torch k-means against scikit-learn's."""
-    out = ["| features | N x D, K, n_init | deepclust s | scikit-learn s | inertia ratio | device |",
-           "|---|---|---:|---:|---:|---|"]
+    out = [
+        "| features | N x D, K, n_init | deepclust s | scikit-learn s | inertia ratio | device |",
+        "|---|---|---:|---:|---:|---|",
+    ]
     for p in sorted((RESULTS / "kmeans").glob("*.json")):
         r = _load(p)
-        out.append(f"| {r['features']} | {r['n']:,} x {r['dim']}, {r['k']}, {r['n_init']} "
-                   f"| {r['deepclust']['time_s']:.2f} "
-                   f"| {r['sklearn']['time_s']:.2f} ({r['sklearn']['algorithm']}) | {r['inertia_ratio']:.4f} "
-                   f"| {r['machine']['cpu_model']} ({r['deepclust']['device']}) |")
+        out.append(
+            f"| {r['features']} | {r['n']:,} x {r['dim']}, {r['k']}, {r['n_init']} "
+            f"| {r['deepclust']['time_s']:.2f} "
+            f"| {r['sklearn']['time_s']:.2f} ({r['sklearn']['algorithm']}) | {r['inertia_ratio']:.4f} "
+            f"| {r['machine']['cpu_model']} ({r['deepclust']['device']}) |"
+        )
     return "\n".join(out)
 
 
 def tta() -> str:
     """Time-to-accuracy records: when each target ACC was first reached."""
-    out = ["| method | data | target ACC | outcome | train s to target | epoch | best ACC (epochs run) |",
-           "|---|---|---:|---|---:|---:|---|"]
+    out = [
+        "| method | data | target ACC | outcome | train s to target | epoch | best ACC (epochs run) |",
+        "|---|---|---:|---|---:|---:|---|",
+    ]
     for p in sorted((RESULTS / "tta").glob("*.json")):
         r = _load(p)
         t = "-" if r["time_to_target_s"] is None else f"{r['time_to_target_s']:.0f}"
         e = "-" if r["epoch_at_target"] is None else str(r["epoch_at_target"])
         last = r["curve"][-1]
-        out.append(f"| {r['method']} | {r['dataset']} {r['split']} | {r['target_acc']} | {r['outcome']} | {t} | {e} "
-                   f"| {r['best_acc']:.3f} ({last['epoch']} epochs, {last['train_s']:.0f} s of training) |")
+        out.append(
+            f"| {r['method']} | {r['dataset']} {r['split']} | {r['target_acc']} | {r['outcome']} | {t} | {e} "
+            f"| {r['best_acc']:.3f} ({last['epoch']} epochs, {last['train_s']:.0f} s of training) |"
+        )
     return "\n".join(out)
 
 
@@ -149,28 +168,42 @@ def ddp() -> str:
     for p in sorted((RESULTS / "ddp").glob("*.json")):
         r = _load(p)
         for name, run in r["runs"].items():
-            out.append(f"| {r['method']} | {r['dataset']} {r['split']} | {name.replace('_', ' ')} | {run['acc']:.4f} "
-                       f"| {run['nmi']:.4f} | {run['ari']:.4f} | {run['wall_time_s']:.0f} |")
+            out.append(
+                f"| {r['method']} | {r['dataset']} {r['split']} | {name.replace('_', ' ')} | {run['acc']:.4f} "
+                f"| {run['nmi']:.4f} | {run['ari']:.4f} | {run['wall_time_s']:.0f} |"
+            )
     return "\n".join(out)
 
 
 def faults() -> str:
     """Fault injection: kills, what survived, and the bad inputs with their exit status."""
-    out = ["| record | kills | survived | checkpoints lost | runs with other weights | metrics inconsistencies "
-           "| bad inputs: one line, exit 2 | exit 0 by design |", "|---|---:|---:|---:|---:|---:|---:|---|"]
+    out = [
+        "| record | kills | survived | checkpoints lost | runs with other weights | metrics inconsistencies "
+        "| bad inputs: one line, exit 2 | exit 0 by design |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
     for p in sorted((RESULTS / "faults").glob("*.json")):
         r = _load(p)
         f, bad = r["faults"], r["bad_inputs"]
         zero = "; ".join(b["input"] for b in bad if b["exit"] == 0) or "-"
-        out.append(f"| `{p.name}` | {f['kills']} | {f['kills_survived']} | {f['checkpoints_lost']} "
-                   f"| {f['runs_with_different_weights']} | {f['metrics_inconsistencies']} "
-                   f"| {sum(b['exit'] == 2 for b in bad)} of {len(bad)} | {zero} |")
+        out.append(
+            f"| `{p.name}` | {f['kills']} | {f['kills_survived']} | {f['checkpoints_lost']} "
+            f"| {f['runs_with_different_weights']} | {f['metrics_inconsistencies']} "
+            f"| {sum(b['exit'] == 2 for b in bad)} of {len(bad)} | {zero} |"
+        )
     return "\n".join(out)
 
 
 TABLES: dict[str, Callable[[], str]] = {
-    "matrix-summary": matrix_summary, "matrix": matrix_full, "pretrained": pretrained, "quality": quality_runs,
-    "throughput": throughput, "kmeans": kmeans, "tta": tta, "ddp": ddp, "faults": faults,
+    "matrix-summary": matrix_summary,
+    "matrix": matrix_full,
+    "pretrained": pretrained,
+    "quality": quality_runs,
+    "throughput": throughput,
+    "kmeans": kmeans,
+    "tta": tta,
+    "ddp": ddp,
+    "faults": faults,
 }
 
 

@@ -57,8 +57,15 @@ def main(argv: list[str] | None = None) -> int:
         start = machine_info(resolve_device(a.device))
         date = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         rec = bench_throughput(cfg, a.warmup, a.windows, a.steps, a.workers, rounds=a.rounds)
-        stamp_record(rec, start, "benchmarks/throughput.py", argv if argv is not None else sys.argv[1:], date,
-                     device=rec["device"], device_name=rec["device_name"])
+        stamp_record(
+            rec,
+            start,
+            "benchmarks/throughput.py",
+            argv if argv is not None else sys.argv[1:],
+            date,
+            device=rec["device"],
+            device_name=rec["device_name"],
+        )
         rec["overrides"] = a.overrides
         split = rec["split"].replace("+", "")  # train+test -> traintest
         name = f"throughput_{method}_{rec['dataset']}-{split}_{rec['backbone']}_{rec['machine']['device']}"

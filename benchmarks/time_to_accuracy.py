@@ -57,8 +57,12 @@ class TimedTrainer(Trainer):
         train_s = start - self.t0 - self.eval_s
         record, pred = super().evaluate(epoch)
         self.eval_s += time.perf_counter() - start
-        point = {"train_s": round(train_s, 2), "wall_s": round(time.perf_counter() - self.t0, 2), "epoch": epoch,
-                 **{k: record[k] for k in ("acc", "nmi", "ari") if k in record}}
+        point = {
+            "train_s": round(train_s, 2),
+            "wall_s": round(time.perf_counter() - self.t0, 2),
+            "epoch": epoch,
+            **{k: record[k] for k in ("acc", "nmi", "ari") if k in record},
+        }
         if not self.curve or self.curve[-1]["epoch"] != epoch:  # fit's final evaluation repeats the last epoch
             self.curve.append(point)
             log.info("epoch %d: train %.1f s, ACC %.4f", epoch, train_s, point.get("acc", float("nan")))
@@ -116,8 +120,13 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
-    over = [f"data.train_split={a.split}", f"data.eval_split={a.split}", "train.eval_every=1",
-            f"train.seed={a.seed}", *a.overrides]
+    over = [
+        f"data.train_split={a.split}",
+        f"data.eval_split={a.split}",
+        "train.eval_every=1",
+        f"train.seed={a.seed}",
+        *a.overrides,
+    ]
     cfg = bench_config(a.method, a.data, a.data_dir, device=a.device, overrides=over)
     start = machine_info()
     date = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
@@ -153,9 +162,15 @@ def main(argv: list[str] | None = None) -> int:
         "fast_paths": trainer.fast.as_dict() if hasattr(trainer, "fast") else {},
         "curve": curve,
         "overrides": a.overrides,
-        "machine": {**start, "device": trainer.device.type, "loadavg_start": load_start,
-                    "loadavg_end": machine_info()["loadavg"]},
-        "command": " ".join(["python", "benchmarks/time_to_accuracy.py", *(argv if argv is not None else sys.argv[1:])]),
+        "machine": {
+            **start,
+            "device": trainer.device.type,
+            "loadavg_start": load_start,
+            "loadavg_end": machine_info()["loadavg"],
+        },
+        "command": " ".join(
+            ["python", "benchmarks/time_to_accuracy.py", *(argv if argv is not None else sys.argv[1:])]
+        ),
         "date": date,
     }
     split = a.split.replace("+", "")  # train+test -> traintest: file names of letters, digits, . _ - only
@@ -164,8 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     path = write_record(rec, out_dir / f"{name}.json")
     if curve and "acc" in curve[0]:
         _plot(rec, out_dir / f"{name}.png")
-    print(f"{cfg.method} on {rec['dataset']} ({a.split}): {rec['outcome']}; "
-          f"time to ACC {a.target}: {rec['time_to_target_s']} s; best ACC {rec['best_acc']}; written to {path}")
+    print(
+        f"{cfg.method} on {rec['dataset']} ({a.split}): {rec['outcome']}; "
+        f"time to ACC {a.target}: {rec['time_to_target_s']} s; best ACC {rec['best_acc']}; written to {path}"
+    )
     return 0
 
 

@@ -43,8 +43,12 @@ def test_sklearn_check_estimator_whole() -> None:
 
     from deepclust.api import SKLEARN_EXPECTED_FAILED_CHECKS
 
-    results = check_estimator(DeepClusterer(n_clusters=3, **FAST), on_fail=None, on_skip=None,
-                              expected_failed_checks=SKLEARN_EXPECTED_FAILED_CHECKS)
+    results = check_estimator(
+        DeepClusterer(n_clusters=3, **FAST),
+        on_fail=None,
+        on_skip=None,
+        expected_failed_checks=SKLEARN_EXPECTED_FAILED_CHECKS,
+    )
     status = {r["check_name"]: r["status"] for r in results}
     failed = {k: repr(r["exception"])[:200] for r in results if r["status"] == "failed" for k in [r["check_name"]]}
     assert not failed, failed
@@ -66,8 +70,15 @@ def test_image_fitted_estimator_pickles() -> None:
 def test_predict_on_another_image_size_warns_and_resizes() -> None:
     x = _images(40, shape=(16, 16))  # 16 px: the glyph preset's input size, so fitted = native
     est = DeepClusterer("idfd", n_clusters=3, epochs=1, batch_size=16, device="cpu").fit(x)
-    big = torch.nn.functional.interpolate(torch.from_numpy(x[:, None]).float(), size=(20, 20), mode="bilinear",
-                                          antialias=True).round().clamp(0, 255).to(torch.uint8)[:, 0].numpy()
+    big = (
+        torch.nn.functional.interpolate(
+            torch.from_numpy(x[:, None]).float(), size=(20, 20), mode="bilinear", antialias=True
+        )
+        .round()
+        .clamp(0, 255)
+        .to(torch.uint8)[:, 0]
+        .numpy()
+    )
     with pytest.warns(UserWarning, match="20x20 images but the model was fitted on 16x16; they are resized to 16x16"):
         labels = est.predict(big)
     assert labels.shape == (40,) and set(labels) <= {0, 1, 2}
@@ -82,7 +93,9 @@ def test_nan_loss_message_names_no_deleted_directory() -> None:
 
 
 def test_clone_and_params_round_trip() -> None:
-    est = DeepClusterer("secu", n_clusters=4, epochs=3, random_state=7, method_options={"n_heads": 2}, config={"eval": {"n_init": 2}})
+    est = DeepClusterer(
+        "secu", n_clusters=4, epochs=3, random_state=7, method_options={"n_heads": 2}, config={"eval": {"n_init": 2}}
+    )
     params = est.get_params()
     assert params["method"] == "secu" and params["method_options"] == {"n_heads": 2} and params["random_state"] == 7
     twin = clone(est)
@@ -98,7 +111,11 @@ def test_clone_and_params_round_trip() -> None:
 
 def test_not_fitted_errors() -> None:
     est = DeepClusterer()
-    for call in (lambda: est.predict(np.zeros((3, 4))), lambda: est.transform(np.zeros((3, 4))), lambda: est.save("x.pt")):
+    for call in (
+        lambda: est.predict(np.zeros((3, 4))),
+        lambda: est.transform(np.zeros((3, 4))),
+        lambda: est.save("x.pt"),
+    ):
         with pytest.raises(NotFittedError):
             call()
 
@@ -201,7 +218,9 @@ def test_labels_only_score_the_record(tmp_path: Path) -> None:
     est = DeepClusterer("idfd", n_clusters=3, random_state=0, out=str(tmp_path / "run"), **FAST).fit(x, y)
     assert est.record_["acc"] == pytest.approx(cluster_accuracy(y, est.labels_))
     assert (tmp_path / "run" / "results.json").is_file() and est.run_dir_ == str(tmp_path / "run")
-    np.testing.assert_array_equal(DeepClusterer("idfd", n_clusters=3, random_state=0, **FAST).fit_predict(x), est.labels_)
+    np.testing.assert_array_equal(
+        DeepClusterer("idfd", n_clusters=3, random_state=0, **FAST).fit_predict(x), est.labels_
+    )
     with pytest.raises(CheckpointError, match="already holds a run"):  # a kept run is never overwritten
         clone(est).fit(x)
 
@@ -244,7 +263,9 @@ def test_predict_checks_the_feature_dimension() -> None:
 @pytest.mark.parametrize("method", ["idfd", "secu"])
 def test_save_load_round_trip(method: str, tmp_path: Path) -> None:
     x, _ = _features()
-    est = DeepClusterer(method, n_clusters=3, random_state=2, method_options={"n_heads": 2} if method == "secu" else None, **FAST).fit(x)
+    est = DeepClusterer(
+        method, n_clusters=3, random_state=2, method_options={"n_heads": 2} if method == "secu" else None, **FAST
+    ).fit(x)
     path = tmp_path / "model.pt"
     est.save(path)
     back = DeepClusterer.load(path)

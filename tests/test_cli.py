@@ -27,7 +27,23 @@ def test_flag_form_on_npz(tmp_path: Path, capsys) -> None:
     path = tmp_path / "toy.npz"
     np.savez(path, images=rng.integers(0, 256, (300, 12, 12), dtype=np.uint8), labels=rng.integers(0, 3, 300))
     out = tmp_path / "run"
-    code, stdout, _ = run_cli(["train", "--method", "idfd", "--data", f"npz:{path}", "--n-clusters", "3", "--out", str(out), "--seed", "1", *FAST], capsys)
+    code, stdout, _ = run_cli(
+        [
+            "train",
+            "--method",
+            "idfd",
+            "--data",
+            f"npz:{path}",
+            "--n-clusters",
+            "3",
+            "--out",
+            str(out),
+            "--seed",
+            "1",
+            *FAST,
+        ],
+        capsys,
+    )
     assert code == 0 and "ACC" in stdout
     rec = json.loads((out / "results.json").read_text())
     assert rec["seed"] == 1 and rec["n_clusters"] == 3 and rec["dataset"].startswith("npz:")
@@ -38,7 +54,18 @@ def test_flag_form_on_npz(tmp_path: Path, capsys) -> None:
 @pytest.mark.slow
 def test_config_form_with_overrides(tmp_path: Path, capsys) -> None:
     out = tmp_path / "run"
-    code, stdout, _ = run_cli(["train", "idfd/digits", f"train.out={out}", "train.epochs=1", "train.device=cpu", "train.progress=false", "eval.n_init=1"], capsys)
+    code, stdout, _ = run_cli(
+        [
+            "train",
+            "idfd/digits",
+            f"train.out={out}",
+            "train.epochs=1",
+            "train.device=cpu",
+            "train.progress=false",
+            "eval.n_init=1",
+        ],
+        capsys,
+    )
     assert code == 0 and (out / "config.yaml").is_file()
 
 
@@ -72,8 +99,20 @@ def _bad_inputs(tmp_path: Path) -> dict[str, list[str]]:
 
 @pytest.mark.parametrize(
     "case",
-    ["missing path", "empty folder", "corrupt image", "npz without images", "wrong rank", "more clusters than samples",
-     "unknown method", "unknown dataset", "unknown config key", "missing config file", "missing run dir", "no labels and no k"],
+    [
+        "missing path",
+        "empty folder",
+        "corrupt image",
+        "npz without images",
+        "wrong rank",
+        "more clusters than samples",
+        "unknown method",
+        "unknown dataset",
+        "unknown config key",
+        "missing config file",
+        "missing run dir",
+        "no labels and no k",
+    ],
 )
 def test_bad_input_is_one_line_exit_2(case: str, tmp_path: Path, capsys) -> None:
     args = _bad_inputs(tmp_path)[case]
@@ -89,8 +128,21 @@ def test_bad_input_is_one_line_exit_2(case: str, tmp_path: Path, capsys) -> None
 @pytest.mark.slow
 def test_subprocess_error_has_no_traceback(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "deepclust", "train", "--method", "idfd", "--data", f"npz:{tmp_path / 'x.npz'}", "--n-clusters", "2"],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "deepclust",
+            "train",
+            "--method",
+            "idfd",
+            "--data",
+            f"npz:{tmp_path / 'x.npz'}",
+            "--n-clusters",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1

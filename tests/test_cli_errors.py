@@ -25,8 +25,17 @@ def env(tmp_path_factory) -> dict[str, Path]:
     data = tmp / "toy.npz"
     np.savez(data, images=rng.integers(0, 256, (120, 10, 10), dtype=np.uint8), labels=rng.integers(0, 3, 120))
     run = tmp / "run"
-    train(resolve_config({"method": "idfd", "n_clusters": 3, "data": {"name": f"npz:{data}"}, "eval": {"n_init": 1},
-                          "train": {"epochs": 1, "batch_size": 60, "device": "cpu", "out": str(run), "progress": False}}))
+    train(
+        resolve_config(
+            {
+                "method": "idfd",
+                "n_clusters": 3,
+                "data": {"name": f"npz:{data}"},
+                "eval": {"n_init": 1},
+                "train": {"epochs": 1, "batch_size": 60, "device": "cpu", "out": str(run), "progress": False},
+            }
+        )
+    )
     paths = {"data": data, "run": run}
     (tmp / "empty").mkdir()
     (tmp / "texts").mkdir()
@@ -66,23 +75,43 @@ CASES = {
     "inf in float images": (lambda p: _train(f"npz:{p['inf.npz']}"), "NaN or infinite"),
     "5-D image array": (lambda p: _train(f"npz:{p['rank5.npz']}"), "rank 5"),
     "1-D image array": (lambda p: _train(f"npz:{p['rank1.npz']}"), "rank 1"),
-    "n_clusters below 2": (lambda p: ["train", "--method", "idfd", "--data", f"npz:{p['data']}", "--n-clusters", "1"],
-                           "at least 2"),
+    "n_clusters below 2": (
+        lambda p: ["train", "--method", "idfd", "--data", f"npz:{p['data']}", "--n-clusters", "1"],
+        "at least 2",
+    ),
     "unknown method suggests": (lambda p: ["train", "--method", "secuu", "--data", "digits"], "did you mean 'secu'"),
-    "unknown dataset suggests": (lambda p: ["train", "--method", "idfd", "--data", "fashion-mnst"], "did you mean 'fashion-mnist'"),
+    "unknown dataset suggests": (
+        lambda p: ["train", "--method", "idfd", "--data", "fashion-mnst"],
+        "did you mean 'fashion-mnist'",
+    ),
     "unknown config key suggests": (lambda p: ["train", "idfd/digits", "optim.lrr=0.1"], "did you mean 'optim.lr'"),
     "checkpoint from another method": (
-        lambda p: _train(f"npz:{p['data']}", "--method", "cdc", "--out", str(p["run"]), "--resume"), "from method 'idfd'"),
+        lambda p: _train(f"npz:{p['data']}", "--method", "cdc", "--out", str(p["run"]), "--resume"),
+        "from method 'idfd'",
+    ),
     "resume as another method": (lambda p: ["resume", str(p["run"]), "method=secu"], "cannot be resumed as secu"),
     "unreadable checkpoint": (lambda p: ["eval", str(p["notrun"])], "cannot be read"),
-    "selflabel checkpoint to predict": (lambda p: ["predict", str(p["selflabel"]), "--data", f"npz:{p['data']}"],
-                                        "self-labelling checkpoint"),
-    "predict: missing run": (lambda p: ["predict", str(p["tmp"] / "nope"), "--data", f"folder:{p['corrupt']}"], "does not exist"),
-    "predict: missing folder": (lambda p: ["predict", str(p["run"]), "--data", f"folder:{p['tmp'] / 'nope'}"], "not found"),
+    "selflabel checkpoint to predict": (
+        lambda p: ["predict", str(p["selflabel"]), "--data", f"npz:{p['data']}"],
+        "self-labelling checkpoint",
+    ),
+    "predict: missing run": (
+        lambda p: ["predict", str(p["tmp"] / "nope"), "--data", f"folder:{p['corrupt']}"],
+        "does not exist",
+    ),
+    "predict: missing folder": (
+        lambda p: ["predict", str(p["run"]), "--data", f"folder:{p['tmp'] / 'nope'}"],
+        "not found",
+    ),
     "predict: empty folder": (lambda p: ["predict", str(p["run"]), "--data", f"folder:{p['empty']}"], "is empty"),
-    "predict: folder with no images": (lambda p: ["predict", str(p["run"]), "--data", f"folder:{p['texts']}"], "no images"),
-    "predict: only corrupt images": (lambda p: ["predict", str(p["run"]), "--data", f"folder:{p['corrupt']}",
-                                                "--out", str(p["tmp"] / "c.csv")], "could be read"),
+    "predict: folder with no images": (
+        lambda p: ["predict", str(p["run"]), "--data", f"folder:{p['texts']}"],
+        "no images",
+    ),
+    "predict: only corrupt images": (
+        lambda p: ["predict", str(p["run"]), "--data", f"folder:{p['corrupt']}", "--out", str(p["tmp"] / "c.csv")],
+        "could be read",
+    ),
     "predict: bad chunk size": (lambda p: ["predict", str(p["run"]), "--chunk-size", "0"], "--chunk-size"),
     "predict: unknown dataset": (lambda p: ["predict", str(p["run"]), "--data", "cifar11"], "did you mean 'cifar10'"),
     "report: not a run": (lambda p: ["report", str(p["empty"])], "no checkpoint"),
@@ -117,7 +146,9 @@ def test_corrupt_predict_output_is_not_left_behind(env: dict[str, Path], capsys)
 def test_subprocess_predict_error_has_no_traceback(env: dict[str, Path]) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "deepclust", "predict", str(env["run"]), "--data", f"folder:{env['empty']}"],
-        capture_output=True, text=True, timeout=180,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr

@@ -57,8 +57,10 @@ CROSS = {
     "mean without std": ({"data": {"mean": [0.5]}}, "both"),
     "mean/std lengths": ({"data": {"mean": [0.5, 0.5], "std": [0.2]}}, "2 value(s)"),
     "memory features of another method": ({"method": "cdc", "eval": {"features": "memory"}}, "IDFD"),
-    "memory features train->test": ({"data": {"train_split": "train", "eval_split": "test"},
-                                     "eval": {"features": "memory"}}, "eval_split"),
+    "memory features train->test": (
+        {"data": {"train_split": "train", "eval_split": "test"}, "eval": {"features": "memory"}},
+        "eval_split",
+    ),
 }
 
 

@@ -28,9 +28,13 @@ def _train(tmp: Path, method: str, rgb: bool = False) -> Path:
     data = tmp / f"{method}.npz"
     np.savez(data, images=rng.integers(0, 256, shape, dtype=np.uint8), labels=rng.integers(0, 3, 240))
     out = tmp / f"run_{method}"
-    raw = {"method": method, "n_clusters": 3, "data": {"name": f"npz:{data}"},
-           "train": {"epochs": 1, "batch_size": 120, "device": "cpu", "out": str(out), "progress": False},
-           "eval": {"n_init": 1}}
+    raw = {
+        "method": method,
+        "n_clusters": 3,
+        "data": {"name": f"npz:{data}"},
+        "train": {"epochs": 1, "batch_size": 120, "device": "cpu", "out": str(out), "progress": False},
+        "eval": {"n_init": 1},
+    }
     train(resolve_config(raw))
     return out
 
@@ -89,7 +93,17 @@ def _reference(run: Path, root: Path, files: list[str], mode: str) -> tuple[np.n
     return d2.argmin(1), p.max(1)
 
 
-READABLE = ["alpha.png", "pal.gif", "rgb0.png", "rgb1.png", "rgb2.png", "rgb3.png", "sub/gray0.jpg", "sub/gray1.jpg", "sub/gray2.jpg"]
+READABLE = [
+    "alpha.png",
+    "pal.gif",
+    "rgb0.png",
+    "rgb1.png",
+    "rgb2.png",
+    "rgb3.png",
+    "sub/gray0.jpg",
+    "sub/gray1.jpg",
+    "sub/gray2.jpg",
+]
 
 
 def test_folder_to_csv_matches_reference(idfd_run: Path, mixed_folder: Path, tmp_path: Path, caplog) -> None:
@@ -107,7 +121,9 @@ def test_folder_to_csv_matches_reference(idfd_run: Path, mixed_folder: Path, tmp
     assert not list(out.parent.glob(".*.tmp"))  # the temporary file was renamed away
 
 
-def test_chunks_stream_and_do_not_change_results(idfd_run: Path, mixed_folder: Path, tmp_path: Path, monkeypatch) -> None:
+def test_chunks_stream_and_do_not_change_results(
+    idfd_run: Path, mixed_folder: Path, tmp_path: Path, monkeypatch
+) -> None:
     seen: list[int] = []
     real = predict_mod.infer_images
 
@@ -118,7 +134,9 @@ def test_chunks_stream_and_do_not_change_results(idfd_run: Path, mixed_folder: P
     monkeypatch.setattr(predict_mod, "infer_images", spy)
     predict_to_csv(idfd_run, f"folder:{mixed_folder}", tmp_path / "a.csv", device="cpu", chunk_size=2, progress=False)
     assert max(seen) <= 2 and sum(seen) == len(READABLE)
-    predict_to_csv(idfd_run, f"folder:{mixed_folder}", tmp_path / "b.csv", device="cpu", chunk_size=1000, progress=False)
+    predict_to_csv(
+        idfd_run, f"folder:{mixed_folder}", tmp_path / "b.csv", device="cpu", chunk_size=1000, progress=False
+    )
     a, b = _read_csv(tmp_path / "a.csv"), _read_csv(tmp_path / "b.csv")
     assert [(r["path"], r["cluster"]) for r in a] == [(r["path"], r["cluster"]) for r in b]
     # batch size changes float summation order in the network, nothing more

@@ -19,15 +19,18 @@ from deepclust.presets import data_kind, kind_defaults
 IMAGE_METHODS = [m for m in list_methods() if get_method_class(m).accepts_images]
 
 
-@pytest.mark.parametrize("shape, kind", [
-    (DataShape(1, 8, 1797), "glyph"),
-    (DataShape(1, 28, 60000), "glyph"),
-    (DataShape(1, 32, 10), "glyph"),
-    (DataShape(1, 64, 10), "natural"),
-    (DataShape(3, 16, 10), "natural"),
-    (DataShape(3, 224, 10), "natural"),
-    (DataShape(1, 0, 10, n_features=64), "features"),
-])
+@pytest.mark.parametrize(
+    "shape, kind",
+    [
+        (DataShape(1, 8, 1797), "glyph"),
+        (DataShape(1, 28, 60000), "glyph"),
+        (DataShape(1, 32, 10), "glyph"),
+        (DataShape(1, 64, 10), "natural"),
+        (DataShape(3, 16, 10), "natural"),
+        (DataShape(3, 224, 10), "natural"),
+        (DataShape(1, 0, 10, n_features=64), "features"),
+    ],
+)
 def test_data_kind_rule(shape: DataShape, kind: str) -> None:
     assert data_kind(shape) == kind
 
@@ -81,8 +84,9 @@ def test_flag_form_gets_the_glyph_preset_and_logs_it(caplog) -> None:
 
 
 def test_the_runs_own_values_win_over_the_preset() -> None:
-    raw = _config_from_args(["augment.flip_p=0.5", "optim.lr=0.01", "data.image_size=24"],
-                            {"method": "idfd", "data": "digits"})
+    raw = _config_from_args(
+        ["augment.flip_p=0.5", "optim.lr=0.01", "data.image_size=24"], {"method": "idfd", "data": "digits"}
+    )
     cfg = resolve_config(raw, auto=True)
     assert (cfg.augment.flip_p, cfg.optim.lr, cfg.data.image_size) == (0.5, 0.01, 24)
     assert cfg.augment.affine_p == 0.5  # what the run did not set still comes from the preset
@@ -104,8 +108,12 @@ def test_digits_configs_are_the_glyph_preset(method: str) -> None:
     raw = _config_from_args([str(packaged_config(f"{method}/digits"))], {})
     cfg = resolve_config(raw)
     assert raw["defaults"] == "glyph" and cfg.to_dict() == resolve_config(raw, auto=True).to_dict()
-    flag = resolve_config(_config_from_args(["train.epochs=40", "train.checkpoint_every=10"],
-                                            {"method": method, "data": "digits", "n_clusters": 10}), auto=True)
+    flag = resolve_config(
+        _config_from_args(
+            ["train.epochs=40", "train.checkpoint_every=10"], {"method": method, "data": "digits", "n_clusters": 10}
+        ),
+        auto=True,
+    )
     want, got = flag.to_dict(), cfg.to_dict()
     for d in (want, got):
         d["data"].pop("train_split"), d["data"].pop("eval_split")
@@ -115,12 +123,24 @@ def test_digits_configs_are_the_glyph_preset(method: str) -> None:
 
 # What a dataset config on the glyph preset may set: the data, the protocol, the schedule's
 # length and how often it saves, evaluates and restarts k-means; nothing that trains differently.
-RUN_KEYS = {"method", "defaults", "n_clusters", "data.name", "data.train_split", "data.eval_split", "train.epochs",
-            "train.checkpoint_every", "train.eval_every", "eval.n_init"}
+RUN_KEYS = {
+    "method",
+    "defaults",
+    "n_clusters",
+    "data.name",
+    "data.train_split",
+    "data.eval_split",
+    "train.epochs",
+    "train.checkpoint_every",
+    "train.eval_every",
+    "eval.n_init",
+}
 
 
 def _leaves(d: dict, prefix: str = "") -> set[str]:
-    return set().union(*(_leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}"} for k, v in d.items()))
+    return set().union(
+        *(_leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}"} for k, v in d.items())
+    )
 
 
 @pytest.mark.parametrize("method", IMAGE_METHODS)
@@ -144,8 +164,10 @@ def test_bench_config_sizes_a_preset_config_for_the_given_shape() -> None:
 
     assert bench_config("secu", "fashion-mnist", shape=DataShape(1, 28, 5000)).train.batch_size == 64
     assert bench_config("secu", "fashion-mnist").train.batch_size == 128
-    assert bench_config("secu", "cifar10", shape=DataShape(3, 32, 5000)).train.batch_size == \
-        bench_config("secu", "cifar10").train.batch_size  # defaults: method, no preset to size
+    assert (
+        bench_config("secu", "cifar10", shape=DataShape(3, 32, 5000)).train.batch_size
+        == bench_config("secu", "cifar10").train.batch_size
+    )  # defaults: method, no preset to size
 
 
 def test_forced_kind_and_bad_choice() -> None:
@@ -195,7 +217,7 @@ def test_small_data_batch_rule(n: int) -> None:
     """SeCu on glyph data: B = the power of two nearest N / 100 (in log scale), clipped to
     [16, 128], lr 0.1 B / 128; IDFD: B = 16 at every size, lr 0.05 sqrt(16 / 128)."""
     target = n / 100
-    powers = [2 ** k for k in range(4, 8)]  # 16 .. 128
+    powers = [2**k for k in range(4, 8)]  # 16 .. 128
     want = min(powers, key=lambda p: abs(np.log2(p) - np.log2(target)))
     if target < 16:
         want = 16

@@ -50,9 +50,15 @@ def craft(path: Path, marker: Path, raw: bool = False) -> Path:
 
 
 def tiny_cfg(data: Path, out: Path, epochs: int = 1, k: int = 3):
-    return resolve_config({"method": "idfd", "n_clusters": k, "data": {"name": f"npz:{data}"}, "eval": {"n_init": 1},
-                           "train": {"epochs": epochs, "batch_size": 60, "device": "cpu", "out": str(out),
-                                     "progress": False}})
+    return resolve_config(
+        {
+            "method": "idfd",
+            "n_clusters": k,
+            "data": {"name": f"npz:{data}"},
+            "eval": {"n_init": 1},
+            "train": {"epochs": epochs, "batch_size": 60, "device": "cpu", "out": str(out), "progress": False},
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -99,32 +105,62 @@ ENTRY_POINTS = {
 
 @pytest.mark.parametrize("raw", [False, True], ids=["torch-zip", "plain-pickle"])
 @pytest.mark.parametrize("entry", list(ENTRY_POINTS))
-def test_run_directory_commands_refuse_a_crafted_checkpoint(entry: str, raw: bool, env: dict[str, Path],
-                                                            tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_run_directory_commands_refuse_a_crafted_checkpoint(
+    entry: str, raw: bool, env: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     marker = tmp_path / "MARKER"
     run = crafted_run(env, f"{entry}_{raw}", marker, raw)
-    line = _cli_refuses(ENTRY_POINTS[entry](run, env), marker, capsys, str(run / io.CHECKPOINT), "needs the Python type")
+    line = _cli_refuses(
+        ENTRY_POINTS[entry](run, env), marker, capsys, str(run / io.CHECKPOINT), "needs the Python type"
+    )
     assert "pathlib" in line or "getattr" in line  # the type the payload needs is named
 
 
-def test_sweep_k_reusing_a_run_refuses_a_crafted_checkpoint(env: dict[str, Path], tmp_path: Path,
-                                                            capsys: pytest.CaptureFixture) -> None:
+def test_sweep_k_reusing_a_run_refuses_a_crafted_checkpoint(
+    env: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     marker = tmp_path / "MARKER"
     sweep = tmp_path / "sweep"
     shutil.copytree(env["run"], sweep / "k3")  # a finished K=3 run: reused, its checkpoint read for the criteria
     craft(sweep / "k3" / io.CHECKPOINT, marker)
-    args = ["sweep-k", "--method", "idfd", "--data", f"npz:{env['data']}", "--k", "3", "--device", "cpu",
-            "--out", str(sweep)]
+    args = [
+        "sweep-k",
+        "--method",
+        "idfd",
+        "--data",
+        f"npz:{env['data']}",
+        "--k",
+        "3",
+        "--device",
+        "cpu",
+        "--out",
+        str(sweep),
+    ]
     _cli_refuses(args, marker, capsys, "needs the Python type")
 
 
 @pytest.mark.parametrize("raw", [False, True], ids=["torch-zip", "plain-pickle"])
-def test_train_init_refuses_a_crafted_file(raw: bool, env: dict[str, Path], tmp_path: Path,
-                                           capsys: pytest.CaptureFixture) -> None:
+def test_train_init_refuses_a_crafted_file(
+    raw: bool, env: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     marker = tmp_path / "MARKER"
     weights = craft(tmp_path / "moco.pth.tar", marker, raw)
-    args = ["train", "--method", "idfd", "--data", f"npz:{env['data']}", "--n-clusters", "3", "--device", "cpu",
-            "--init", str(weights), "--out", str(tmp_path / "out"), "train.epochs=1"]
+    args = [
+        "train",
+        "--method",
+        "idfd",
+        "--data",
+        f"npz:{env['data']}",
+        "--n-clusters",
+        "3",
+        "--device",
+        "cpu",
+        "--init",
+        str(weights),
+        "--out",
+        str(tmp_path / "out"),
+        "train.epochs=1",
+    ]
     _cli_refuses(args, marker, capsys, str(weights), "needs the Python type")
 
 
@@ -141,7 +177,9 @@ def test_init_allows_only_the_named_types(tmp_path: Path) -> None:
     backbone = create_backbone("resnet18", 3, "cifar")
     sd = create_backbone("resnet18", 3, "cifar").net.state_dict()
     dino = tmp_path / "dino.pth"
-    torch.save({"teacher": {f"backbone.{k}": v for k, v in sd.items()}, "args": argparse.Namespace(arch="resnet18")}, dino)
+    torch.save(
+        {"teacher": {f"backbone.{k}": v for k, v in sd.items()}, "args": argparse.Namespace(arch="resnet18")}, dino
+    )
     assert init_backbone(backbone, str(dino), "resnet18", "cifar")["format"] == "dino"
     other = tmp_path / "other.pth"
     torch.save({"state_dict": sd, "extra": pathlib.PurePosixPath("x")}, other)
@@ -176,8 +214,13 @@ def _as_dd4f959(run: Path) -> None:
     of ``np.random.get_state()`` (a uint32 ndarray inside), checksummed and saved the same way."""
     ckpt = io.load_checkpoint(run)
     st = ckpt["rng"]["numpy"]
-    ckpt["rng"]["numpy"] = (st["bit_generator"], st["key"].numpy().astype(np.uint32), st["pos"], st["has_gauss"],
-                            st["gauss"])
+    ckpt["rng"]["numpy"] = (
+        st["bit_generator"],
+        st["key"].numpy().astype(np.uint32),
+        st["pos"],
+        st["has_gauss"],
+        st["gauss"],
+    )
     torch.save(io.with_checksum(ckpt), run / io.CHECKPOINT)
 
 

@@ -93,17 +93,21 @@ def tiny_runs(tmp_path_factory: pytest.TempPathFactory):
 # SeCu with t_w = 1.0 is STL-10's setting: at that temperature no sample could pass the threshold
 # (10 unit-norm centres cap the softmax at 0.45), so the stage must pick its own (0.1). The tiny
 # IDFD run's 16-d features are barely clustered after 2 epochs: it needs a lower temperature.
-@pytest.mark.parametrize("method,args,temperature,expected_t", [
-    ("secu", {"n_heads": 1, "temperature_w": 1.0}, None, 0.1), ("idfd", {}, 0.03, 0.03)])
+@pytest.mark.parametrize(
+    "method,args,temperature,expected_t",
+    [("secu", {"n_heads": 1, "temperature_w": 1.0}, None, 0.1), ("idfd", {}, 0.03, 0.03)],
+)
 @pytest.mark.slow
-def test_selflabel_stage_writes_a_record(tmp_path: Path, tiny_runs, method: str, args: dict,
-                                         temperature: float | None, expected_t: float) -> None:
+def test_selflabel_stage_writes_a_record(
+    tmp_path: Path, tiny_runs, method: str, args: dict, temperature: float | None, expected_t: float
+) -> None:
     run = tiny_runs(method, **args)
     src = io.load_checkpoint(run)
     w0 = src["model"]["centers.0"] if method == "secu" else torch.as_tensor(src["centers"])
     out = tmp_path / "selflabel"
-    record = selflabel(run, epochs=1, threshold=0.5, batch_size=512, temperature=temperature, out=out,
-                       device="cpu", progress=False)
+    record = selflabel(
+        run, epochs=1, threshold=0.5, batch_size=512, temperature=temperature, out=out, device="cpu", progress=False
+    )
     assert record["stage"] == "selflabel" and record["prediction"]["type"] == "selflabel_head_argmax"
     assert record["selflabel"]["temperature"] == pytest.approx(expected_t)
     assert 0.0 <= record["acc"] <= 1.0 and math.isfinite(record["nmi"]) and "ami" in record
@@ -128,8 +132,9 @@ class _Killed(BaseException):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stop", ["ctrl-c", "kill"])
-def test_selflabel_stopped_mid_way_resumes_exactly(tmp_path: Path, tiny_runs, interrupt_in_epoch,
-                                                   monkeypatch: pytest.MonkeyPatch, stop: str) -> None:
+def test_selflabel_stopped_mid_way_resumes_exactly(
+    tmp_path: Path, tiny_runs, interrupt_in_epoch, monkeypatch: pytest.MonkeyPatch, stop: str
+) -> None:
     """The engine runs the stage: a stage stopped in its third epoch (checkpoint of epoch 2)
     and resumed ends with the same weights, bit for bit, as one that ran through, and logs
     every epoch once."""
@@ -203,4 +208,6 @@ def test_confidence_softmax_runs_in_fp32_under_autocast() -> None:
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss, n = confidence_cross_entropy(weak, strong.bfloat16(), 0.99)
     assert int(n) == 6 and loss.dtype == torch.float32
-    assert loss.item() == pytest.approx(F.cross_entropy(strong.bfloat16().float(), torch.zeros(6, dtype=torch.long)).item(), rel=1e-6)
+    assert loss.item() == pytest.approx(
+        F.cross_entropy(strong.bfloat16().float(), torch.zeros(6, dtype=torch.long)).item(), rel=1e-6
+    )

@@ -24,7 +24,7 @@ def _silhouette_reference(x: np.ndarray, y: np.ndarray) -> float:
     d = cdist(x, x)
     s = []
     for i in range(len(x)):
-        own = (y == y[i])
+        own = y == y[i]
         if own.sum() == 1:
             s.append(0.0)
             continue
@@ -55,8 +55,27 @@ def test_sweep_trains_reuses_and_resumes(tmp_path: Path, capsys, monkeypatch) ->
     data = tmp_path / "toy.npz"
     np.savez(data, images=rng.integers(0, 256, (150, 10, 10), dtype=np.uint8), labels=rng.integers(0, 3, 150))
     out = tmp_path / "sweep"
-    args = ["-q", "sweep-k", "--method", "idfd", "--data", f"npz:{data}", "--k", "3,2", "--epochs", "1",
-            "--batch-size", "75", "--device", "cpu", "--out", str(out), "--sample", "500", "eval.n_init=1"]
+    args = [
+        "-q",
+        "sweep-k",
+        "--method",
+        "idfd",
+        "--data",
+        f"npz:{data}",
+        "--k",
+        "3,2",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "75",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        "--sample",
+        "500",
+        "eval.n_init=1",
+    ]
     assert main(args) == 0
     table = capsys.readouterr().out
     assert "silhouette" in table and "ACC" in table and "trained" in table
@@ -87,8 +106,16 @@ def test_sweep_trains_reuses_and_resumes(tmp_path: Path, capsys, monkeypatch) ->
         return real(cfg, resume=resume, overwrite=overwrite)
 
     monkeypatch.setattr(deepclust.engine, "train", spy)
-    rows = sweep_k({"method": "idfd", "data": {"name": f"npz:{data}"},
-                    "train": {"epochs": 2, "batch_size": 75, "device": "cpu", "progress": False}, "eval": {"n_init": 1}},
-                   [2, 3], out, device="cpu")
+    rows = sweep_k(
+        {
+            "method": "idfd",
+            "data": {"name": f"npz:{data}"},
+            "train": {"epochs": 2, "batch_size": 75, "device": "cpu", "progress": False},
+            "eval": {"n_init": 1},
+        },
+        [2, 3],
+        out,
+        device="cpu",
+    )
     assert [r["status"] for r in rows] == ["reused", "resumed"] and calls == [True]
     assert json.loads((out / "k3" / "results.json").read_text())["epoch"] == 2

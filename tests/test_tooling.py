@@ -21,9 +21,7 @@ LINTED = ["src", "benchmarks", "tests"]
 def _run(tool: str, *args: str) -> subprocess.CompletedProcess[str]:
     if importlib.util.find_spec(tool) is None:
         pytest.skip(f"{tool} is not installed (pip install -e '.[test]' installs it)")
-    return subprocess.run(
-        [sys.executable, "-m", tool, *args], cwd=ROOT, capture_output=True, text=True, timeout=600
-    )
+    return subprocess.run([sys.executable, "-m", tool, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
 def _check(result: subprocess.CompletedProcess[str]) -> None:
@@ -97,7 +95,7 @@ def test_public_api_docstrings_say_arguments_and_returns() -> None:
             problems.append(f"{name}: no Parameters section")
             continue
         for arg in args:
-            if not re.search(rf"^(\w+, )*{arg}(, \w+)* :", doc[heading.end():] if heading else "", re.M):
+            if not re.search(rf"^(\w+, )*{arg}(, \w+)* :", doc[heading.end() :] if heading else "", re.M):
                 problems.append(f"{name}: argument {arg!r} not documented")
         returns = sig.return_annotation
         if not inspect.isclass(obj) and returns not in (None, "None") and not re.search(r"^Returns\n-+\n", doc, re.M):

@@ -331,8 +331,12 @@ class DeepClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
             "data": {"name": data.name, "train_split": data.split, "eval_split": data.split},
             "model": {"backbone": self.backbone},
             "train": {
-                "epochs": epochs, "batch_size": bs, "seed": seed, "device": self.device,
-                "out": out, "progress": bool(self.verbose),
+                "epochs": epochs,
+                "batch_size": bs,
+                "seed": seed,
+                "device": self.device,
+                "out": out,
+                "progress": bool(self.verbose),
                 # a temporary run is never resumed: checkpoint once, at the end
                 "checkpoint_every": epochs if self.out is None else 1,
             },
@@ -344,7 +348,9 @@ class DeepClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         if self.features is not None:  # recorded: the config says which encoder made the features
             raw["data"]["features"] = self.features
         # defaults by data kind (deepclust/presets.py) from X's own shape, not from a file
-        return resolve_config(deep_merge(raw, copy.deepcopy(self.config or {})), shape=shape_of(tuple(data.images.shape)), auto=True)
+        return resolve_config(
+            deep_merge(raw, copy.deepcopy(self.config or {})), shape=shape_of(tuple(data.images.shape)), auto=True
+        )
 
     # ----- fit ------------------------------------------------------------------------------------
     def fit(self, X: Any, y: Any = None) -> DeepClusterer:
@@ -386,13 +392,17 @@ class DeepClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         from deepclust.pretrained import create_encoder, embed
 
         if isinstance(data, FeatureData):
-            raise DataError(f"features={self.features!r} embeds images, but X holds feature vectors {tuple(data.images.shape)}; "
-                            "pass images, or features=None to cluster the vectors")
+            raise DataError(
+                f"features={self.features!r} embeds images, but X holds feature vectors {tuple(data.images.shape)}; "
+                "pass images, or features=None to cluster the vectors"
+            )
         assert self.features is not None  # _embed runs only for an estimator with features
         enc = create_encoder(self.features, self._data_option("features_size"))
         if weights_hash is not None and enc.weights_hash != weights_hash:
-            raise CheckpointError(f"the encoder weights changed since this DeepClusterer was fitted: {self.features} now "
-                                  f"hashes to {enc.weights_hash}, the fit used {weights_hash}; restore the file or fit again")
+            raise CheckpointError(
+                f"the encoder weights changed since this DeepClusterer was fitted: {self.features} now "
+                f"hashes to {enc.weights_hash}, the fit used {weights_hash}; restore the file or fit again"
+            )
         emb = embed(data, enc, self._data_option("cache_dir"), device=self.device, progress=bool(self.verbose))
         return embedded_features(emb, enc.spec)
 
@@ -462,7 +472,8 @@ class DeepClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
             warnings.warn(
                 f"X holds {data.images.shape[2]}x{data.images.shape[3]} images but the model was fitted on "
                 f"{self.input_shape_[1]}x{self.input_shape_[2]}; they are resized to {size}x{size} (bilinear, antialiased)",
-                UserWarning, stacklevel=3,
+                UserWarning,
+                stacklevel=3,
             )
         return data
 

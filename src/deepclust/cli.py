@@ -80,7 +80,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
     run = Path(args.run_dir)
     if not (run / io.CONFIG).is_file():
-        raise DeepClustError(f"'{run}' is not a run directory (no {io.CONFIG}); pass the --out of a 'deepclust train' run")
+        raise DeepClustError(
+            f"'{run}' is not a run directory (no {io.CONFIG}); pass the --out of a 'deepclust train' run"
+        )
     raw = load_yaml(run / io.CONFIG)
     method = raw.get("method")
     for item in args.overrides:
@@ -109,8 +111,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     out = args.out or str(Path(args.run_dir) / "clusters.csv")
     data = args.data or _run_dataset(args.run_dir)
-    s = predict_to_csv(args.run_dir, data, out, device=args.device, batch_size=args.batch_size,
-                       chunk_size=args.chunk_size, data_dir=args.data_dir, split=args.split, progress=not args.quiet)
+    s = predict_to_csv(
+        args.run_dir,
+        data,
+        out,
+        device=args.device,
+        batch_size=args.batch_size,
+        chunk_size=args.chunk_size,
+        data_dir=args.data_dir,
+        split=args.split,
+        progress=not args.quiet,
+    )
     skipped = f"; skipped {len(s.skipped)} unreadable file(s)" if s.skipped else ""
     print(f"wrote {s.n_images} rows to {s.out} ({s.n_clusters} clusters, confidence: {s.confidence}){skipped}")
     return 0
@@ -122,15 +133,24 @@ def _run_dataset(run_dir: str) -> str:
 
     cfg = Path(run_dir) / io.CONFIG
     if not cfg.is_file():
-        raise DeepClustError(f"'{run_dir}' is not a run directory (no {io.CONFIG}); pass the --out of a 'deepclust train' run")
+        raise DeepClustError(
+            f"'{run_dir}' is not a run directory (no {io.CONFIG}); pass the --out of a 'deepclust train' run"
+        )
     return str(load_yaml(cfg).get("data", {}).get("name", "digits"))
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from deepclust.report import build_report
 
-    page = build_report(args.run_dir, out=args.out, device=args.device, sample_size=args.sample,
-                        per_cluster=args.per_cluster, seed=args.seed, progress=not args.quiet)
+    page = build_report(
+        args.run_dir,
+        out=args.out,
+        device=args.device,
+        sample_size=args.sample,
+        per_cluster=args.per_cluster,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
     print(f"report: {page}")
     return 0
 
@@ -142,8 +162,14 @@ def cmd_sweep_k(args: argparse.Namespace) -> int:
     flags = {f: v for f, v in vars(args).items() if f != "out"}
     raw = _config_from_args(args.config, flags)
     out = Path(args.out) if args.out else _default_sweep_dir(raw)
-    rows = sweep_k(raw, ks, out, sample_size=args.sample, seed=args.sweep_seed,
-                   device=args.device or raw.get("train", {}).get("device", "auto"))
+    rows = sweep_k(
+        raw,
+        ks,
+        out,
+        sample_size=args.sample,
+        seed=args.sweep_seed,
+        device=args.device or raw.get("train", {}).get("device", "auto"),
+    )
     print(format_table(rows))
     print(f"written: {out / 'sweep.json'}, {out / 'sweep.csv'}, {out / 'sweep.png'}")
     return 0
@@ -166,9 +192,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_selflabel(args: argparse.Namespace) -> int:
     from deepclust.selflabel import selflabel
 
-    record = selflabel(args.run_dir, epochs=args.epochs, threshold=args.threshold, batch_size=args.batch_size,
-                       temperature=args.temperature, out=args.out, device=args.device, progress=not args.quiet,
-                       resume=args.resume, overwrite=args.overwrite)
+    record = selflabel(
+        args.run_dir,
+        epochs=args.epochs,
+        threshold=args.threshold,
+        batch_size=args.batch_size,
+        temperature=args.temperature,
+        out=args.out,
+        device=args.device,
+        progress=not args.quiet,
+        resume=args.resume,
+        overwrite=args.overwrite,
+    )
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one process reports
         _print_record(record)
     return 0
@@ -186,7 +221,9 @@ def cmd_embed(args: argparse.Namespace) -> int:
     # mixed-size folders held in memory are resized to one size: make it the encoder's resize size
     size = encoder.preprocess.resize_size if args.data.strip().lower().startswith("folder:") else None
     data = open_dataset(args.data, args.split, args.data_dir, image_size=size, stream="auto")
-    emb = embed(data, encoder, args.cache, device=args.device, batch_size=args.batch_size or 256, progress=not args.quiet)
+    emb = embed(
+        data, encoder, args.cache, device=args.device, batch_size=args.batch_size or 256, progress=not args.quiet
+    )
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
     speed = "reused from the cache" if emb.reused else f"{emb.rows_computed / max(emb.seconds, 1e-9):.1f} images/s"
@@ -224,14 +261,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_flags(t, out_help="run directory")
     t.add_argument("--n-clusters", type=int)
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    t.add_argument("--overwrite", action="store_true",
-                   help="start again in an --out that holds a run (its checkpoint, metrics, results and config are removed)")
+    t.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start again in an --out that holds a run (its checkpoint, metrics, results and config are removed)",
+    )
     t.set_defaults(func=cmd_train)
 
     r = sub.add_parser("resume", help="continue a run from its last checkpoint")
     r.add_argument("run_dir")
     r.add_argument("overrides", nargs="*", help="key=value, e.g. train.epochs=100 to train longer")
-    r.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps: continue on another device (a GPU run on a CPU and back)")
+    r.add_argument(
+        "--device", help="auto | cpu | cuda | cuda:N | mps: continue on another device (a GPU run on a CPU and back)"
+    )
     r.set_defaults(func=cmd_resume)
 
     e = sub.add_parser("eval", help="evaluate a run's checkpoint again")
@@ -252,7 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--device", default="auto")
     pr.set_defaults(func=cmd_predict)
 
-    rp = sub.add_parser("report", help="write RUN_DIR/report/report.html: curves, sizes, cluster grids, t-SNE, confusion")
+    rp = sub.add_parser(
+        "report", help="write RUN_DIR/report/report.html: curves, sizes, cluster grids, t-SNE, confusion"
+    )
     rp.add_argument("run_dir")
     rp.add_argument("--out", help="report folder (default RUN_DIR/report)")
     rp.add_argument("--sample", type=int, default=2000, help="images in the t-SNE sample")
@@ -279,14 +323,21 @@ def build_parser() -> argparse.ArgumentParser:
     sl.add_argument("run_dir")
     sl.add_argument("--epochs", type=int, default=None, help="default: SCAN's 100 on STL-10, 200 elsewhere")
     sl.add_argument("--threshold", type=float, default=0.99)
-    sl.add_argument("--temperature", type=float, default=None,
-                    help="cosine-classifier temperature; it decides which samples can pass the threshold "
-                         "(default min(SeCu's t_w, 0.1), else 0.1)")
+    sl.add_argument(
+        "--temperature",
+        type=float,
+        default=None,
+        help="cosine-classifier temperature; it decides which samples can pass the threshold "
+        "(default min(SeCu's t_w, 0.1), else 0.1)",
+    )
     sl.add_argument("--batch-size", type=int, default=1000)
     sl.add_argument("--out", default=None, help="output run directory (default RUN_DIR/selflabel)")
     sl.add_argument("--device", default="auto")
-    sl.add_argument("--resume", action="store_true",
-                    help="continue the stage in --out from its checkpoint, with the settings it started with")
+    sl.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the stage in --out from its checkpoint, with the settings it started with",
+    )
     sl.add_argument("--overwrite", action="store_true", help="start again in an --out that holds a stage")
     sl.set_defaults(func=cmd_selflabel)
 
@@ -296,8 +347,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     em = sub.add_parser("embed", help="compute (or reuse) a dataset's pretrained embedding in the embedding cache")
     em.add_argument("--data", required=True, help="folder:PATH, npz:PATH, a dataset name or imagenet")
-    em.add_argument("--features", required=True,
-                    help="encoder: timm:NAME[@PATH] or torchvision:ARCH.WEIGHTS[@PATH] (weights from local files only)")
+    em.add_argument(
+        "--features",
+        required=True,
+        help="encoder: timm:NAME[@PATH] or torchvision:ARCH.WEIGHTS[@PATH] (weights from local files only)",
+    )
     em.add_argument("--data-dir", help="where datasets live (default $DEEPCLUST_DATA or ./data)")
     em.add_argument("--split", default="train", help="split of the dataset (default train)")
     em.add_argument("--cache", help="cache folder (default $DEEPCLUST_CACHE or ~/.cache/deepclust/embeddings)")
@@ -313,7 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_train_flags(t: argparse.ArgumentParser, out_help: str) -> None:
     """The flag form of a run's config (shared by ``train`` and ``sweep-k``)."""
-    t.add_argument("config", nargs="*", help="CONFIG.yaml (or a packaged name such as idfd/cifar10), then key=value overrides")
+    t.add_argument(
+        "config", nargs="*", help="CONFIG.yaml (or a packaged name such as idfd/cifar10), then key=value overrides"
+    )
     t.add_argument("--method", help="a method (`deepclust list` names them)")
     t.add_argument("--data", help="dataset: digits, cifar10, fashion-mnist, npz:PATH, folder:PATH, ...")
     t.add_argument("--data-dir", help="where datasets live (default $DEEPCLUST_DATA or ./data)")
@@ -325,10 +381,16 @@ def _add_train_flags(t: argparse.ArgumentParser, out_help: str) -> None:
     t.add_argument("--backbone", help="auto | small_cnn | resnet18 | resnet34 | resnet50")
     t.add_argument("--train-split", help="train | test | train+test | ...")
     t.add_argument("--eval-split", help="train | test | train+test | ...")
-    t.add_argument("--init", help="initial backbone weights: a deepclust run or checkpoint, a torchvision ResNet state dict, "
-                   "a MoCo v2/v3, DINO or SwAV ResNet checkpoint, or torchvision:NAME.WEIGHTS")
-    t.add_argument("--features", help="cluster the images' pretrained embedding instead of training a CNN: "
-                   "timm:NAME[@PATH] or torchvision:ARCH.WEIGHTS[@PATH] (data.features; cached, see 'deepclust embed')")
+    t.add_argument(
+        "--init",
+        help="initial backbone weights: a deepclust run or checkpoint, a torchvision ResNet state dict, "
+        "a MoCo v2/v3, DINO or SwAV ResNet checkpoint, or torchvision:NAME.WEIGHTS",
+    )
+    t.add_argument(
+        "--features",
+        help="cluster the images' pretrained embedding instead of training a CNN: "
+        "timm:NAME[@PATH] or torchvision:ARCH.WEIGHTS[@PATH] (data.features; cached, see 'deepclust embed')",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

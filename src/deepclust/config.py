@@ -46,12 +46,16 @@ class DataConfig:
     stored_size: int | None = None  # in memory: None keeps the native size (or the input size for folders)
     stream: bool | str = "auto"  # auto: folders stream when decoded they exceed memory_budget_gb; imagenet always
     memory_budget_gb: float | None = None  # None: a quarter of the physical memory
-    eval_crop: float | None = None  # streamed evaluation: centred fraction of the shorter side (None: 0.875 imagenet, whole image folders)
+    eval_crop: float | None = (
+        None  # streamed evaluation: centred fraction of the shorter side (None: 0.875 imagenet, whole image folders)
+    )
     decoder: str = "pil"  # streamed decoding: pil | torchvision (benchmarks/stream.py)
     workers: int | None = None  # streamed decoding processes (None: cores - 1, at most 8)
     gpu_decode: bool = False  # CUDA: decode the JPEGs of a streamed batch on the GPU (unmeasured)
     # Pretrained embeddings (issue #27, deepclust/pretrained): cluster the images' features
-    features: str | None = None  # an encoder spec (timm:NAME[@PATH], torchvision:ARCH.WEIGHTS[@PATH]); None: train on the images
+    features: str | None = (
+        None  # an encoder spec (timm:NAME[@PATH], torchvision:ARCH.WEIGHTS[@PATH]); None: train on the images
+    )
     features_size: int | None = None  # the encoder's input size; None: the weights' own
     cache_dir: str | None = None  # the embedding cache root; None: $DEEPCLUST_CACHE or ~/.cache/deepclust/embeddings
 
@@ -64,7 +68,9 @@ class ModelConfig:
     stem: str = "auto"  # cifar | stl | imagenet | auto (from the image size)
     feature_dim: int = 128
     width: int = 32  # small_cnn: channels of the first stage (then 2x, 4x)
-    init: str | None = None  # initial backbone weights: a run, an SSL / torchvision checkpoint, torchvision:NAME.WEIGHTS (models/init.py)
+    init: str | None = (
+        None  # initial backbone weights: a run, an SSL / torchvision checkpoint, torchvision:NAME.WEIGHTS (models/init.py)
+    )
 
 
 @dataclass
@@ -101,7 +107,9 @@ class TrainConfig:
     # fast paths (engine/fastpath.py): "auto" or true/false
     channels_last: bool | str = "auto"  # auto: on for conv backbones on CUDA and the CPU
     compile: bool | str = "auto"  # torch.compile of the backbone; auto: CUDA with Triton and >= 5,000 steps
-    data_on_device: bool | str = "auto"  # auto: resident when it fits, else streamed from host memory (engine/loader.py)
+    data_on_device: bool | str = (
+        "auto"  # auto: resident when it fits, else streamed from host memory (engine/loader.py)
+    )
     sync_bn: bool = False  # torchrun: BatchNorm statistics of the global batch (no effect with one process)
 
 

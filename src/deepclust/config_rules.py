@@ -52,14 +52,15 @@ def check_n_clusters(k: Any, n_samples: int, samples: str = "samples") -> int:
     if k < 2:
         raise ConfigError(f"n_clusters must be at least 2, got {k}")
     if k > n_samples:
-        raise DataError(f"n_clusters={k} is larger than the number of {samples} ({n_samples}); choose at most {n_samples}")
+        raise DataError(
+            f"n_clusters={k} is larger than the number of {samples} ({n_samples}); choose at most {n_samples}"
+        )
     return int(k)
 
 
 def integer(low: int, high: int | None = None, note: str = "") -> Rule:
     bound = f"of at least {low}" if high is None else f"in {low}..{high}"
-    return Rule(lambda v: _is_int(v) and v >= low and (high is None or v <= high),
-                f"an integer {bound}{note}")
+    return Rule(lambda v: _is_int(v) and v >= low and (high is None or v <= high), f"an integer {bound}{note}")
 
 
 def number(low: float, high: float | None = None, low_open: bool = False, high_open: bool = False) -> Rule:
@@ -87,13 +88,22 @@ def optional(rule: Rule, meaning: str) -> Rule:
 
 
 BOOL = Rule(lambda v: isinstance(v, bool), "true or false")
-SWITCH = Rule(lambda v: isinstance(v, bool) or str(v).strip().lower() in
-              ("auto", "true", "false", "on", "off", "yes", "no", "1", "0"), "auto, true or false")
+SWITCH = Rule(
+    lambda v: (
+        isinstance(v, bool) or str(v).strip().lower() in ("auto", "true", "false", "on", "off", "yes", "no", "1", "0")
+    ),
+    "auto, true or false",
+)
 TEXT = Rule(lambda v: isinstance(v, str) and v.strip() != "", "a non-empty string")
 _DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
 DEVICE = Rule(lambda v: isinstance(v, str) and bool(_DEVICE.match(v)), "auto, cpu, cuda, cuda:N or mps")
-STATS = optional(Rule(lambda v: isinstance(v, (list, tuple)) and len(v) > 0 and all(_is_num(x) for x in v),
-                      "a list of finite numbers, one per channel"), "the training images' statistics")
+STATS = optional(
+    Rule(
+        lambda v: isinstance(v, (list, tuple)) and len(v) > 0 and all(_is_num(x) for x in v),
+        "a list of finite numbers, one per channel",
+    ),
+    "the training images' statistics",
+)
 
 
 def _backbone() -> Rule:
@@ -114,9 +124,13 @@ RULES: dict[str, Rule | Callable[[], Rule]] = {
     "data.eval_split": TEXT,
     "data.image_size": optional(integer(1), "the native size"),
     "data.mean": STATS,
-    "data.std": optional(Rule(lambda v: isinstance(v, (list, tuple)) and len(v) > 0
-                              and all(_is_num(x) and x > 0 for x in v), "a list of numbers > 0, one per channel"),
-                         "the training images' statistics"),
+    "data.std": optional(
+        Rule(
+            lambda v: isinstance(v, (list, tuple)) and len(v) > 0 and all(_is_num(x) and x > 0 for x in v),
+            "a list of numbers > 0, one per channel",
+        ),
+        "the training images' statistics",
+    ),
     "data.stored_size": optional(integer(1), "the native size, or the input size for folders"),
     "data.stream": SWITCH,
     "data.memory_budget_gb": optional(number(0.0, low_open=True), "a quarter of the physical memory"),
@@ -139,8 +153,9 @@ RULES: dict[str, Rule | Callable[[], Rule]] = {
     "optim.weight_decay": number(0.0),
     "optim.nesterov": BOOL,
     "optim.schedule": choice("constant", "step", "cosine"),
-    "optim.milestones": Rule(lambda v: isinstance(v, (list, tuple)) and all(_is_int(x) and x >= 1 for x in v),
-                             "a list of epochs >= 1"),
+    "optim.milestones": Rule(
+        lambda v: isinstance(v, (list, tuple)) and all(_is_int(x) and x >= 1 for x in v), "a list of epochs >= 1"
+    ),
     "optim.gamma": number(0.0, low_open=True),
     "optim.warmup_epochs": integer(0),
     "optim.trust_coefficient": number(0.0, low_open=True),
@@ -185,8 +200,10 @@ def _cross_world(cfg: Any) -> str | None:
 
     world = env_world_size()
     if world > 1 and cfg.train.batch_size % world:
-        return (f"train.batch_size={cfg.train.batch_size} is the global batch and must split evenly over the "
-                f"{world} processes; use a multiple of {world}")
+        return (
+            f"train.batch_size={cfg.train.batch_size} is the global batch and must split evenly over the "
+            f"{world} processes; use a multiple of {world}"
+        )
     return None
 
 
@@ -209,11 +226,15 @@ def _cross_milestones(cfg: Any) -> str | None:
 def _cross_memory(cfg: Any) -> str | None:
     if cfg.eval.features == "memory" and not get_method_class(cfg.method).has_memory_bank:
         banks = ", ".join(c.__name__ for c in map(get_method_class, list_methods()) if c.has_memory_bank)
-        return (f"eval.features=memory needs a method with a memory bank ({banks}), but the method is "
-                f"'{cfg.method}'; use eval.features=clean")
+        return (
+            f"eval.features=memory needs a method with a memory bank ({banks}), but the method is "
+            f"'{cfg.method}'; use eval.features=clean"
+        )
     if cfg.eval.features == "memory" and cfg.data.train_split != cfg.data.eval_split:
-        return ("eval.features=memory clusters the trained images' memory bank, so data.eval_split must equal "
-                f"data.train_split ('{cfg.data.train_split}'); use eval.features=clean for train->test")
+        return (
+            "eval.features=memory clusters the trained images' memory bank, so data.eval_split must equal "
+            f"data.train_split ('{cfg.data.train_split}'); use eval.features=clean for train->test"
+        )
     return None
 
 

@@ -20,7 +20,9 @@ from deepclust.metrics import evaluate
 log = logging.getLogger(__name__)
 
 
-def run_demo(out: str | None = None, epochs: int | None = None, device: str = "auto", seed: int = 0) -> dict[str, dict[str, float]]:
+def run_demo(
+    out: str | None = None, epochs: int | None = None, device: str = "auto", seed: int = 0
+) -> dict[str, dict[str, float]]:
     """Train IDFD on digits and print its ACC/NMI/ARI beside raw-pixel k-means."""
     path = packaged_config("idfd/digits")
     raw = load_yaml(path if path is not None else "idfd/digits.yaml")  # a missing file: load_yaml's one line
@@ -40,7 +42,10 @@ def run_demo(out: str | None = None, epochs: int | None = None, device: str = "a
     rows = {
         f"k-means on raw pixels (n_init {cfg.eval.n_init})": {**base, "time_s": t_km},
         f"IDFD, {record['backbone']} ({record['epoch']} epochs) + k-means": {
-            "acc": record["acc"], "nmi": record["nmi"], "ari": record["ari"], "time_s": record["wall_time_s"],
+            "acc": record["acc"],
+            "nmi": record["nmi"],
+            "ari": record["ari"],
+            "time_s": record["wall_time_s"],
         },
     }
     print(f"\ndigits: {data.n_samples} images, {data.n_classes} classes, train+test protocol, seed {seed}")

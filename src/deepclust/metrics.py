@@ -54,8 +54,7 @@ def _to_numpy(a: Any, name: str) -> np.ndarray:
     arr = np.asarray(a)
     if arr.ndim != 1:
         raise DataError(
-            f"{name} must be a 1-D vector of labels, got shape {arr.shape}; flatten it or pass "
-            "one label per sample"
+            f"{name} must be a 1-D vector of labels, got shape {arr.shape}; flatten it or pass one label per sample"
         )
     if arr.dtype.kind == "f" and arr.size and not np.isfinite(arr).all():
         raise DataError(f"{name} contains NaN or inf labels; give every sample a finite label")
@@ -125,8 +124,7 @@ def _cells(t_idx: np.ndarray, p_idx: np.ndarray, K: int, L: int):
 def _require_samples(n: int, what: str) -> None:
     if n == 0:
         raise DataError(
-            f"{what}: no labelled samples (empty input, or every true label is -1); evaluate on "
-            "a split that has labels"
+            f"{what}: no labelled samples (empty input, or every true label is -1); evaluate on a split that has labels"
         )
 
 
@@ -351,9 +349,7 @@ def cluster_size_stats(y_pred: Any, n_clusters: int) -> dict:
     }
 
 
-def evaluate(
-    y_true: Any, y_pred: Any, n_clusters: int | None = None, extra: bool = False
-) -> dict:
+def evaluate(y_true: Any, y_pred: Any, n_clusters: int | None = None, extra: bool = False) -> dict:
     """All headline metrics at once.
 
     ACC is the Hungarian one-to-one accuracy, NMI uses arithmetic averaging. Samples whose true

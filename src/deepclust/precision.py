@@ -7,7 +7,7 @@ with autocast *disabled* for the input's device type and their inputs cast to fl
 stays float64, so float64 tests keep their precision)::
 
     with fp32(x):
-        logits = full(x) @ full(m).t() / tau      # float32 even inside autocast
+        logits = full(x) @ full(m).t() / tau  # float32 even inside autocast
 
 Gradients flow through the cast: the backward of ``full`` hands bf16/fp16 gradients back to a
 low-precision input. This module depends on torch only, so losses, clustering and methods can

@@ -67,7 +67,11 @@ def _folder_chunks(
             rel = [f.relative_to(root).as_posix() for f in part]
             ok = [i for i, a in enumerate(arrays) if a is not None]
             bad = [rel[i] for i, a in enumerate(arrays) if a is None]
-            x = np.stack([a.reshape(size, size, c) for a in arrays if a is not None]) if ok else np.empty((0, size, size, c), np.uint8)
+            x = (
+                np.stack([a.reshape(size, size, c) for a in arrays if a is not None])
+                if ok
+                else np.empty((0, size, size, c), np.uint8)
+            )
             yield [rel[i] for i in ok], torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), bad
 
 
@@ -90,8 +94,16 @@ def _dataset_chunks(name: str, split: str, data_dir: str | None, mode: str, chun
         yield names[start : start + chunk_size], images[start : start + chunk_size], []
 
 
-def _embedding_chunks(run_dir: str | Path, cfg, data: str, split: str | None, data_dir: str | None,
-                      dev: torch.device, chunk_size: int, progress: bool):
+def _embedding_chunks(
+    run_dir: str | Path,
+    cfg,
+    data: str,
+    split: str | None,
+    data_dir: str | None,
+    dev: torch.device,
+    chunk_size: int,
+    progress: bool,
+):
     """A ``--features`` run: the embeddings of ``data`` by the run's encoder as the chunks of
     :func:`_folder_chunks` (names, (n, D) features, unreadable files), and the row count."""
     from deepclust.data.open import open_dataset
@@ -101,15 +113,22 @@ def _embedding_chunks(run_dir: str | Path, cfg, data: str, split: str | None, da
     folder = data.startswith("folder:")
     if split is None:
         split = cfg.data.eval_split if data == cfg.data.name else ("train" if folder else "test")
-    images = open_dataset(data, split, data_dir or cfg.data.data_dir,
-                          image_size=enc.preprocess.resize_size if folder else None, stream="auto")
+    images = open_dataset(
+        data,
+        split,
+        data_dir or cfg.data.data_dir,
+        image_size=enc.preprocess.resize_size if folder else None,
+        stream="auto",
+    )
     emb = embed(images, enc, cfg.data.cache_dir, device=dev, amp=cfg.train.amp, progress=progress)
     names = emb.paths if emb.paths is not None else [str(i) for i in range(emb.n_samples)]
     skipped: list[str] = []
     if folder:
-        root = Path(data[len("folder:"):].strip()).expanduser().absolute()
+        root = Path(data[len("folder:") :].strip()).expanduser().absolute()
         kept = set(names)
-        skipped = [f.relative_to(root).as_posix() for f in list_image_files(root) if f.relative_to(root).as_posix() not in kept]
+        skipped = [
+            f.relative_to(root).as_posix() for f in list_image_files(root) if f.relative_to(root).as_posix() not in kept
+        ]
     feats = torch.from_numpy(np.array(emb.features, dtype=np.float32))
 
     def chunks():
@@ -150,7 +169,7 @@ def predict_to_csv(
     if cfg.data.features:
         chunks, total = _embedding_chunks(run_dir, cfg, data, split, data_dir, dev, chunk_size, progress)
     elif data.startswith("folder:"):
-        root = Path(data[len("folder:"):].strip()).expanduser().absolute()
+        root = Path(data[len("folder:") :].strip()).expanduser().absolute()
         files = list_image_files(root)
         total = len(files)
         chunks = _folder_chunks(root, files, mode, size, chunk_size, workers=max(1, min(4, os.cpu_count() or 1)))
@@ -167,7 +186,10 @@ def predict_to_csv(
     skipped: list[str] = []
     n = 0
     try:
-        with open(tmp, "w", newline="") as fh, tqdm(total=total, desc="predict", unit="img", disable=not progress) as bar:
+        with (
+            open(tmp, "w", newline="") as fh,
+            tqdm(total=total, desc="predict", unit="img", disable=not progress) as bar,
+        ):
             writer = csv.writer(fh)
             writer.writerow(["path", "cluster", "confidence"])
             for names, images, bad in chunks:
@@ -190,5 +212,7 @@ def predict_to_csv(
         if tmp.exists():
             tmp.unlink()
     kind = "head_probability" if centers is None else "kmeans_softmax_distance"
-    log.info("wrote %d predictions to %s (confidence: %s%s)", n, out, kind, "" if centers is None else f", tau={tau:.4g}")
+    log.info(
+        "wrote %d predictions to %s (confidence: %s%s)", n, out, kind, "" if centers is None else f", tau={tau:.4g}"
+    )
     return PredictSummary(out, n, info.n_clusters, sizes.tolist(), kind, skipped)

@@ -96,6 +96,9 @@ def kind_defaults(method: str, kind: str, shape: DataShape) -> dict[str, Any]:
 
 def describe(kind: str, shape: DataShape) -> str:
     """One log line: the kind and why."""
-    what = (f"{shape.n_features}-d feature vectors" if shape.n_features else
-            f"{'grayscale' if shape.channels == 1 else 'RGB'} images of {shape.size} px")
+    what = (
+        f"{shape.n_features}-d feature vectors"
+        if shape.n_features
+        else f"{'grayscale' if shape.channels == 1 else 'RGB'} images of {shape.size} px"
+    )
     return f"defaults for {kind} data ({what}, {shape.n_samples:,} samples; docs/configs.md)"

@@ -57,11 +57,15 @@ def load_run(run_dir: str | Path, device: str = "auto"):
             f"'{run}' holds a self-labelling checkpoint, not a method run; pass the run it was made from"
         )
     if "config" not in ckpt or "data_info" not in ckpt:
-        raise CheckpointError(f"the checkpoint in '{run}' lacks its config or data info; it was not written by 'deepclust train'")
+        raise CheckpointError(
+            f"the checkpoint in '{run}' lacks its config or data info; it was not written by 'deepclust train'"
+        )
     try:
         cfg = resolve_config(ckpt["config"])
     except ConfigError as exc:
-        raise CheckpointError(f"the config stored in '{run}' is not valid for this version of deepclust ({exc})") from None
+        raise CheckpointError(
+            f"the config stored in '{run}' is not valid for this version of deepclust ({exc})"
+        ) from None
     if cfg.method != ckpt["method"]:
         raise CheckpointError(
             f"the checkpoint in '{run}' is from method '{ckpt['method']}' but its config says '{cfg.method}'; was it edited?"
@@ -76,8 +80,9 @@ def load_run(run_dir: str | Path, device: str = "auto"):
     return cfg, method.to(dev).eval(), info, ckpt, dev
 
 
-def load_run_data(cfg: Config, split: str | None = None, device: torch.device | None = None,
-                  encoder: Any = None) -> tuple[ImageData | StreamData, ImageData | StreamData]:
+def load_run_data(
+    cfg: Config, split: str | None = None, device: torch.device | None = None, encoder: Any = None
+) -> tuple[ImageData | StreamData, ImageData | StreamData]:
     """The run's training images and its evaluated images (``split`` overrides the eval split);
     a ``--features`` run's embeddings of them (from the cache, by ``encoder`` or the run's own
     ``data.features``, on ``device``)."""
@@ -108,8 +113,13 @@ def run_encoder(run_dir: str | Path, cfg: Config) -> Any:
 
 
 def kmeans_centers(
-    run_dir: str | Path, cfg: Config, method: ClusteringMethod, info: DataInfo, ckpt: dict[str, Any],
-    device: torch.device, progress: bool = False,
+    run_dir: str | Path,
+    cfg: Config,
+    method: ClusteringMethod,
+    info: DataInfo,
+    ckpt: dict[str, Any],
+    device: torch.device,
+    progress: bool = False,
 ) -> tuple[torch.Tensor, float]:
     """The run's k-means centres (K, D) on ``device`` and ``tau``, the mean squared distance of the
     fitted features to their centre (see the module docstring)."""
@@ -120,9 +130,14 @@ def kmeans_centers(
         if inertia is None:
             log.warning("%s has no results.json with the k-means inertia; confidences use tau = 1", run_dir)
         return centers.float().to(device), max(tau, 1e-12)
-    log.warning("the checkpoint in %s has no k-means centres (unfinished run); fitting k-means on its training features", run_dir)
+    log.warning(
+        "the checkpoint in %s has no k-means centres (unfinished run); fitting k-means on its training features",
+        run_dir,
+    )
     train, _ = load_run_data(cfg, device=device)
-    feats, _ = infer_images(method, train.images, cfg.eval.batch_size, device, amp_dtype(cfg.train.amp, device), progress)
+    feats, _ = infer_images(
+        method, train.images, cfg.eval.batch_size, device, amp_dtype(cfg.train.amp, device), progress
+    )
     km = kmeans(feats, info.n_clusters, n_init=cfg.eval.n_init, seed=cfg.eval.kmeans_seed)
     return km.centers.float(), max(km.inertia / max(len(feats), 1), 1e-12)
 
@@ -138,7 +153,9 @@ def soft_assign(
         conf, labels = probs.max(dim=1)
         return labels, conf
     if not bool(torch.isfinite(features).all()):
-        raise DeepClustError("the model produced NaN or infinite features; the run diverged: retrain with a lower optim.lr")
+        raise DeepClustError(
+            "the model produced NaN or infinite features; the run diverged: retrain with a lower optim.lr"
+        )
     labels, _ = assign_to_centers(features, centers)
     d2 = torch.cdist(features.float(), centers.float().to(features.device)).pow(2)
     conf = torch.softmax(-d2 / tau, dim=1).gather(1, labels[:, None]).squeeze(1)
@@ -161,7 +178,9 @@ class RunPrediction:
     centers: torch.Tensor | None  # k-means centres (K, D) on the CPU, None for head methods
 
 
-def predict_run(run_dir: str | Path, device: str = "auto", split: str | None = None, progress: bool = False) -> RunPrediction:
+def predict_run(
+    run_dir: str | Path, device: str = "auto", split: str | None = None, progress: bool = False
+) -> RunPrediction:
     """Reload a run and predict its evaluated images (k-means runs: the stored centres)."""
     cfg, method, info, ckpt, dev = load_run(run_dir, device)
     _, data = load_run_data(cfg, split, dev, run_encoder(run_dir, cfg))
@@ -171,7 +190,16 @@ def predict_run(run_dir: str | Path, device: str = "auto", split: str | None = N
         centers, tau = kmeans_centers(run_dir, cfg, method, info, ckpt, dev, progress)
     labels, conf = soft_assign(feats, probs, centers, tau)
     return RunPrediction(
-        cfg, method, info, ckpt, dev, data, feats.cpu(), labels.cpu(), conf.cpu(), None if centers is None else centers.cpu()
+        cfg,
+        method,
+        info,
+        ckpt,
+        dev,
+        data,
+        feats.cpu(),
+        labels.cpu(),
+        conf.cpu(),
+        None if centers is None else centers.cpu(),
     )
 
 
@@ -183,7 +211,9 @@ def _results(run_dir: str | Path) -> dict[str, Any]:
         return {}
 
 
-def evaluate_run(run_dir: str | Path, features: str | None = None, split: str | None = None, device: str = "auto") -> dict[str, Any]:
+def evaluate_run(
+    run_dir: str | Path, features: str | None = None, split: str | None = None, device: str = "auto"
+) -> dict[str, Any]:
     """Re-run the evaluation of a run's latest checkpoint; writes ``eval_<split>_<features>.json``."""
     cfg, method, info, ckpt, dev = load_run(run_dir, device)
     if features:
@@ -193,7 +223,9 @@ def evaluate_run(run_dir: str | Path, features: str | None = None, split: str | 
     train, evald = load_run_data(cfg, device=dev, encoder=run_encoder(run_dir, cfg))
     pred = predict(method, cfg, info.n_clusters, train, evald, dev, amp_dtype(cfg.train.amp, dev))
     assert pred is not None  # one process: only torchrun's ranks > 0 get None
-    record = make_record(cfg, pred, evald, info.n_clusters, int(ckpt["epoch"]), dev, io.file_hash(Path(run_dir) / io.CHECKPOINT))
+    record = make_record(
+        cfg, pred, evald, info.n_clusters, int(ckpt["epoch"]), dev, io.file_hash(Path(run_dir) / io.CHECKPOINT)
+    )
     record = add_extras(record, method, pred, evald)
     name = re.sub(r"[^A-Za-z0-9]+", "-", f"{cfg.data.eval_split}_{cfg.eval.features}")
     io.write_json(record, Path(run_dir) / f"eval_{name}.json")
@@ -201,6 +233,12 @@ def evaluate_run(run_dir: str | Path, features: str | None = None, split: str | 
 
 
 __all__ = [
-    "RunPrediction", "evaluate_run", "kmeans_centers", "load_run", "load_run_data", "predict_run", "run_encoder",
+    "RunPrediction",
+    "evaluate_run",
+    "kmeans_centers",
+    "load_run",
+    "load_run_data",
+    "predict_run",
+    "run_encoder",
     "soft_assign",
 ]

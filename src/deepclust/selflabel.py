@@ -80,7 +80,9 @@ log = logging.getLogger(__name__)
 STAGE = "selflabel"
 
 
-def confidence_cross_entropy(weak_logits: torch.Tensor, strong_logits: torch.Tensor, threshold: float = 0.99) -> tuple[torch.Tensor, torch.Tensor]:
+def confidence_cross_entropy(
+    weak_logits: torch.Tensor, strong_logits: torch.Tensor, threshold: float = 0.99
+) -> tuple[torch.Tensor, torch.Tensor]:
     """SCAN's confidence-based, class-balanced cross entropy.
 
     p = softmax(weak_logits) (held constant), M = {i : max_k p_ik > threshold},
@@ -126,8 +128,15 @@ class CosineClassifier(ClusteringMethod):
 
     prediction = "head_argmax"
 
-    def __init__(self, cfg: Config, info: DataInfo, features: ClusteringMethod, weight: torch.Tensor,
-                 temperature: float, threshold: float) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        info: DataInfo,
+        features: ClusteringMethod,
+        weight: torch.Tensor,
+        temperature: float,
+        threshold: float,
+    ) -> None:
         super().__init__(dataclasses.replace(cfg, method_args={}), info)
         self.features = features
         self.weight = nn.Parameter(weight.detach().clone().float())
@@ -169,7 +178,9 @@ class CosineClassifier(ClusteringMethod):
             return e, F.softmax(logits, dim=1)
 
 
-def _initial_classifier(method: ClusteringMethod, ckpt: dict[str, Any], images: torch.Tensor | LazyImages, batch: int, device: torch.device) -> tuple[torch.Tensor, float | None, str]:
+def _initial_classifier(
+    method: ClusteringMethod, ckpt: dict[str, Any], images: torch.Tensor | LazyImages, batch: int, device: torch.device
+) -> tuple[torch.Tensor, float | None, str]:
     """(W, default temperature or None, description) for the cosine classifier."""
     if method.prediction == "head_argmax":
         head = method.head_centers()
@@ -183,7 +194,9 @@ def _initial_classifier(method: ClusteringMethod, ckpt: dict[str, Any], images: 
         return w, None, "soft centroids of the method's head"
     centers = ckpt.get("centers")
     if centers is None:
-        raise CheckpointError("the checkpoint holds no k-means centres; self-label from a finished run (its final checkpoint)")
+        raise CheckpointError(
+            "the checkpoint holds no k-means centres; self-label from a finished run (its final checkpoint)"
+        )
     return torch.as_tensor(centers).to(device), None, "k-means centres of the run"
 
 
@@ -198,8 +211,16 @@ class SelfLabelTrainer(Trainer):
     ``settings``: the stage's settings (threshold, temperature or None for the default, and on
     a resume everything the first start recorded)."""
 
-    def __init__(self, cfg: Config, source: tuple[Any, ...], run_dir: str | Path, settings: dict[str, Any],
-                 data: tuple[ImageData, ImageData], resume: bool = False, overwrite: bool = False) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        source: tuple[Any, ...],
+        run_dir: str | Path,
+        settings: dict[str, Any],
+        data: tuple[ImageData, ImageData],
+        resume: bool = False,
+        overwrite: bool = False,
+    ) -> None:
         self.source, self.source_dir, self.settings = source, str(run_dir), dict(settings)
         super().__init__(cfg, resume=resume, data=data, overwrite=overwrite)
 
@@ -208,7 +229,11 @@ class SelfLabelTrainer(Trainer):
         st, dev = self.settings, self.device
         method.to(dev)
         w, t_default, init = _initial_classifier(method, ckpt, self.train_data.images, src_cfg.eval.batch_size, dev)
-        t = st["temperature"] if st.get("temperature") is not None else (t_default if t_default is not None else DEFAULT_TEMPERATURE)
+        t = (
+            st["temperature"]
+            if st.get("temperature") is not None
+            else (t_default if t_default is not None else DEFAULT_TEMPERATURE)
+        )
         k, threshold = int(w.shape[0]), float(st["threshold"])
         reach = max_attainable_confidence(k, t)
         if reach <= threshold:
@@ -225,24 +250,37 @@ class SelfLabelTrainer(Trainer):
                     f"no training image's weak-view confidence exceeds {threshold:g} at temperature {t:g}: self-labelling "
                     "would train on nothing; lower --temperature or --threshold"
                 )
-            log.info("selflabel: %d of %d images pass %.2f at temperature %g before training",
-                     n_before, self.train_data.n_samples, threshold, t)
+            log.info(
+                "selflabel: %d of %d images pass %.2f at temperature %g before training",
+                n_before,
+                self.train_data.n_samples,
+                threshold,
+                t,
+            )
             st["confident_before"] = n_before
         setup_distributed(model, cfg, self.dist)
         return model, None
 
     def checkpoint_tags(self) -> dict[str, Any]:
         _, _, _, ckpt, _ = self.source
-        return {"stage": STAGE, "temperature": self.settings["temperature"], "selflabel": dict(self.settings),
-                "source_run": self.source_dir, "source_epoch": int(ckpt["epoch"])}
+        return {
+            "stage": STAGE,
+            "temperature": self.settings["temperature"],
+            "selflabel": dict(self.settings),
+            "source_run": self.source_dir,
+            "source_epoch": int(ckpt["epoch"]),
+        }
 
     def _train_epoch(self, images: torch.Tensor, epoch: int, iters: int) -> dict[str, float]:
         logs = super()._train_epoch(images, epoch, iters)
         # every step sees a full batch (drop_last): the epoch's count is the mean times the steps
         logs["confident"] = float(round(logs.get("confident", 0.0) * iters))
         if logs["confident"] == 0:
-            log.warning("selflabel epoch %d: no sample passed the threshold %.2f; the loss was 0",
-                        epoch + 1, self.settings["threshold"])
+            log.warning(
+                "selflabel epoch %d: no sample passed the threshold %.2f; the loss was 0",
+                epoch + 1,
+                self.settings["threshold"],
+            )
         return logs
 
     def _interrupted(self, when: str) -> DeepClustError:
@@ -259,23 +297,53 @@ class SelfLabelTrainer(Trainer):
             return record, pred
         pred.info["type"] = "selflabel_head_argmax"
         tags = self.checkpoint_tags()
-        record.update({"stage": STAGE, "source_run": tags["source_run"], "source_epoch": tags["source_epoch"],
-                       "selflabel": {**tags["selflabel"], "epochs": self.cfg.train.epochs,
-                                     "batch_size": self.cfg.train.batch_size, "lr": self.cfg.optim.lr,
-                                     "weight_decay": self.cfg.optim.weight_decay, "optimizer": self.cfg.optim.name,
-                                     "drop_last": True}})
+        record.update(
+            {
+                "stage": STAGE,
+                "source_run": tags["source_run"],
+                "source_epoch": tags["source_epoch"],
+                "selflabel": {
+                    **tags["selflabel"],
+                    "epochs": self.cfg.train.epochs,
+                    "batch_size": self.cfg.train.batch_size,
+                    "lr": self.cfg.optim.lr,
+                    "weight_decay": self.cfg.optim.weight_decay,
+                    "optimizer": self.cfg.optim.name,
+                    "drop_last": True,
+                },
+            }
+        )
         record["prediction"] = pred.info
         return record, pred
 
 
-def stage_config(cfg: Config, epochs: int, batch_size: int, lr: float, weight_decay: float, out: Path,
-                 device: str, seed: int, progress: bool) -> Config:
+def stage_config(
+    cfg: Config,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    out: Path,
+    device: str,
+    seed: int,
+    progress: bool,
+) -> Config:
     """The run's config with the stage's settings: Adam at a constant rate, full batches only, no
     periodic evaluation, no ``model.init`` (the weights come from the run)."""
-    train = dataclasses.replace(cfg.train, epochs=epochs, batch_size=batch_size, drop_last=True, out=str(out),
-                                device=device, seed=seed, progress=progress, eval_every=0)
-    optim = dataclasses.replace(cfg.optim, name="adam", lr=lr, weight_decay=weight_decay, schedule="constant",
-                                warmup_epochs=0)
+    train = dataclasses.replace(
+        cfg.train,
+        epochs=epochs,
+        batch_size=batch_size,
+        drop_last=True,
+        out=str(out),
+        device=device,
+        seed=seed,
+        progress=progress,
+        eval_every=0,
+    )
+    optim = dataclasses.replace(
+        cfg.optim, name="adam", lr=lr, weight_decay=weight_decay, schedule="constant", warmup_epochs=0
+    )
     return dataclasses.replace(cfg, train=train, optim=optim, model=dataclasses.replace(cfg.model, init=None))
 
 
@@ -332,11 +400,14 @@ def selflabel(
         epochs = default_epochs(cfg.data.name)
     d = cfg.data
     train_data = load_dataset(d.name, d.train_split, d.data_dir, d.image_size)
-    eval_data = train_data if d.eval_split == d.train_split else load_dataset(d.name, d.eval_split, d.data_dir, d.image_size)
+    eval_data = (
+        train_data if d.eval_split == d.train_split else load_dataset(d.name, d.eval_split, d.data_dir, d.image_size)
+    )
     # SCAN drops the last partial batch; a training set smaller than one batch is one batch.
     batch_size = min(batch_size, train_data.n_samples)
-    stage_cfg = stage_config(cfg, epochs, batch_size, lr, weight_decay, run_out, device,
-                             cfg.train.seed if seed is None else seed, progress)
+    stage_cfg = stage_config(
+        cfg, epochs, batch_size, lr, weight_decay, run_out, device, cfg.train.seed if seed is None else seed, progress
+    )
     trainer = SelfLabelTrainer(stage_cfg, source, run_dir, settings, (train_data, eval_data), resume, overwrite)
     try:
         return trainer.fit()
@@ -345,8 +416,9 @@ def selflabel(
 
 
 @torch.no_grad()
-def _count_confident(model: CosineClassifier, images: torch.Tensor | LazyImages, batch: int, threshold: float,
-                     device: torch.device) -> int:
+def _count_confident(
+    model: CosineClassifier, images: torch.Tensor | LazyImages, batch: int, threshold: float, device: torch.device
+) -> int:
     """How many images' weak-view max softmax exceeds the threshold (train-mode BN, as the stage
     sees them; the model's state is unchanged: BN running statistics are restored)."""
     saved = {k: v.clone() for k, v in model.state_dict().items()}
@@ -364,6 +436,11 @@ def _count_confident(model: CosineClassifier, images: torch.Tensor | LazyImages,
 
 
 __all__ = [
-    "CosineClassifier", "SelfLabelTrainer", "confidence_cross_entropy", "default_epochs", "max_attainable_confidence",
-    "selflabel", "stage_config",
+    "CosineClassifier",
+    "SelfLabelTrainer",
+    "confidence_cross_entropy",
+    "default_epochs",
+    "max_attainable_confidence",
+    "selflabel",
+    "stage_config",
 ]

@@ -161,7 +161,10 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             line += [_fmt(r.get("acc")), _fmt(r.get("nmi")), _fmt(r.get("ari"))]
         lines.append(line + [f"{r['run_dir']} ({r['status']})"])
     widths = [max(len(x[i]) for x in lines) for i in range(len(head))]
-    return "\n".join("  ".join(c.rjust(w) if i < len(head) - 1 else c for i, (c, w) in enumerate(zip(x, widths, strict=True))) for x in lines)
+    return "\n".join(
+        "  ".join(c.rjust(w) if i < len(head) - 1 else c for i, (c, w) in enumerate(zip(x, widths, strict=True)))
+        for x in lines
+    )
 
 
 def _fmt(v: float | None) -> str:

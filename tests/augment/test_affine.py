@@ -56,12 +56,23 @@ def test_random_affine_probability_and_identity() -> None:
 
 
 def test_augment_applies_affine_and_checks_fields() -> None:
-    cfg = AugmentConfig(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), jitter=(0, 0, 0, 0), jitter_p=0.0,
-                        grayscale_p=0.0, affine_p=1.0, affine_degrees=20.0)
+    cfg = AugmentConfig(
+        crop_scale=(1.0, 1.0),
+        crop_ratio=(1.0, 1.0),
+        jitter=(0, 0, 0, 0),
+        jitter_p=0.0,
+        grayscale_p=0.0,
+        affine_p=1.0,
+        affine_degrees=20.0,
+    )
     x = (torch.rand(8, 1, 16, 16, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
     aug = Augment(cfg, 16, None, None)
-    plain = Augment(AugmentConfig(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), jitter=(0, 0, 0, 0), jitter_p=0.0,
-                                  grayscale_p=0.0), 16, None, None)
+    plain = Augment(
+        AugmentConfig(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), jitter=(0, 0, 0, 0), jitter_p=0.0, grayscale_p=0.0),
+        16,
+        None,
+        None,
+    )
     assert not torch.allclose(aug(x, torch.Generator().manual_seed(3)), plain(x, torch.Generator().manual_seed(3)))
     for bad in ({"affine_p": 1.5}, {"affine_degrees": -1.0}, {"affine_translate": 0.9}, {"affine_shear": "x"}):
         with pytest.raises(ConfigError, match="affine"):

@@ -86,10 +86,15 @@ def test_crop_box_distribution_matches_torchvision(h, w, scale):
     n, ratio = 3000, (3 / 4, 4 / 3)
     top, left, bh, bw = (t.numpy() for t in sample_crop_boxes(n, h, w, scale, ratio, gen(1)))
     ref = _torchvision_boxes(n, h, w, scale, ratio, seed=2)
-    ours = {"area": bh * bw / (h * w), "logratio": np.log(bw / bh), "top": top, "left": left,
-            "h": bh, "w": bw}
-    theirs = {"area": ref[:, 2] * ref[:, 3] / (h * w), "logratio": np.log(ref[:, 3] / ref[:, 2]),
-              "top": ref[:, 0], "left": ref[:, 1], "h": ref[:, 2], "w": ref[:, 3]}
+    ours = {"area": bh * bw / (h * w), "logratio": np.log(bw / bh), "top": top, "left": left, "h": bh, "w": bw}
+    theirs = {
+        "area": ref[:, 2] * ref[:, 3] / (h * w),
+        "logratio": np.log(ref[:, 3] / ref[:, 2]),
+        "top": ref[:, 0],
+        "left": ref[:, 1],
+        "h": ref[:, 2],
+        "w": ref[:, 3],
+    }
     for key in ours:
         res = stats.ks_2samp(ours[key], theirs[key])
         assert res.pvalue > 1e-3, (key, res)
@@ -119,8 +124,9 @@ def test_crop_boxes_differ_within_batch():
 @pytest.mark.parametrize("size", [24, 32, 48])
 def test_crop_resize_equals_torchvision_resized_crop(size):
     x = rand_images(6, 3, 32, 32)
-    boxes = torch.tensor([[0, 0, 32, 32], [3, 5, 10, 20], [20, 1, 12, 9], [0, 31, 32, 1],
-                          [7, 7, 25, 25], [31, 0, 1, 32]])
+    boxes = torch.tensor(
+        [[0, 0, 32, 32], [3, 5, 10, 20], [20, 1, 12, 9], [0, 31, 32, 1], [7, 7, 25, 25], [31, 0, 1, 32]]
+    )
     out = crop_resize(x, boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3], size)
     assert out.shape == (6, 3, size, size)
     for i, (t, l, h, w) in enumerate(boxes.tolist()):
@@ -163,8 +169,7 @@ def test_colour_ops_on_grayscale_images():
     x = rand_images(3, c=1, seed=5)
     for i, f in enumerate([0.5, 1.3, 2.0]):
         torch.testing.assert_close(adjust_contrast(x, f)[i], TF.adjust_contrast(x[i], f), atol=1e-5, rtol=0)
-        torch.testing.assert_close(adjust_brightness(x, f)[i], TF.adjust_brightness(x[i], f),
-                                   atol=1e-6, rtol=0)
+        torch.testing.assert_close(adjust_brightness(x, f)[i], TF.adjust_brightness(x[i], f), atol=1e-6, rtol=0)
     assert torch.equal(adjust_saturation(x, 0.3), x) and torch.equal(adjust_hue(x, 0.2), x)
 
 
@@ -180,8 +185,9 @@ def test_grayscale_solarize_flip_equal_torchvision():
     # uint8 PIL semantics: solarize(128) on k/255 images
     xu = uint8_images(4, seed=7)
     ref = TF.solarize(xu, 128).float() / 255
-    torch.testing.assert_close(solarize(xu.float() / 255, p=1.0, threshold=0.5, generator=gen()), ref,
-                               atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        solarize(xu.float() / 255, p=1.0, threshold=0.5, generator=gen()), ref, atol=1e-6, rtol=0
+    )
 
 
 def _torchvision_jitter(img: torch.Tensor, order, f) -> torch.Tensor:
@@ -301,8 +307,9 @@ def test_augment_shapes_dtypes_and_per_sample_randomness():
 
 def test_augment_same_seed_same_output_and_cpu_device():
     x = uint8_images(8, seed=21).to("cpu")
-    cfg = AugmentConfig(crop_scale=[0.3, 1.0], jitter=[0.4, 0.4, 0.2, 0.1], jitter_p=0.8, flip_p=0.5,
-                        blur_p=0.5, solarize_p=0.2)
+    cfg = AugmentConfig(
+        crop_scale=[0.3, 1.0], jitter=[0.4, 0.4, 0.2, 0.1], jitter_p=0.8, flip_p=0.5, blur_p=0.5, solarize_p=0.2
+    )
     aug = Augment(cfg, 32, CIFAR_MEAN, CIFAR_STD).to("cpu")
     a = aug(x, torch.Generator(device="cpu").manual_seed(5))
     b = aug(x, torch.Generator(device="cpu").manual_seed(5))
@@ -338,8 +345,9 @@ def test_grayscale_input_pipeline_keeps_one_channel():
 
 
 def test_augment_without_normalisation():
-    cfg = AugmentConfig(crop_scale=(0.08, 1.0), flip_p=0.5, jitter=(0.4, 0.4, 0.4, 0.1), jitter_p=0.8,
-                        blur_p=0.5, blur_kernel=23)
+    cfg = AugmentConfig(
+        crop_scale=(0.08, 1.0), flip_p=0.5, jitter=(0.4, 0.4, 0.4, 0.1), jitter_p=0.8, blur_p=0.5, blur_kernel=23
+    )
     out = Augment(cfg, 32, None, None)(uint8_images(4), gen())
     assert out.min() >= 0 and out.max() <= 1
 
@@ -347,8 +355,9 @@ def test_augment_without_normalisation():
 def test_eval_transform_matches_torchvision():
     x = uint8_images(3, h=40, w=40, seed=24)
     ev = EvalTransform(32, CIFAR_MEAN, CIFAR_STD)
-    ref = TF.normalize(TF.resize(x.float() / 255, [32, 32], InterpolationMode.BILINEAR, antialias=True),
-                       CIFAR_MEAN, CIFAR_STD)
+    ref = TF.normalize(
+        TF.resize(x.float() / 255, [32, 32], InterpolationMode.BILINEAR, antialias=True), CIFAR_MEAN, CIFAR_STD
+    )
     torch.testing.assert_close(ev(x), ref, atol=1e-5, rtol=0)
     same = EvalTransform(40, CIFAR_MEAN, CIFAR_STD)(x)
     assert torch.equal(same, TF.normalize(x.float() / 255, CIFAR_MEAN, CIFAR_STD))
@@ -358,9 +367,19 @@ def test_eval_transform_matches_torchvision():
 def test_config_validation_and_yaml_lists():
     cfg = AugmentConfig(crop_scale=[0.3, 1], jitter=[0.4, 0.4, 0.2, 0.1], blur_sigma=[0.1, 2])
     assert cfg.crop_scale == (0.3, 1.0) and isinstance(cfg.jitter, tuple) and cfg.blur_sigma == (0.1, 2.0)
-    bad = [dict(grayscale_p=1.5), dict(flip_p=-0.1), dict(crop_scale=(0.9, 0.2)), dict(crop_scale=(0.0, 1.0)),
-           dict(jitter=(0.4, 0.4, 0.4)), dict(jitter=(0.4, -0.1, 0.4, 0.0)), dict(jitter=(0, 0, 0, 0.7)),
-           dict(blur_sigma=(2.0, 0.1)), dict(blur_kernel=4), dict(crop_ratio=(1.5, 0.5)), dict(jitter_p="a")]
+    bad = [
+        dict(grayscale_p=1.5),
+        dict(flip_p=-0.1),
+        dict(crop_scale=(0.9, 0.2)),
+        dict(crop_scale=(0.0, 1.0)),
+        dict(jitter=(0.4, 0.4, 0.4)),
+        dict(jitter=(0.4, -0.1, 0.4, 0.0)),
+        dict(jitter=(0, 0, 0, 0.7)),
+        dict(blur_sigma=(2.0, 0.1)),
+        dict(blur_kernel=4),
+        dict(crop_ratio=(1.5, 0.5)),
+        dict(jitter_p="a"),
+    ]
     for kwargs in bad:
         with pytest.raises(ConfigError) as err:
             AugmentConfig(**kwargs)
@@ -375,8 +394,7 @@ def test_rand_augment_pixel_ops_equal_torchvision():
     xf = xu.float() / 255
     for i in range(4):
         torch.testing.assert_close(rand_augment_op(xf, "equalize", 0)[i], TF.equalize(xu[i]).float() / 255)
-        torch.testing.assert_close(rand_augment_op(xf, "autocontrast", 0)[i], TF.autocontrast(xf[i]),
-                                   atol=1e-6, rtol=0)
+        torch.testing.assert_close(rand_augment_op(xf, "autocontrast", 0)[i], TF.autocontrast(xf[i]), atol=1e-6, rtol=0)
     bits = torch.tensor([4.0, 5.0, 6.0, 8.0])
     post = rand_augment_op(xf, "posterize", bits)
     for i, b in enumerate(bits.long().tolist()):
@@ -459,8 +477,9 @@ def test_cutout_and_random_crop():
     padded = torch.nn.functional.pad(xu, (2, 2, 2, 2))
     offsets = set()
     for i in range(20):
-        match = [(t, l) for t in range(5) for l in range(5)
-                 if torch.equal(padded[i, :, t : t + 8, l : l + 8], crops[i])]
+        match = [
+            (t, l) for t in range(5) for l in range(5) if torch.equal(padded[i, :, t : t + 8, l : l + 8], crops[i])
+        ]
         assert match
         offsets.add(match[0])
     assert len(offsets) > 5

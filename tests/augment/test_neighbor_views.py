@@ -58,7 +58,9 @@ def test_a_neighbour_view_is_the_clean_view_of_one_of_the_neighbours() -> None:
     dist = torch.cdist(out, clean, compute_mode="donot_use_mm_for_euclid_dist")  # each row is one clean row ...
     src = dist.argmin(1)
     assert float(dist.min(1).values.max()) < 1e-4
-    assert all(int(s) in knn[int(i)].tolist() for s, i in zip(src, idx, strict=True))  # ... of a neighbour of its sample
+    assert all(
+        int(s) in knn[int(i)].tolist() for s, i in zip(src, idx, strict=True)
+    )  # ... of a neighbour of its sample
     # every one of the k + 1 candidates is drawn, about uniformly (40 draws per sample)
     pos = torch.stack([(knn[int(i)] == s).nonzero()[0, 0] for s, i in zip(src, idx, strict=True)])
     share = torch.bincount(pos, minlength=5).float() / len(pos)
@@ -80,11 +82,16 @@ def test_noise_and_dropout_defaults_follow_the_kind_of_view() -> None:
 
 
 def _cfg(method: str, out: Path, epochs: int = 2) -> object:
-    return resolve_config({
-        "method": method, "n_clusters": 3, "data": {"name": "blobs"},
-        "train": {"epochs": epochs, "batch_size": 60, "out": str(out), "device": "cpu", "progress": False},
-        "eval": {"n_init": 2}, "augment": {"neighbors": 7},
-    })
+    return resolve_config(
+        {
+            "method": method,
+            "n_clusters": 3,
+            "data": {"name": "blobs"},
+            "train": {"epochs": epochs, "batch_size": 60, "out": str(out), "device": "cpu", "progress": False},
+            "eval": {"n_init": 2},
+            "augment": {"neighbors": 7},
+        }
+    )
 
 
 @pytest.mark.parametrize("method", list_methods())
@@ -132,8 +139,25 @@ def test_an_npz_of_features_trains_in_feature_mode_with_its_kmeans_baseline(tmp_
     path = tmp_path / "emb.npz"
     np.savez(path, features=x.astype(np.float32), labels=y)
     out = tmp_path / "run"
-    code = main(["train", "--method", "scan", "--data", f"npz:{path}", "--n-clusters", "3", "--epochs", "3",
-                 "--device", "cpu", "--out", str(out), "train.progress=false", "eval.n_init=2"])
+    code = main(
+        [
+            "train",
+            "--method",
+            "scan",
+            "--data",
+            f"npz:{path}",
+            "--n-clusters",
+            "3",
+            "--epochs",
+            "3",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+            "train.progress=false",
+            "eval.n_init=2",
+        ]
+    )
     assert code == 0
     record = json.loads((out / "results.json").read_text())
     assert record["acc"] > 0.9 and record["kmeans_baseline"]["acc"] > 0.9
@@ -161,7 +185,23 @@ def test_a_bad_npz_of_features_is_one_line(bad: str, tmp_path: Path, capsys) -> 
     arr = {"nan": lambda: x, "int": lambda: x.astype(np.int64), "rank3": lambda: x.reshape(40, 2, 3)}[bad]()
     path = tmp_path / "bad.npz"
     np.savez(path, features=arr)
-    code = main(["train", "--method", "scan", "--data", f"npz:{path}", "--n-clusters", "3", "--epochs", "1",
-                 "--device", "cpu", "--out", str(tmp_path / "run"), "train.progress=false"])
+    code = main(
+        [
+            "train",
+            "--method",
+            "scan",
+            "--data",
+            f"npz:{path}",
+            "--n-clusters",
+            "3",
+            "--epochs",
+            "1",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "run"),
+            "train.progress=false",
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err

@@ -57,8 +57,10 @@ def test_random_stroke_thickens_and_thins_a_bar(dark_on_bright: bool) -> None:
     x[:, :, :, 4] = 1.0  # a one-pixel vertical stroke
     if dark_on_bright:
         x = 1.0 - x
+
     def ink(img: torch.Tensor) -> torch.Tensor:
         return ((1.0 - img) if dark_on_bright else img).sum(dim=(1, 2, 3))
+
     out = ops.random_stroke(x, 1.0, 1.0, generator=torch.Generator().manual_seed(3))
     assert (ink(out) > 9.0 + 1e-6).any() and (ink(out) < 9.0 - 1e-6).any()  # both directions happen
     assert out.min() >= 0.0 and out.max() <= 1.0
@@ -81,8 +83,17 @@ def test_random_stroke_off_is_identity_and_in_the_pipeline() -> None:
     assert not torch.allclose(plain, stroked)
 
 
-@pytest.mark.parametrize("bad", [{"stroke_p": 1.5}, {"stroke_p": -0.1}, {"stroke_strength": 2.0}, {"stroke_strength": "x"},
-                                 {"stroke_thin": -0.5}, {"stroke_thin": 1.1}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"stroke_p": 1.5},
+        {"stroke_p": -0.1},
+        {"stroke_strength": 2.0},
+        {"stroke_strength": "x"},
+        {"stroke_thin": -0.5},
+        {"stroke_thin": 1.1},
+    ],
+)
 def test_stroke_config_is_checked(bad: dict) -> None:
     with pytest.raises(ConfigError, match="stroke_"):
         AugmentConfig(**bad)

@@ -47,7 +47,9 @@ def test_tiny_throughput_record():
     assert rec["deepclust"]["precision"] == "fp32"  # CPU: no autocast by default
     assert set(rec["deepclust"]["fast_paths"]) == {"channels_last", "compile", "fused", "data_on_device"}
     assert rec["reference"]["views"] == ["augment"]
-    assert rec["speedup"] == pytest.approx(rec["deepclust"]["images_per_s"] / rec["reference"]["images_per_s"], rel=1e-2)
+    assert rec["speedup"] == pytest.approx(
+        rec["deepclust"]["images_per_s"] / rec["reference"]["images_per_s"], rel=1e-2
+    )
 
 
 def test_reference_asks_for_the_methods_views_in_order():
@@ -65,8 +67,9 @@ def test_reference_transform_matches_eval_transform_on_identity_settings():
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (5, 3, 9, 9), generator=g, dtype=torch.uint8)
     mean, std = [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]
-    ident = AugmentConfig(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), jitter=(0.0, 0.0, 0.0, 0.0),
-                          grayscale_p=0.0, flip_p=0.0)
+    ident = AugmentConfig(
+        crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), jitter=(0.0, 0.0, 0.0, 0.0), grayscale_p=0.0, flip_p=0.0
+    )
     expected = (images.float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
     for module in (Augment(ident, 9, mean, std), EvalTransform(9, mean, std)):
         ds = ReferenceDataset(images, [torchvision_transform(module, 3)])
@@ -96,8 +99,24 @@ def test_kmeans_bench_matches_sklearn_inertia():
 
 def test_cli_kmeans_writes_record(tmp_path, capsys):
     out = tmp_path / "km.json"
-    args = _parser().parse_args(["bench", "--kmeans", "--n", "1500", "--dim", "8", "--k", "4", "--n-init", "2",
-                                 "--repeats", "1", "--out", str(out)])
+    args = _parser().parse_args(
+        [
+            "bench",
+            "--kmeans",
+            "--n",
+            "1500",
+            "--dim",
+            "8",
+            "--k",
+            "4",
+            "--n-init",
+            "2",
+            "--repeats",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
     assert args.func(args) == 0
     rec = json.loads(out.read_text())
     assert rec["benchmark"] == "kmeans" and rec["n"] == 1500 and rec["dim"] == 8

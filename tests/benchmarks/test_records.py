@@ -15,10 +15,18 @@ RESULTS = ROOT / "benchmarks" / "results"
 # script -> its folder under benchmarks/results (an independent list: a script that starts writing
 # elsewhere, or a folder renamed without its script, fails here)
 SCRIPTS = {
-    "quality_matrix.py": "quality_matrix", "pretrained.py": "pretrained", "quality.py": "quality",
-    "throughput.py": "throughput", "kmeans_speed.py": "kmeans", "time_to_accuracy.py": "tta",
-    "stream.py": "stream", "stream_cluster.py": "stream_cluster", "ddp_quality.py": "ddp",
-    "faults.py": "faults", "gpu_suite.py": "gpu_suite", "cpu_precision.py": "cpu_precision",
+    "quality_matrix.py": "quality_matrix",
+    "pretrained.py": "pretrained",
+    "quality.py": "quality",
+    "throughput.py": "throughput",
+    "kmeans_speed.py": "kmeans",
+    "time_to_accuracy.py": "tta",
+    "stream.py": "stream",
+    "stream_cluster.py": "stream_cluster",
+    "ddp_quality.py": "ddp",
+    "faults.py": "faults",
+    "gpu_suite.py": "gpu_suite",
+    "cpu_precision.py": "cpu_precision",
 }
 
 

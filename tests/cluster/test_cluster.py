@@ -36,7 +36,9 @@ def numpy_nearest(x: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.nd
 @pytest.mark.parametrize("case", range(len(BLOBS)))
 def test_kmeans_inertia_matches_sklearn(case):
     n, d, k, std, spread = BLOBS[case]
-    x, _ = make_blobs(n_samples=n, n_features=d, centers=k, cluster_std=std, center_box=(-spread, spread), random_state=case)
+    x, _ = make_blobs(
+        n_samples=n, n_features=d, centers=k, cluster_std=std, center_box=(-spread, spread), random_state=case
+    )
     x = x + 100.0 * case  # data away from the origin
     n_init = 4
     sk = KMeans(n_clusters=k, n_init=n_init, init="k-means++", random_state=0).fit(x)

@@ -70,9 +70,13 @@ def cuda_defaults(raw: dict, channels: int) -> dict:
     cfg = resolve_config(raw)
     size = cfg.data.image_size or 32
     name, stem = auto_backbone(size, channels)
-    backbone = create_backbone(cfg.model.backbone if cfg.model.backbone != "auto" else name, channels,
-                               cfg.model.stem if cfg.model.stem != "auto" else stem,
-                               in_dim=channels * size * size, width=cfg.model.width)
+    backbone = create_backbone(
+        cfg.model.backbone if cfg.model.backbone != "auto" else name,
+        channels,
+        cfg.model.stem if cfg.model.stem != "auto" else stem,
+        in_dim=channels * size * size,
+        width=cfg.model.width,
+    )
     amp = amp_dtype(cfg.train.amp, CUDA)
     if torch.cuda.is_available():
         fused = resolve_fused(cfg.optim.fused, cfg.optim.name, CUDA)
@@ -103,7 +107,12 @@ def test_config_trains_two_steps_under_its_cuda_fast_paths(path: Path, tmp_path:
     cfg.data.mean = cfg.data.mean if cfg.data.mean is not None else [0.5] * channels
     cfg.data.std = cfg.data.std if cfg.data.std is not None else [0.25] * channels
     cfg.model.init = None  # a pretrained warm start is a file this test does not have
-    cfg.train.batch_size, cfg.train.device, cfg.train.out, cfg.train.progress = BATCH, "cpu", str(tmp_path / "run"), False
+    cfg.train.batch_size, cfg.train.device, cfg.train.out, cfg.train.progress = (
+        BATCH,
+        "cpu",
+        str(tmp_path / "run"),
+        False,
+    )
     cfg.train.amp, cfg.train.channels_last, cfg.train.compile = gpu["amp"], gpu["channels_last"], False
     # fused as on CUDA where the CPU has the kernel too
     cfg.optim.fused = bool(gpu["fused"] and fused_supported(cfg.optim.name, CPU))

@@ -77,8 +77,18 @@ def _smooth_rgb(n: int, h: int, w: int) -> np.ndarray:
 
 def test_list_datasets_names() -> None:
     names = list_datasets()
-    for n in ["digits", "cifar10", "cifar100-20", "cifar100", "stl10", "imagenet10", "imagenet-dogs",
-              "tiny-imagenet", "imagenet", "fashion-mnist"]:
+    for n in [
+        "digits",
+        "cifar10",
+        "cifar100-20",
+        "cifar100",
+        "stl10",
+        "imagenet10",
+        "imagenet-dogs",
+        "tiny-imagenet",
+        "imagenet",
+        "fashion-mnist",
+    ]:
         assert n in names
     assert "train+test" in list_splits("cifar10")
     assert "unlabeled" in list_splits("stl10")
@@ -140,7 +150,9 @@ def test_subset_and_indexed_dataset() -> None:
     ds = IndexedDataset(sub)
     img, label, i = ds[2]
     assert i == 2 and label == int(d.labels[7]) and torch.equal(img, d.images[7]) and img.shape == (1, 8, 8)
-    loader = torch.utils.data.DataLoader(IndexedDataset(d), batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0))
+    loader = torch.utils.data.DataLoader(
+        IndexedDataset(d), batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0)
+    )
     x, y, idx = next(iter(loader))
     assert x.dtype == torch.uint8 and torch.equal(x, d.images[idx]) and torch.equal(y, d.labels[idx])
 
@@ -265,7 +277,12 @@ def test_npz_errors(tmp_path: Path) -> None:
     _raises_one_line(lambda: load_dataset(p("bad.npz")), "image 1", "not a valid JPEG")
     np.savez(tmp_path / "obj.npz", images=np.array([np.zeros((2, 2)), np.zeros((3, 3))], dtype=object))
     _raises_one_line(lambda: load_dataset(p("obj.npz")), "pickle")
-    np.savez(tmp_path / "cls.npz", images=np.zeros((2, 4, 4), dtype=np.uint8), labels=np.array([0, 3]), classes=np.array(["a"]))
+    np.savez(
+        tmp_path / "cls.npz",
+        images=np.zeros((2, 4, 4), dtype=np.uint8),
+        labels=np.array([0, 3]),
+        classes=np.array(["a"]),
+    )
     _raises_one_line(lambda: load_dataset(p("cls.npz")), "label 3", "'classes'")
     np.savez(tmp_path / "ok.npz", images=np.zeros((2, 4, 4), dtype=np.uint8))
     _raises_one_line(lambda: load_dataset(p("ok.npz"), split="val"), "train, test, train+test")
@@ -279,7 +296,9 @@ def _save(path: Path, arr: np.ndarray, fmt: str | None = None) -> None:
     Image.fromarray(arr).save(path, format=fmt)
 
 
-def test_folder_with_subfolders_gives_sorted_labels_and_skips_corrupt(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_folder_with_subfolders_gives_sorted_labels_and_skips_corrupt(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     root = tmp_path / "imgs"
     a = RNG.integers(0, 256, (3, 9, 11, 3), dtype=np.uint8)
     _save(root / "zebra" / "1.png", a[0])
@@ -341,8 +360,11 @@ def test_imagenet10_from_train_folder(tmp_path: Path, caplog: pytest.LogCaptureF
 
     for k, wnid in enumerate(IMAGENET10_CLASSES):
         for j in range(2):
-            _save(tmp_path / "imagenet" / "train" / wnid / f"{wnid}_{j}.JPEG",
-                  RNG.integers(0, 256, (30 + k, 40 + j, 3), dtype=np.uint8), fmt="JPEG")
+            _save(
+                tmp_path / "imagenet" / "train" / wnid / f"{wnid}_{j}.JPEG",
+                RNG.integers(0, 256, (30 + k, 40 + j, 3), dtype=np.uint8),
+                fmt="JPEG",
+            )
     (tmp_path / "imagenet" / "train" / "n99999999").mkdir()  # other classes are ignored
     with caplog.at_level(logging.INFO, logger="deepclust.data"):
         d = load_dataset("imagenet10", data_dir=str(tmp_path), image_size=16)
@@ -353,7 +375,9 @@ def test_imagenet10_from_train_folder(tmp_path: Path, caplog: pytest.LogCaptureF
     assert load_dataset("imagenet10", data_dir=str(tmp_path)).images.shape == (20, 3, 96, 96)
     # imagenet-dogs needs its own wnids: only one of them (n02085936) is present here
     _raises_one_line(lambda: load_dataset("imagenet-dogs", data_dir=str(tmp_path)), "14 of 15", "missing")
-    _raises_one_line(lambda: load_dataset("imagenet10", data_dir=str(tmp_path / "x")), "imagenet/train/<wnid>", "DEEPCLUST_DATA")
+    _raises_one_line(
+        lambda: load_dataset("imagenet10", data_dir=str(tmp_path / "x")), "imagenet/train/<wnid>", "DEEPCLUST_DATA"
+    )
     _raises_one_line(lambda: load_dataset("imagenet", data_dir=str(tmp_path)), "streaming only")
 
 
@@ -364,7 +388,11 @@ def test_tiny_imagenet_layout(tmp_path: Path) -> None:
     (root / "wnids.txt").write_text("\n".join(wnids) + "\n")
     for w in wnids:
         for j in range(2):
-            _save(root / "train" / w / "images" / f"{w}_{j}.JPEG", RNG.integers(0, 256, (64, 64, 3), dtype=np.uint8), fmt="JPEG")
+            _save(
+                root / "train" / w / "images" / f"{w}_{j}.JPEG",
+                RNG.integers(0, 256, (64, 64, 3), dtype=np.uint8),
+                fmt="JPEG",
+            )
     ann = []
     for j, w in enumerate(["n03", "n01"]):
         _save(root / "val" / "images" / f"val_{j}.JPEG", RNG.integers(0, 256, (64, 64), dtype=np.uint8), fmt="JPEG")
@@ -403,7 +431,10 @@ def fake_cifar10(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path,
     imgs = np.ascontiguousarray(_smooth_rgb(12, 32, 32).transpose(0, 3, 1, 2))
     labels = np.arange(12) % 10
     for b in range(5):
-        _pickle(base / f"data_batch_{b + 1}", {"data": imgs[2 * b : 2 * b + 2].reshape(2, -1), "labels": labels[2 * b : 2 * b + 2].tolist()})
+        _pickle(
+            base / f"data_batch_{b + 1}",
+            {"data": imgs[2 * b : 2 * b + 2].reshape(2, -1), "labels": labels[2 * b : 2 * b + 2].tolist()},
+        )
     _pickle(base / "test_batch", {"data": imgs[10:].reshape(2, -1), "labels": labels[10:].tolist()})
     names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
     _pickle(base / "batches.meta", {"label_names": names})
@@ -435,8 +466,13 @@ def test_cifar10_falls_back_to_jpeg_copy_and_reports_missing(fake_cifar10) -> No
     shutil.rmtree(root / "cifar-10-batches-py")
     assert load_dataset("cifar10", "test", data_dir=str(root)).name == "cifar10-jpeg"
     (root / "cifar10" / "test.jpeg.npz").unlink()
-    _raises_one_line(lambda: load_dataset("cifar10", "test", data_dir=str(root)),
-                     "cifar-10-batches-py/", "cifar10/test.jpeg.npz", str(root), "DEEPCLUST_DATA")
+    _raises_one_line(
+        lambda: load_dataset("cifar10", "test", data_dir=str(root)),
+        "cifar-10-batches-py/",
+        "cifar10/test.jpeg.npz",
+        str(root),
+        "DEEPCLUST_DATA",
+    )
 
 
 # The standard CIFAR-100 fine -> coarse table (evaluation.md section 3.1), twice: by name and flat.
@@ -485,10 +521,15 @@ def _fake_cifar100(root: Path, per_class: dict[str, int]) -> None:
         fine = np.repeat(np.arange(100), n)
         RNG.shuffle(fine)
         data = RNG.integers(0, 256, (len(fine), 3072), dtype=np.uint8)
-        _pickle(root / "cifar-100-python" / part, {
-            "data": data, "fine_labels": fine.tolist(),
-            "coarse_labels": [coarse_of[fine_names[i]] for i in fine], "filenames": [f"{i}.png" for i in range(len(fine))],
-        })
+        _pickle(
+            root / "cifar-100-python" / part,
+            {
+                "data": data,
+                "fine_labels": fine.tolist(),
+                "coarse_labels": [coarse_of[fine_names[i]] for i in fine],
+                "filenames": [f"{i}.png" for i in range(len(fine))],
+            },
+        )
     _pickle(root / "cifar-100-python" / "meta", {"fine_label_names": fine_names, "coarse_label_names": coarse_names})
 
 
@@ -500,7 +541,9 @@ def _trust(monkeypatch: pytest.MonkeyPatch, root: Path) -> None:
     monkeypatch.setattr(standard, "_official_md5s", lambda: md5s)
 
 
-def test_cifar100_coarse_labels_come_from_pickles_and_match_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cifar100_coarse_labels_come_from_pickles_and_match_spec(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from deepclust.data.standard import cifar100_fine_to_coarse
 
     _fake_cifar100(tmp_path, {"train": 2, "test": 1})
@@ -529,7 +572,9 @@ def test_cifar100_inconsistent_pickles_and_missing(tmp_path: Path, monkeypatch: 
     _pickle(path, entry)
     _trust(monkeypatch, tmp_path)
     _raises_one_line(lambda: load_dataset("cifar100-20", data_dir=str(tmp_path)), "more than one coarse label")
-    _raises_one_line(lambda: load_dataset("cifar100-20", data_dir=str(tmp_path / "none")), "cifar-100-python/", "DEEPCLUST_DATA")
+    _raises_one_line(
+        lambda: load_dataset("cifar100-20", data_dir=str(tmp_path / "none")), "cifar-100-python/", "DEEPCLUST_DATA"
+    )
 
 
 class _Payload:
@@ -564,7 +609,9 @@ def test_stl10_splits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         (base / f"{k}_X.bin").write_bytes(np.ascontiguousarray(x.transpose(0, 1, 3, 2)).tobytes())  # column-major
     (base / "train_y.bin").write_bytes(bytes([1, 2, 10]))
     (base / "test_y.bin").write_bytes(bytes([3, 4]))
-    (base / "class_names.txt").write_text("\n".join(["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"]))
+    (base / "class_names.txt").write_text(
+        "\n".join(["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"])
+    )
     tr = load_dataset("stl10", data_dir=str(tmp_path))
     assert np.array_equal(tr.images.numpy(), imgs["train"]) and tr.labels.tolist() == [0, 1, 9]
     assert tr.classes[1] == "bird"
@@ -579,15 +626,24 @@ def test_stl10_splits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def test_fashion_mnist_torchvision_raw_layout(tmp_path: Path) -> None:
     raw = tmp_path / "FashionMNIST" / "raw"
     raw.mkdir(parents=True)
-    imgs = {"train": RNG.integers(0, 256, (3, 28, 28), dtype=np.uint8), "t10k": RNG.integers(0, 256, (2, 28, 28), dtype=np.uint8)}
+    imgs = {
+        "train": RNG.integers(0, 256, (3, 28, 28), dtype=np.uint8),
+        "t10k": RNG.integers(0, 256, (2, 28, 28), dtype=np.uint8),
+    }
     labels = {"train": [9, 0, 3], "t10k": [1, 2]}
     for k in imgs:
-        (raw / f"{k}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, len(imgs[k]), 28, 28) + imgs[k].tobytes())
+        (raw / f"{k}-images-idx3-ubyte").write_bytes(
+            struct.pack(">IIII", 2051, len(imgs[k]), 28, 28) + imgs[k].tobytes()
+        )
         (raw / f"{k}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, len(labels[k])) + bytes(labels[k]))
     d = load_dataset("fashion-mnist", "train+test", data_dir=str(tmp_path))
     assert d.images.shape == (5, 1, 28, 28) and d.labels.tolist() == [9, 0, 3, 1, 2] and d.name == "fashion-mnist"
     assert np.array_equal(d.images[:3, 0].numpy(), imgs["train"]) and d.classes[0] == "T-shirt/top"
-    _raises_one_line(lambda: load_dataset("fashion-mnist", data_dir=str(tmp_path / "x")), "fashion_mnist/train.npz", "FashionMNIST/raw/")
+    _raises_one_line(
+        lambda: load_dataset("fashion-mnist", data_dir=str(tmp_path / "x")),
+        "fashion_mnist/train.npz",
+        "FashionMNIST/raw/",
+    )
 
 
 # ------------------------------------------------------------------ real data (skipped without ../shared/data)

@@ -31,11 +31,23 @@ def test_the_digits_spec_matches_the_loaded_images() -> None:
 def test_the_lookups_derived_from_the_specs_keep_the_tables_they_replaced() -> None:
     # transcribed from the four tables before they became data/spec.py (DATASETS, DATASET_SPLITS,
     # peek's _KNOWN, open's NATIVE_SIZE)
-    assert open_mod.NATIVE_SIZE == {"digits", "cifar10", "cifar10-jpeg", "cifar100", "cifar100-20", "fashion-mnist",
-                                    "stl10", "tiny-imagenet"}
+    assert open_mod.NATIVE_SIZE == {
+        "digits",
+        "cifar10",
+        "cifar10-jpeg",
+        "cifar100",
+        "cifar100-20",
+        "fashion-mnist",
+        "stl10",
+        "tiny-imagenet",
+    }
     assert [peek(n) for n in ("fashion-mnist", "stl10", "imagenet-dogs", "tiny-imagenet", "imagenet")] == [
-        DataShape(1, 28, 60000), DataShape(3, 96, 13000), DataShape(3, 224, 19500), DataShape(3, 64, 100000),
-        DataShape(3, 224, 1281167)]
+        DataShape(1, 28, 60000),
+        DataShape(3, 96, 13000),
+        DataShape(3, 224, 19500),
+        DataShape(3, 64, 100000),
+        DataShape(3, 224, 1281167),
+    ]
     assert registry.DATASET_SPLITS["imagenet10"] == ("train", "train+test")
     assert registry.DATASET_SPLITS["tiny-imagenet"] == ("train", "val", "test", "train+val")
     assert list(registry.DATASET_SPLITS)[-2:] == ["npz", "folder"]

@@ -60,7 +60,7 @@ def test_random_boxes_follow_scale_and_ratio() -> None:
     spec = ViewSpec("random", (0.2, 0.6), (0.5, 2.0))
     areas, ratios = [], []
     for i in range(400):
-        (left, top, w, h), = crop_boxes(300, 200, [spec], sample_rng(3, 1, i))
+        ((left, top, w, h),) = crop_boxes(300, 200, [spec], sample_rng(3, 1, i))
         assert 0 <= left and left + w <= 300 and 0 <= top and top + h <= 200
         areas.append(w * h / 60000)
         ratios.append(w / h)
@@ -109,7 +109,11 @@ def test_loader_serves_the_planned_rows_with_per_sample_views(tmp_path: Path) ->
     plan = [torch.tensor([7, 2, 19]), torch.tensor([0, 11])]
     got = list(loader.batches_of(plan))
     assert [g[1].tolist() for g in got] == [p.tolist() for p in plan]  # only these rows, in this order
-    specs = [ViewSpec("plain"), ViewSpec("random", (0.3, 1.0), (3 / 4, 4 / 3)), ViewSpec("random", (0.08, 0.2), (3 / 4, 4 / 3))]
+    specs = [
+        ViewSpec("plain"),
+        ViewSpec("random", (0.3, 1.0), (3 / 4, 4 / 3)),
+        ViewSpec("random", (0.08, 0.2), (3 / 4, 4 / 3)),
+    ]
     for batch, idx in got:
         for row, i in enumerate(idx.tolist()):
             ref = decode_views(data.files.full(i), specs, 24, "RGB", sample_rng(5, 3, i))
@@ -129,7 +133,7 @@ def test_gpu_decode_path_gives_the_torchvision_views(tmp_path: Path) -> None:
     aug = Augment(AugmentConfig(), 16, None, None)
     loader = StreamLoader(data, [aug, aug], torch.device("cpu"), seed=1, workers=0)
     loader.set_epoch(2)
-    (batch, idx), = loader.batches_of([torch.tensor([3, 1])])
+    ((batch, idx),) = loader.batches_of([torch.tensor([3, 1])])
     raw = [torch.from_numpy(np.fromfile(data.files.full(i), dtype=np.uint8)) for i in idx.tolist()]
     on_device = loader._decode_on_device(raw, idx)  # the CUDA path's logic, run on the CPU
     for k in range(2):
@@ -171,7 +175,11 @@ def test_folder_streams_when_over_budget(tmp_path: Path, caplog: pytest.LogCaptu
         held = open_dataset(f"folder:{tmp_path / 'f'}", "train", image_size=16)
         streamed = open_dataset(f"folder:{tmp_path / 'f'}", "train", image_size=16, memory_budget_gb=1e-6)
     assert not isinstance(held, StreamData) and held.images.shape == (12, 1, 16, 16)
-    assert isinstance(streamed, StreamData) and streamed.n_channels == 1 and streamed.labels.tolist() == held.labels.tolist()
+    assert (
+        isinstance(streamed, StreamData)
+        and streamed.n_channels == 1
+        and streamed.labels.tolist() == held.labels.tolist()
+    )
     text = " ".join(r.getMessage() for r in caplog.records)
     assert "held in memory" in text and "streamed from disk" in text
     # the plain view of the stream is what the in-memory loader stores (both: Pillow bilinear)
@@ -204,18 +212,30 @@ def _imagenet_cfg(name: str, data_dir: Path, out: Path, epochs: int = 1, **extra
         "data": {"data_dir": str(data_dir), "image_size": 16, "workers": 1},
         "model": {"backbone": "small_cnn", "stem": "cifar", "width": 8, "init": None},  # no SSL checkpoint here
         "optim": {"warmup_epochs": 0},
-        "train": {"epochs": epochs, "batch_size": 40, "device": "cpu", "progress": False, "out": str(out),
-                  "eval_every": 0, "checkpoint_every": 1},
+        "train": {
+            "epochs": epochs,
+            "batch_size": 40,
+            "device": "cpu",
+            "progress": False,
+            "out": str(out),
+            "eval_every": 0,
+            "checkpoint_every": 1,
+        },
         "eval": {"batch_size": 64},
-        "method_args": ({"n_heads": 2, "projection_hidden": 32, "frozen_epochs": 0} if "secu" in name
-                        else {"queue_size": 0, "hidden_dim": 32, "cat_dim": 16}),
+        "method_args": (
+            {"n_heads": 2, "projection_hidden": 32, "frozen_epochs": 0}
+            if "secu" in name
+            else {"queue_size": 0, "hidden_dim": 32, "cat_dim": 16}
+        ),
     }
     return resolve_config(deep_merge(deep_merge(raw, small), extra))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["secu/imagenet", "cdc/imagenet"])
-def test_imagenet_configs_train_on_an_imagenet_tree(tmp_path: Path, name: str, caplog: pytest.LogCaptureFixture) -> None:
+def test_imagenet_configs_train_on_an_imagenet_tree(
+    tmp_path: Path, name: str, caplog: pytest.LogCaptureFixture
+) -> None:
     from deepclust.engine import train
 
     make_imagenet(tmp_path / "data", n_cls=4, train=50, val=12)
@@ -237,14 +257,16 @@ def test_anchorcl_trains_on_a_streamed_folder(tmp_path: Path) -> None:
     for k in range(3):
         for j in range(12):
             _jpeg(tmp_path / "f" / f"c{k}" / f"{j}.jpg", 30 + 3 * j, 50 - j, k)
-    cfg = resolve_config({
-        "method": "anchorcl",
-        "data": {"name": f"folder:{tmp_path / 'f'}", "image_size": 16, "stream": True, "workers": 1},
-        "model": {"backbone": "small_cnn", "width": 8, "feature_dim": 16},
-        "train": {"epochs": 1, "batch_size": 12, "device": "cpu", "progress": False, "out": str(tmp_path / "run")},
-        "method_args": {"init_batch_size": 8, "init_n_init": 1},
-        "eval": {"n_init": 1},
-    })
+    cfg = resolve_config(
+        {
+            "method": "anchorcl",
+            "data": {"name": f"folder:{tmp_path / 'f'}", "image_size": 16, "stream": True, "workers": 1},
+            "model": {"backbone": "small_cnn", "width": 8, "feature_dim": 16},
+            "train": {"epochs": 1, "batch_size": 12, "device": "cpu", "progress": False, "out": str(tmp_path / "run")},
+            "method_args": {"init_batch_size": 8, "init_n_init": 1},
+            "eval": {"n_init": 1},
+        }
+    )
     rec = train(cfg)
     assert rec["dataset"].startswith("folder:") and rec["n_eval"] == 36 and rec["protocol"] == "train+test"
 
@@ -258,14 +280,25 @@ def test_streamed_resume_is_exact(tmp_path: Path) -> None:
     make_imagenet(tmp_path / "data", n_cls=4, train=20, val=4)
 
     def cfg(out: Path, epochs: int):
-        return resolve_config({
-            "method": "idfd", "n_clusters": 4,
-            "data": {"name": "imagenet", "train_split": "train", "eval_split": "val", "data_dir": str(tmp_path / "data"),
-                     "image_size": 16, "workers": 1, "mean": [0.5] * 3, "std": [0.25] * 3},
-            "model": {"backbone": "small_cnn", "width": 8, "feature_dim": 16},
-            "train": {"epochs": epochs, "batch_size": 32, "device": "cpu", "progress": False, "out": str(out)},
-            "eval": {"n_init": 1},
-        })
+        return resolve_config(
+            {
+                "method": "idfd",
+                "n_clusters": 4,
+                "data": {
+                    "name": "imagenet",
+                    "train_split": "train",
+                    "eval_split": "val",
+                    "data_dir": str(tmp_path / "data"),
+                    "image_size": 16,
+                    "workers": 1,
+                    "mean": [0.5] * 3,
+                    "std": [0.25] * 3,
+                },
+                "model": {"backbone": "small_cnn", "width": 8, "feature_dim": 16},
+                "train": {"epochs": epochs, "batch_size": 32, "device": "cpu", "progress": False, "out": str(out)},
+                "eval": {"n_init": 1},
+            }
+        )
 
     train(cfg(tmp_path / "straight", 2))
     train(cfg(tmp_path / "split", 1))
@@ -312,15 +345,37 @@ def test_report_thumbnails_decode_only_the_rows_shown(tmp_path: Path) -> None:
 
 def _stream_raw(data_dir: Path, out: Path) -> dict:
     return {
-        "method": "idfd", "n_clusters": 4,
-        "data": {"name": "imagenet", "train_split": "train", "eval_split": "val", "data_dir": str(data_dir),
-                 "image_size": 12, "workers": 1, "mean": [0.5] * 3, "std": [0.25] * 3},
+        "method": "idfd",
+        "n_clusters": 4,
+        "data": {
+            "name": "imagenet",
+            "train_split": "train",
+            "eval_split": "val",
+            "data_dir": str(data_dir),
+            "image_size": 12,
+            "workers": 1,
+            "mean": [0.5] * 3,
+            "std": [0.25] * 3,
+        },
         "model": {"backbone": "small_cnn", "width": 8, "feature_dim": 16},
         "optim": {"schedule": "constant", "lr": 0.01},
-        "train": {"epochs": 1, "batch_size": 32, "device": "cpu", "progress": False, "out": str(out),
-                  "sync_bn": True, "seed": 3},
+        "train": {
+            "epochs": 1,
+            "batch_size": 32,
+            "device": "cpu",
+            "progress": False,
+            "out": str(out),
+            "sync_bn": True,
+            "seed": 3,
+        },
         # the streamed crops do not depend on the process; the on-device steps are identities
-        "augment": {"crop_scale": [0.3, 1.0], "jitter": [0, 0, 0, 0], "jitter_p": 0.0, "grayscale_p": 0.0, "flip_p": 0.0},
+        "augment": {
+            "crop_scale": [0.3, 1.0],
+            "jitter": [0, 0, 0, 0],
+            "jitter_p": 0.0,
+            "grayscale_p": 0.0,
+            "flip_p": 0.0,
+        },
         "eval": {"n_init": 1},
     }
 
@@ -331,8 +386,14 @@ def _stream_worker(rank: int, port: int, raw: dict) -> None:
     from deepclust.config import resolve_config
     from deepclust.engine import train
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
-                      LOCAL_RANK=str(rank), DEEPCLUST_DIST_TIMEOUT="120")
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE="2",
+        LOCAL_RANK=str(rank),
+        DEEPCLUST_DIST_TIMEOUT="120",
+    )
     torch.set_num_threads(1)
     train(resolve_config(raw))
 
@@ -356,6 +417,8 @@ def test_two_processes_streaming_their_rows_equal_one_process(tmp_path: Path) ->
     a, b = io.load_checkpoint(tmp_path / "two")["model"], io.load_checkpoint(tmp_path / "one")["model"]
     for k in a:
         if a[k].is_floating_point():
-            torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=f"{k}: 2 streaming processes differ from 1")
+            torch.testing.assert_close(
+                a[k], b[k], rtol=1e-4, atol=1e-5, msg=f"{k}: 2 streaming processes differ from 1"
+            )
         else:
             assert torch.equal(a[k], b[k]), k

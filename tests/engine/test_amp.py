@@ -46,10 +46,18 @@ def processor(monkeypatch: pytest.MonkeyPatch):
     return use
 
 
-@pytest.mark.parametrize("caps, expected", [
-    (XEON_AMX, torch.bfloat16), (ZEN4, None),
-    (EPYC_NO_UNITS, None), (OLD_X86, None), (ARM64, None), ({}, None),
-], ids=["xeon-amx", "zen4-avx512bf16", "epyc-no-units", "avx2-only", "arm64", "unknown"])
+@pytest.mark.parametrize(
+    "caps, expected",
+    [
+        (XEON_AMX, torch.bfloat16),
+        (ZEN4, None),
+        (EPYC_NO_UNITS, None),
+        (OLD_X86, None),
+        (ARM64, None),
+        ({}, None),
+    ],
+    ids=["xeon-amx", "zen4-avx512bf16", "epyc-no-units", "avx2-only", "arm64", "unknown"],
+)
 def test_auto_on_the_cpu_follows_the_bf16_units(processor, caps: dict, expected: torch.dtype | None) -> None:
     processor(caps)
     assert amp_dtype("auto", CPU) is expected
@@ -120,11 +128,18 @@ def test_environment_override(processor, monkeypatch: pytest.MonkeyPatch, value:
         cpu_bf16_units()
 
 
-@pytest.mark.parametrize("items, expected", [
-    (["train.amp=fp16"], True), (["secu/cifar10", "train.epochs=1", "train.amp=fp16"], True),
-    (["train.amp='fp16'"], True), (["train.amp=fp16", "train.amp=off"], False),
-    (["train.amp=bf16"], False), (["secu/cifar10"], False), ([], False),
-])
+@pytest.mark.parametrize(
+    "items, expected",
+    [
+        (["train.amp=fp16"], True),
+        (["secu/cifar10", "train.epochs=1", "train.amp=fp16"], True),
+        (["train.amp='fp16'"], True),
+        (["train.amp=fp16", "train.amp=off"], False),
+        (["train.amp=bf16"], False),
+        (["secu/cifar10"], False),
+        ([], False),
+    ],
+)
 def test_typed_fp16(items: list[str], expected: bool) -> None:
     assert typed_fp16(items) is expected
 
@@ -140,8 +155,21 @@ def test_the_secu_paper_config_on_a_cpu_is_never_fp16(processor) -> None:
 
 # ------------------------------------------------------------------ through the CLI and the trainer
 
-TINY = ["--device", "cpu", "--data", "digits", "--epochs", "1", "data.image_size=8", "model.backbone=small_cnn",
-        "model.width=8", "model.feature_dim=16", "train.batch_size=512", "eval.n_init=1", "train.progress=false"]
+TINY = [
+    "--device",
+    "cpu",
+    "--data",
+    "digits",
+    "--epochs",
+    "1",
+    "data.image_size=8",
+    "model.backbone=small_cnn",
+    "model.width=8",
+    "model.feature_dim=16",
+    "train.batch_size=512",
+    "eval.n_init=1",
+    "train.progress=false",
+]
 
 
 def _saved_amp(run: Path) -> str:
@@ -149,16 +177,27 @@ def _saved_amp(run: Path) -> str:
 
 
 @pytest.mark.parametrize("units, expected", [("1", "bf16"), ("0", "off")])
-def test_cli_secu_cifar10_config_on_the_cpu_runs_the_fast_precision(monkeypatch, caplog, tmp_path: Path,
-                                                                   units: str, expected: str) -> None:
+def test_cli_secu_cifar10_config_on_the_cpu_runs_the_fast_precision(
+    monkeypatch, caplog, tmp_path: Path, units: str, expected: str
+) -> None:
     """The SeCu CIFAR-10 paper config (amp: fp16) trained on the CPU, shrunk to digits: bf16 with
     bf16 units, float32 without, never emulated fp16; the choice is in config.yaml and the log."""
     monkeypatch.setenv(amp.CPU_BF16_ENV, units)
     monkeypatch.setattr(amp, "_said", set())
     out = tmp_path / "run"
     with caplog.at_level(logging.INFO, logger="deepclust.engine.amp"):
-        code = main(["train", "secu/cifar10", *TINY, "--out", str(out), "data.mean=null", "data.std=null",
-                     "method_args.n_heads=2"])
+        code = main(
+            [
+                "train",
+                "secu/cifar10",
+                *TINY,
+                "--out",
+                str(out),
+                "data.mean=null",
+                "data.std=null",
+                "method_args.n_heads=2",
+            ]
+        )
     assert code == 0
     assert _saved_amp(out) == expected
     assert any("config says train.amp=fp16" in r.getMessage() for r in caplog.records)
@@ -172,7 +211,9 @@ def test_cli_typed_fp16_keeps_fp16_on_the_cpu(monkeypatch, tmp_path: Path) -> No
 
 
 def _losses(run: Path) -> list[dict]:
-    return [json.loads(x)["train"] for x in (run / "metrics.jsonl").read_text().splitlines() if "train" in json.loads(x)]
+    return [
+        json.loads(x)["train"] for x in (run / "metrics.jsonl").read_text().splitlines() if "train" in json.loads(x)
+    ]
 
 
 def test_auto_on_a_cpu_without_units_changes_nothing(processor, tmp_path: Path) -> None:

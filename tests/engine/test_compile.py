@@ -26,12 +26,15 @@ def _cc_available() -> bool:
 @pytest.mark.slow
 @pytest.mark.skipif(not _cc_available(), reason="inductor on the CPU needs a C compiler")
 def test_compiled_backbone_gives_the_eager_step() -> None:
-    cfg = resolve_config({
-        "method": "idfd", "data": {"name": "digits", "image_size": 8},
-        "model": {"backbone": "small_cnn", "feature_dim": 16, "width": 4},
-        "train": {"device": "cpu", "batch_size": 32, "compile": True, "channels_last": False},
-        "optim": {"fused": False},
-    })
+    cfg = resolve_config(
+        {
+            "method": "idfd",
+            "data": {"name": "digits", "image_size": 8},
+            "model": {"backbone": "small_cnn", "feature_dim": 16, "width": 4},
+            "train": {"device": "cpu", "batch_size": 32, "compile": True, "channels_last": False},
+            "optim": {"fused": False},
+        }
+    )
     info = DataInfo(n_samples=64, n_channels=1, image_size=8, mean=[0.3], std=[0.3], n_clusters=4)
     torch.manual_seed(0)
     eager = create_method(cfg, info)

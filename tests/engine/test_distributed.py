@@ -54,7 +54,10 @@ K = 4
 CASES: dict[str, tuple[str, dict[str, Any]]] = {
     "idfd": ("idfd", {}),
     "secu_size": ("secu", {"n_heads": 2, "frozen_epochs": 0, "projection_hidden": 16}),
-    "secu_entropy": ("secu", {"n_heads": 2, "constraint": "entropy", "entropy_alpha": 20.0, "frozen_epochs": 0, "projection_hidden": 16}),
+    "secu_entropy": (
+        "secu",
+        {"n_heads": 2, "constraint": "entropy", "entropy_alpha": 20.0, "frozen_epochs": 0, "projection_hidden": 16},
+    ),
     "cdc_sinkhorn_queue": ("cdc", {"queue_size": 12, "hidden_dim": 16, "cat_dim": 8}),
     "cdc_similarity": ("cdc", {"sinkhorn_mode": "similarity", "hidden_dim": 16, "cat_dim": 8}),
     "cdc_entropy": ("cdc", {"equipartition": "entropy", "hidden_dim": 16, "cat_dim": 8}),
@@ -105,16 +108,18 @@ def _batches() -> list[torch.Tensor]:
 
 
 def _build(method: str, args: dict[str, Any]) -> tuple[nn.Module, torch.optim.Optimizer]:
-    cfg = resolve_config({
-        "method": method,
-        "n_clusters": K,
-        "model": {"backbone": "small_cnn", "width": 4, "feature_dim": 8},
-        "train": {"seed": 3, "device": "cpu", "batch_size": 16},
-        # SGD for every method: Adam's first step is lr * sign(g), which turns rounding-level
-        # differences of near-zero gradients into lr-sized ones
-        "optim": {"name": "sgd", "lr": 0.02, "momentum": 0.9, "weight_decay": 1e-4},
-        "method_args": args,
-    })
+    cfg = resolve_config(
+        {
+            "method": method,
+            "n_clusters": K,
+            "model": {"backbone": "small_cnn", "width": 4, "feature_dim": 8},
+            "train": {"seed": 3, "device": "cpu", "batch_size": 16},
+            # SGD for every method: Adam's first step is lr * sign(g), which turns rounding-level
+            # differences of near-zero gradients into lr-sized ones
+            "optim": {"name": "sgd", "lr": 0.02, "momentum": 0.9, "weight_decay": 1e-4},
+            "method_args": args,
+        }
+    )
     info = DataInfo(n_samples=N_IMAGES, n_channels=1, image_size=8, mean=[0.5], std=[0.25], n_clusters=K)
     torch.manual_seed(3)
     m = create_method(cfg, info)
@@ -350,19 +355,41 @@ def _toy_raw(out: Path, epochs: int, data: str) -> dict[str, Any]:
         "n_clusters": 3,
         "data": {"name": data, "image_size": 8},
         "model": {"backbone": "small_cnn", "width": 8, "feature_dim": 16},
-        "optim": {"schedule": "constant", "lr": 0.01},  # shared by the 1- and 2-epoch runs; small: SGD on this tiny net amplifies rounding
-        "train": {"epochs": epochs, "batch_size": 128, "out": str(out), "device": "cpu", "progress": False,
-                  "sync_bn": True, "seed": 1},
+        "optim": {
+            "schedule": "constant",
+            "lr": 0.01,
+        },  # shared by the 1- and 2-epoch runs; small: SGD on this tiny net amplifies rounding
+        "train": {
+            "epochs": epochs,
+            "batch_size": 128,
+            "out": str(out),
+            "device": "cpu",
+            "progress": False,
+            "sync_bn": True,
+            "seed": 1,
+        },
         # every random choice is an identity: the views do not depend on which process draws them
-        "augment": {"crop_scale": [1.0, 1.0], "crop_ratio": [1.0, 1.0], "jitter": [0, 0, 0, 0], "jitter_p": 0.0,
-                    "grayscale_p": 0.0, "flip_p": 0.0},
+        "augment": {
+            "crop_scale": [1.0, 1.0],
+            "crop_ratio": [1.0, 1.0],
+            "jitter": [0, 0, 0, 0],
+            "jitter_p": 0.0,
+            "grayscale_p": 0.0,
+            "flip_p": 0.0,
+        },
         "eval": {"n_init": 3},
     }
 
 
 def _trainer_worker(rank: int, port: int, raw: dict[str, Any], rec_path: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
-                      LOCAL_RANK=str(rank), DEEPCLUST_DIST_TIMEOUT="120")
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(WORLD),
+        LOCAL_RANK=str(rank),
+        DEEPCLUST_DIST_TIMEOUT="120",
+    )
     torch.set_num_threads(1)
     record = train(resolve_config(raw))
     Path(f"{rec_path}.rank{rank}").write_text(json.dumps(record, default=str))
@@ -401,13 +428,20 @@ def test_two_process_run_resumed_in_one_process_equals_one_process_run(tmp_path:
 
 
 def _selflabel_worker(rank: int, port: int, run: str, out: str, rec_path: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
-                      LOCAL_RANK=str(rank), DEEPCLUST_DIST_TIMEOUT="120")
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(WORLD),
+        LOCAL_RANK=str(rank),
+        DEEPCLUST_DIST_TIMEOUT="120",
+    )
     torch.set_num_threads(1)
     from deepclust.selflabel import selflabel
 
-    record = selflabel(run, epochs=1, threshold=0.5, batch_size=200, temperature=0.03, out=out, device="cpu",
-                       progress=False)
+    record = selflabel(
+        run, epochs=1, threshold=0.5, batch_size=200, temperature=0.03, out=out, device="cpu", progress=False
+    )
     Path(f"{rec_path}.rank{rank}").write_text(json.dumps(record, default=str))
 
 
@@ -420,8 +454,9 @@ def test_selflabel_stage_runs_under_torchrun_and_resumes_in_one_process(tmp_path
     data = _toy_npz(tmp_path / "toy.npz")
     run, out = tmp_path / "run", tmp_path / "run" / "selflabel"
     train(resolve_config(_toy_raw(run, epochs=1, data=data)))
-    mp.spawn(_selflabel_worker, args=(_free_port(), str(run), str(out), str(tmp_path / "record")), nprocs=WORLD,
-             join=True)
+    mp.spawn(
+        _selflabel_worker, args=(_free_port(), str(run), str(out), str(tmp_path / "record")), nprocs=WORLD, join=True
+    )
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "config.yaml", "metrics.jsonl", "results.json"]
     recs = [json.loads((tmp_path / f"record.rank{r}").read_text()) for r in range(WORLD)]
     assert recs[0] == recs[1] and recs[0]["stage"] == "selflabel"

@@ -63,7 +63,9 @@ def test_train_to_test_fits_kmeans_on_train_and_assigns_test() -> None:
     xte, yte = _blobs(120, 1)
     train = ImageData(xtr, torch.from_numpy(ytr), ["a", "b", "c"], "toy", "train")
     test = ImageData(xte, torch.from_numpy(yte), ["a", "b", "c"], "toy", "test")
-    cfg = resolve_config({"method": "idfd", "data": {"train_split": "train", "eval_split": "test"}, "eval": {"n_init": 5}})
+    cfg = resolve_config(
+        {"method": "idfd", "data": {"train_split": "train", "eval_split": "test"}, "eval": {"n_init": 5}}
+    )
     pred = predict(PixelMethod(), cfg, 3, train, test, torch.device("cpu"))
     assert pred.info["fit_split"] == "train" and pred.labels.shape == (120,)
     # The centres are k-means of the *training* features; test images go to the nearest one.

@@ -93,7 +93,9 @@ def test_fused_rule_follows_torch(monkeypatch):
 def test_config_fields_default_to_auto_and_coerce():
     cfg = resolve_config({"method": "idfd"})
     assert (cfg.train.channels_last, cfg.train.compile, cfg.train.data_on_device, cfg.optim.fused) == ("auto",) * 4
-    cfg = resolve_config({"method": "idfd", "train": {"compile": False, "channels_last": True}, "optim": {"fused": "auto"}})
+    cfg = resolve_config(
+        {"method": "idfd", "train": {"compile": False, "channels_last": True}, "optim": {"fused": "auto"}}
+    )
     assert cfg.train.compile is False and cfg.train.channels_last is True and cfg.optim.fused == "auto"
 
 
@@ -170,7 +172,10 @@ def test_a_step_the_grad_scaler_skips_changes_nothing(name, fused):
     if name == "sgd":
         want = _sgd_reference(params0, steps, 0.05, 0.9, 1e-3, False)
     else:
-        want = [w.double() for w in _run(lambda ps: make_optimizer(name, [{"params": ps}], CPU, False, **kw), params0, steps)]
+        want = [
+            w.double()
+            for w in _run(lambda ps: make_optimizer(name, [{"params": ps}], CPU, False, **kw), params0, steps)
+        ]
     for got, w in zip(params, want, strict=True):
         assert torch.isfinite(got).all()
         torch.testing.assert_close(got.detach().double(), w, rtol=1e-5, atol=1e-6)
@@ -252,9 +257,14 @@ def test_apply_rejects_bad_switch():
 def test_trainer_applies_fused_switch(tmp_path):
     from deepclust.engine.trainer import Trainer
 
-    cfg = resolve_config({"method": "idfd", "data": {"name": "digits"},
-                          "train": {"epochs": 1, "out": str(tmp_path / "a"), "progress": False},
-                          "optim": {"fused": False}})
+    cfg = resolve_config(
+        {
+            "method": "idfd",
+            "data": {"name": "digits"},
+            "train": {"epochs": 1, "out": str(tmp_path / "a"), "progress": False},
+            "optim": {"fused": False},
+        }
+    )
     t = Trainer(cfg)
     assert not t.optimizer.defaults.get("fused")
     assert t.fast.fused is False and t.fast.channels_last is True  # auto on the CPU for a conv backbone

@@ -67,7 +67,9 @@ def test_feature_statistics_are_per_dimension_with_a_floor(l2: bool) -> None:
     np.testing.assert_allclose(info.feature_mean, x.mean(0), rtol=1e-6)
     np.testing.assert_allclose(info.feature_std, np.maximum(std, floor), rtol=1e-5)
     with pytest.raises(ConfigError):
-        data_info(resolve_config({"method": "idfd", "n_clusters": 3, "data": {"mean": [0.0], "std": [1.0]}}), data, data)
+        data_info(
+            resolve_config({"method": "idfd", "n_clusters": 3, "data": {"mean": [0.0], "std": [1.0]}}), data, data
+        )
 
 
 # ----- the views ------------------------------------------------------------------------------------
@@ -112,11 +114,15 @@ def test_auto_backbone_is_the_mlp_for_features() -> None:
 @pytest.mark.parametrize("method", list_methods())
 def test_every_method_trains_in_feature_mode(method: str, tmp_path: Path) -> None:
     data = _blobs()
-    cfg = resolve_config({
-        "method": method, "n_clusters": 3, "data": {"name": "blobs"},
-        "train": {"epochs": 2, "batch_size": 60, "out": str(tmp_path), "device": "cpu", "progress": False},
-        "eval": {"n_init": 2},
-    })
+    cfg = resolve_config(
+        {
+            "method": method,
+            "n_clusters": 3,
+            "data": {"name": "blobs"},
+            "train": {"epochs": 2, "batch_size": 60, "out": str(tmp_path), "device": "cpu", "progress": False},
+            "eval": {"n_init": 2},
+        }
+    )
     trainer = Trainer(cfg, data=data)
     m = trainer.method
     # the image pipelines each method builds were replaced by the feature-space ones
@@ -130,11 +136,15 @@ def test_every_method_trains_in_feature_mode(method: str, tmp_path: Path) -> Non
 
 @pytest.mark.parametrize("method", list_methods())
 def test_feature_noise_and_dropout_come_from_the_config(method: str, tmp_path: Path) -> None:
-    cfg = resolve_config({
-        "method": method, "n_clusters": 3, "data": {"name": "blobs"},
-        "augment": {"feature_noise": 0.3, "feature_dropout": 0.0},
-        "train": {"epochs": 1, "batch_size": 60, "out": str(tmp_path), "device": "cpu", "progress": False},
-    })
+    cfg = resolve_config(
+        {
+            "method": method,
+            "n_clusters": 3,
+            "data": {"name": "blobs"},
+            "augment": {"feature_noise": 0.3, "feature_dropout": 0.0},
+            "train": {"epochs": 1, "batch_size": 60, "out": str(tmp_path), "device": "cpu", "progress": False},
+        }
+    )
     m = Trainer(cfg, data=_blobs()).method
     augs = [mod for mod in m.modules() if isinstance(mod, FeatureAugment)]
     assert augs and all(a.noise_std == 0.3 and a.dropout == 0.0 for a in augs)
@@ -151,8 +161,14 @@ def test_bad_feature_view_settings_are_config_errors(bad: dict) -> None:
 
 
 def test_image_backbone_on_features_is_a_clear_error(tmp_path: Path) -> None:
-    cfg = resolve_config({"method": "idfd", "n_clusters": 3, "model": {"backbone": "resnet18"},
-                          "train": {"out": str(tmp_path), "device": "cpu"}})
+    cfg = resolve_config(
+        {
+            "method": "idfd",
+            "n_clusters": 3,
+            "model": {"backbone": "resnet18"},
+            "train": {"out": str(tmp_path), "device": "cpu"},
+        }
+    )
     with pytest.raises(ConfigError, match="mlp"):
         Trainer(cfg, data=_blobs())
 
@@ -160,12 +176,20 @@ def test_image_backbone_on_features_is_a_clear_error(tmp_path: Path) -> None:
 def test_trainer_takes_in_memory_images(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     data = ImageData.from_arrays(rng.integers(0, 256, (40, 8, 8), dtype=np.uint8), name="toy")
-    cfg = resolve_config({"method": "idfd", "n_clusters": 2, "data": {"name": "toy"},
-                          "train": {"epochs": 1, "batch_size": 16, "out": str(tmp_path), "device": "cpu", "progress": False},
-                          "eval": {"n_init": 1}})
+    cfg = resolve_config(
+        {
+            "method": "idfd",
+            "n_clusters": 2,
+            "data": {"name": "toy"},
+            "train": {"epochs": 1, "batch_size": 16, "out": str(tmp_path), "device": "cpu", "progress": False},
+            "eval": {"n_init": 1},
+        }
+    )
     trainer = Trainer(cfg, data=data)
     record = trainer.fit()
     assert record["dataset"] == "toy" and "acc" not in record and trainer.cfg.model.backbone == "small_cnn"
     with pytest.raises(DataError):
-        Trainer(resolve_config({"method": "idfd", "n_clusters": 2, "train": {"out": str(tmp_path / "b")}}),
-                data=(data, _blobs()))
+        Trainer(
+            resolve_config({"method": "idfd", "n_clusters": 2, "train": {"out": str(tmp_path / "b")}}),
+            data=(data, _blobs()),
+        )

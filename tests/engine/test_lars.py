@@ -77,8 +77,15 @@ def test_zero_gradient_is_not_scaled_to_nan() -> None:
 
 
 def _secu_method(optim: dict):
-    cfg = resolve_config({"method": "secu", "n_clusters": 3, "model": {"backbone": "small_cnn", "width": 4, "feature_dim": 8},
-                          "optim": optim, "method_args": {"n_heads": 2}})
+    cfg = resolve_config(
+        {
+            "method": "secu",
+            "n_clusters": 3,
+            "model": {"backbone": "small_cnn", "width": 4, "feature_dim": 8},
+            "optim": optim,
+            "method_args": {"n_heads": 2},
+        }
+    )
     info = DataInfo(n_samples=20, n_channels=1, image_size=8, mean=[0.5], std=[0.2], n_clusters=3)
     return cfg, create_method(cfg, info)
 

@@ -55,12 +55,32 @@ def test_cli_trains_two_epochs_under_autocast_with_fast_paths(method: str, amp: 
     # the optimiser each method defaults to (idfd/secu: sgd, cdc/anchorcl: adam)
     opt = resolve_config({"method": method}).optim.name
     fused = "true" if fused_supported(opt, torch.device("cpu")) else "auto"
-    code = main([
-        "train", "--method", method, "--data", "digits", "--epochs", "2", "--device", "cpu",
-        "--batch-size", "512", "--out", str(out), "train.progress=false", "eval.n_init=1",
-        "model.backbone=small_cnn", "model.width=8", f"train.amp={amp}", "train.channels_last=true",
-        f"optim.fused={fused}", "model.feature_dim=32", *SMALL.get(method, []),
-    ])
+    code = main(
+        [
+            "train",
+            "--method",
+            method,
+            "--data",
+            "digits",
+            "--epochs",
+            "2",
+            "--device",
+            "cpu",
+            "--batch-size",
+            "512",
+            "--out",
+            str(out),
+            "train.progress=false",
+            "eval.n_init=1",
+            "model.backbone=small_cnn",
+            "model.width=8",
+            f"train.amp={amp}",
+            "train.channels_last=true",
+            f"optim.fused={fused}",
+            "model.feature_dim=32",
+            *SMALL.get(method, []),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 0, err
     rec = json.loads((out / "results.json").read_text())
@@ -77,12 +97,15 @@ def test_cli_trains_two_epochs_under_autocast_with_fast_paths(method: str, amp: 
 
 @functools.cache  # built (and AnchorCL's k-means run) once per method; steps deep-copy it
 def _method(name: str):
-    cfg = resolve_config({
-        "method": name, "data": {"name": "digits", "image_size": 8},
-        "model": {"backbone": "small_cnn", "feature_dim": 16, "width": 8},
-        "train": {"device": "cpu", "batch_size": 32, "seed": 0},
-        "method_args": {"n_heads": 2} if name == "secu" else {},
-    })
+    cfg = resolve_config(
+        {
+            "method": name,
+            "data": {"name": "digits", "image_size": 8},
+            "model": {"backbone": "small_cnn", "feature_dim": 16, "width": 8},
+            "train": {"device": "cpu", "batch_size": 32, "seed": 0},
+            "method_args": {"n_heads": 2} if name == "secu" else {},
+        }
+    )
     info = DataInfo(n_samples=64, n_channels=1, image_size=8, mean=[0.3], std=[0.3], n_clusters=4)
     torch.manual_seed(0)
     m = create_method(cfg, info)

@@ -46,9 +46,14 @@ def command_lines(code: str) -> list[list[str]]:
 def test_mkdocs_builds_strictly(tmp_path: Path) -> None:
     pytest.importorskip("mkdocs", reason="mkdocs is not installed (pip install -e '.[test]' brings it)")
     pytest.importorskip("material", reason="mkdocs-material is not installed (pip install -e '.[test]' brings it)")
-    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env={**__import__("os").environ, "NO_MKDOCS_2_WARNING": "1"})
+    done = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**__import__("os").environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert (tmp_path / "site" / "methods" / "idfd" / "index.html").is_file()
 
@@ -67,7 +72,7 @@ def test_every_deepclust_command_in_the_docs_parses() -> None:
             if "deepclust" not in argv:
                 continue
             i = argv.index("deepclust")
-            args = argv[i + 1:]
+            args = argv[i + 1 :]
             try:  # as cli.main: key=value overrides may also follow the flags
                 _, extra = parser.parse_known_args(args)
             except SystemExit:

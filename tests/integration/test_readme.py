@@ -20,8 +20,11 @@ PAGES = [README, *sorted((ROOT / "docs").rglob("*.md"))]
 
 def block(name: str) -> str:
     """The fenced code block that follows ``<!-- readme-test: name -->`` (exactly one, README or docs)."""
-    found = [m.group(1) for page in PAGES
-             for m in re.finditer(rf"<!-- readme-test: {name} -->\s*```\w*\n(.*?)```", page.read_text(), re.S)]
+    found = [
+        m.group(1)
+        for page in PAGES
+        for m in re.finditer(rf"<!-- readme-test: {name} -->\s*```\w*\n(.*?)```", page.read_text(), re.S)
+    ]
     assert len(found) == 1, f"{len(found)} blocks marked readme-test: {name} in README.md and docs/ (want one)"
     return found[0]
 
@@ -56,7 +59,9 @@ def make_photos(folder: Path, n_per_kind: int = 12) -> None:
 def test_folder_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     make_photos(tmp_path / "photos")
-    run_commands(block("folder"), {"--epochs 30": "--epochs 1", "--k 3,5,8": "--k 2,3", "--n-clusters 5": "--n-clusters 3"})
+    run_commands(
+        block("folder"), {"--epochs 30": "--epochs 1", "--k 3,5,8": "--k 2,3", "--n-clusters 5": "--n-clusters 3"}
+    )
     rows = (tmp_path / "clusters.csv").read_text().strip().splitlines()
     assert rows[0] == "path,cluster,confidence" and len(rows) == 1 + 36
     report = tmp_path / "runs/photos/report/report.html"
@@ -75,7 +80,9 @@ def test_python_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
 @pytest.mark.slow
 def test_research_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    run_commands(block("research"), {"train.epochs=20": "train.epochs=1 train.device=cpu", "train.epochs=40": "train.epochs=2"})
+    run_commands(
+        block("research"), {"train.epochs=20": "train.epochs=1 train.device=cpu", "train.epochs=40": "train.epochs=2"}
+    )
     import json
 
     assert json.loads((tmp_path / "runs/idfd_digits/results.json").read_text())["epoch"] == 2

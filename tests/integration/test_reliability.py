@@ -35,8 +35,26 @@ def data(tmp_path_factory) -> Path:
 
 
 def _train(data: Path, out: Path, *extra: str) -> list[str]:
-    return ["-q", "train", "--method", "idfd", "--data", f"npz:{data}", "--n-clusters", "3", "--device", "cpu",
-            "--out", str(out), "--batch-size", "48", "model.width=4", "model.feature_dim=8", "eval.n_init=1", *extra]
+    return [
+        "-q",
+        "train",
+        "--method",
+        "idfd",
+        "--data",
+        f"npz:{data}",
+        "--n-clusters",
+        "3",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        "--batch-size",
+        "48",
+        "model.width=4",
+        "model.feature_dim=8",
+        "eval.n_init=1",
+        *extra,
+    ]
 
 
 def _one_line(capsys, code: int, expected: str) -> str:
@@ -54,8 +72,9 @@ def _epochs(out: Path) -> list[int]:
 
 # ----- a full disk ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("failure", ["torch", "enospc"])
-def test_full_disk_is_one_line_and_keeps_the_last_checkpoint(failure: str, data: Path, tmp_path: Path,
-                                                             monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+def test_full_disk_is_one_line_and_keeps_the_last_checkpoint(
+    failure: str, data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
     out = tmp_path / "run"
     real_save, calls = torch.save, []
 
@@ -78,8 +97,9 @@ def test_full_disk_is_one_line_and_keeps_the_last_checkpoint(failure: str, data:
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "config.yaml", "metrics.jsonl"]
 
 
-def test_metrics_write_on_a_full_disk_is_one_line(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                  capsys) -> None:
+def test_metrics_write_on_a_full_disk_is_one_line(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
     real_open = os.open
 
     def full(path, flags, *a):
@@ -114,18 +134,30 @@ def test_damaged_checkpoint_is_reported_corrupt(data: Path, tmp_path: Path, caps
 
 
 # ----- config values, before any training ----------------------------------------------------------------
-@pytest.mark.parametrize("override", ["train.checkpoint_every=0", "eval.batch_size=0", "optim.lr=-1",
-                                      "model.feature_dim=0", "model.width=0", "model.stem=foo", "train.eval_every=-1"])
-def test_bad_config_values_fail_before_training(override: str, data: Path, tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch, interrupt_in_epoch, capsys) -> None:
+@pytest.mark.parametrize(
+    "override",
+    [
+        "train.checkpoint_every=0",
+        "eval.batch_size=0",
+        "optim.lr=-1",
+        "model.feature_dim=0",
+        "model.width=0",
+        "model.stem=foo",
+        "train.eval_every=-1",
+    ],
+)
+def test_bad_config_values_fail_before_training(
+    override: str, data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, interrupt_in_epoch, capsys
+) -> None:
     interrupt_in_epoch(0, AssertionError)  # an epoch would fail the test
     _one_line(capsys, main([*_train(data, tmp_path / "run"), override]), override.split("=")[0])
     assert not (tmp_path / "run").exists()
 
 
 # ----- kills and resumes ---------------------------------------------------------------------------------
-def test_kill_after_an_unsaved_epoch_then_resume_logs_each_epoch_once(data: Path, tmp_path: Path,
-                                                                       monkeypatch: pytest.MonkeyPatch, interrupt_in_epoch) -> None:
+def test_kill_after_an_unsaved_epoch_then_resume_logs_each_epoch_once(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, interrupt_in_epoch
+) -> None:
     out = tmp_path / "run"
     interrupt_in_epoch(3, Killed)  # killed in epoch 4: epochs 1-3 are logged, the checkpoint is of epoch 2
     with pytest.raises(Killed):
@@ -136,8 +168,9 @@ def test_kill_after_an_unsaved_epoch_then_resume_logs_each_epoch_once(data: Path
     assert _epochs(out) == [1, 2, 3, 4, 5]
 
 
-def test_run_killed_before_its_first_checkpoint_is_not_mixed(data: Path, tmp_path: Path,
-                                                             monkeypatch: pytest.MonkeyPatch, interrupt_in_epoch, capsys) -> None:
+def test_run_killed_before_its_first_checkpoint_is_not_mixed(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, interrupt_in_epoch, capsys
+) -> None:
     out = tmp_path / "run"
     interrupt_in_epoch(1, Killed)
     with pytest.raises(Killed):
@@ -151,8 +184,9 @@ def test_run_killed_before_its_first_checkpoint_is_not_mixed(data: Path, tmp_pat
     assert _epochs(out) == [1, 2]
 
 
-def test_ctrl_c_in_the_first_epoch_says_nothing_was_saved(data: Path, tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch, interrupt_in_epoch, capsys) -> None:
+def test_ctrl_c_in_the_first_epoch_says_nothing_was_saved(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, interrupt_in_epoch, capsys
+) -> None:
     out = tmp_path / "run"
     interrupt_in_epoch(0)
     line = _one_line(capsys, main(_train(data, out, "--epochs", "1")), "nothing was saved")
@@ -212,8 +246,9 @@ def test_checksum_detects_a_changed_value(tmp_path: Path) -> None:
         io.load_checkpoint(path)
 
 
-def test_a_failing_final_evaluation_keeps_the_trained_epochs(data: Path, tmp_path: Path,
-                                                              monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+def test_a_failing_final_evaluation_keeps_the_trained_epochs(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
     from deepclust.errors import DataError
 
     out = tmp_path / "run"

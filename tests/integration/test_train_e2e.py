@@ -22,7 +22,14 @@ def tiny_cfg(out: Path, epochs: int = 2, **train_over):
             "method": "idfd",
             "data": {"name": "digits", "image_size": 8},
             "model": {"backbone": "small_cnn", "feature_dim": 32},
-            "train": {"epochs": epochs, "batch_size": 256, "out": str(out), "device": "cpu", "progress": False, **train_over},
+            "train": {
+                "epochs": epochs,
+                "batch_size": 256,
+                "out": str(out),
+                "device": "cpu",
+                "progress": False,
+                **train_over,
+            },
             "augment": {"crop_scale": [0.5, 1.0], "grayscale_p": 0.0},
             "eval": {"n_init": 2},
         }

@@ -27,7 +27,11 @@ def ref_feature_decorrelation(v: torch.Tensor, tau2: float) -> torch.Tensor:
     cols = [v[:, l] / torch.sqrt((v[:, l] ** 2).sum()) for l in range(d)]
     total = 0.0
     for l in range(d):
-        total = total - torch.dot(cols[l], cols[l]) / tau2 + torch.log(sum(torch.exp(torch.dot(cols[l], cols[m]) / tau2) for m in range(d)))
+        total = (
+            total
+            - torch.dot(cols[l], cols[l]) / tau2
+            + torch.log(sum(torch.exp(torch.dot(cols[l], cols[m]) / tau2) for m in range(d)))
+        )
     return total / d
 
 

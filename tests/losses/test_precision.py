@@ -66,56 +66,108 @@ Case = tuple[Callable[..., Any], list[Any], tuple[int, ...]]
 def _cases() -> dict[str, Callable[[torch.Generator], Case]]:
     return {
         "idfd_instance_discrimination": lambda g: (
-            instance_discrimination_loss, [_unit(g, B, D), _unit(g, N, D), _labels(g, B, N), 1.0], (0,)),
+            instance_discrimination_loss,
+            [_unit(g, B, D), _unit(g, N, D), _labels(g, B, N), 1.0],
+            (0,),
+        ),
         "idfd_instance_discrimination_tau0.1": lambda g: (
-            instance_discrimination_loss, [_unit(g, B, D), _unit(g, N, D), _labels(g, B, N), 0.1], (0,)),
+            instance_discrimination_loss,
+            [_unit(g, B, D), _unit(g, N, D), _labels(g, B, N), 0.1],
+            (0,),
+        ),
         "idfd_feature_decorrelation": lambda g: (
-            feature_decorrelation_loss, [torch.randn(B, D, generator=g), 2.0], (0,)),
+            feature_decorrelation_loss,
+            [torch.randn(B, D, generator=g), 2.0],
+            (0,),
+        ),
         "secu_center": lambda g: (
-            secu_center_loss, [_unit(g, B, D), torch.randn(K, D, generator=g), _labels(g, B, K), 0.05], (1,)),
+            secu_center_loss,
+            [_unit(g, B, D), torch.randn(K, D, generator=g), _labels(g, B, K), 0.05],
+            (1,),
+        ),
         "secu_center_ce": lambda g: (
             functools.partial(secu_center_loss, detach_negatives=False),
-            [_unit(g, B, D), torch.randn(K, D, generator=g), _labels(g, B, K), 0.05], (1,)),
+            [_unit(g, B, D), torch.randn(K, D, generator=g), _labels(g, B, K), 0.05],
+            (1,),
+        ),
         "secu_representation": lambda g: (
             secu_representation_loss,
-            [_unit(g, B, D), _unit(g, B, D), _unit(g, K, D), _labels(g, B, K), 0.05, 0.2], (0, 1)),
+            [_unit(g, B, D), _unit(g, B, D), _unit(g, K, D), _labels(g, B, K), 0.05, 0.2],
+            (0, 1),
+        ),
         "secu_representation_sources": lambda g: (
             lambda x1, x2, c, y, s1, s2: secu_representation_loss(x1, x2, c, y, 0.05, 0.2, target_sources=(s1, s2)),
-            [_unit(g, B, D), _unit(g, B, D), _unit(g, K, D), _labels(g, B, K), _unit(g, B, D), _unit(g, B, D)], (0, 1)),
+            [_unit(g, B, D), _unit(g, B, D), _unit(g, K, D), _labels(g, B, K), _unit(g, B, D), _unit(g, B, D)],
+            (0, 1),
+        ),
         "cdc_similarity_additive": lambda g: (
-            cdc_similarity, [_prob(g, B, K), _unit(g, B, D), _prob(g, B, K), _unit(g, B, D), 1.0, 0.5], (0, 1, 2, 3)),
+            cdc_similarity,
+            [_prob(g, B, K), _unit(g, B, D), _prob(g, B, K), _unit(g, B, D), 1.0, 0.5],
+            (0, 1, 2, 3),
+        ),
         "cdc_similarity_multiplicative": lambda g: (
             functools.partial(cdc_similarity, combine="multiplicative"),
-            [_prob(g, B, K), _unit(g, B, D), _prob(g, B, K), _unit(g, B, D), 1.0, 0.5], (0, 1, 2, 3)),
+            [_prob(g, B, K), _unit(g, B, D), _prob(g, B, K), _unit(g, B, D), 1.0, 0.5],
+            (0, 1, 2, 3),
+        ),
         "cdc_contrastive": lambda g: (
-            cdc_contrastive_loss, [_prob(g, B, K), torch.randn(B, D, generator=g), _prob(g, B, K),
-                                   torch.randn(B, D, generator=g), 1.0, 0.5], (0, 1, 2, 3)),
+            cdc_contrastive_loss,
+            [_prob(g, B, K), torch.randn(B, D, generator=g), _prob(g, B, K), torch.randn(B, D, generator=g), 1.0, 0.5],
+            (0, 1, 2, 3),
+        ),
         "cdc_contrastive_queue": lambda g: (
             lambda p1, z1, p2, z2, qp, qz: cdc_contrastive_loss(p1, z1, p2, z2, 1.0, 0.2, neg_p=qp, neg_z=qz),
-            [_prob(g, B, K), torch.randn(B, D, generator=g), _prob(g, B, K), torch.randn(B, D, generator=g),
-             _prob(g, 40, K), torch.randn(40, D, generator=g)], (0, 1, 2, 3)),
+            [
+                _prob(g, B, K),
+                torch.randn(B, D, generator=g),
+                _prob(g, B, K),
+                torch.randn(B, D, generator=g),
+                _prob(g, 40, K),
+                torch.randn(40, D, generator=g),
+            ],
+            (0, 1, 2, 3),
+        ),
         "cdc_swapped_prediction": lambda g: (
-            cdc_swapped_prediction_loss, [F.log_softmax(torch.randn(B, K, generator=g) / 0.1, 1),
-                                          F.log_softmax(torch.randn(B, K, generator=g) / 0.1, 1),
-                                          _prob(g, B, K), _prob(g, B, K)], (0, 1)),
+            cdc_swapped_prediction_loss,
+            [
+                F.log_softmax(torch.randn(B, K, generator=g) / 0.1, 1),
+                F.log_softmax(torch.randn(B, K, generator=g) / 0.1, 1),
+                _prob(g, B, K),
+                _prob(g, B, K),
+            ],
+            (0, 1),
+        ),
         "cdc_entropy": lambda g: (cdc_entropy_loss, [_prob(g, B, K), _prob(g, B, K)], (0, 1)),
-        "cdc_sinkhorn_soft": lambda g: (
-            cdc_sinkhorn_soft, [torch.rand(B, K, generator=g) * 2 - 1, 3, 0.05], (0,)),
-        "nt_xent": lambda g: (nt_xent_loss, [torch.randn(B, D, generator=g), torch.randn(B, D, generator=g), 0.5], (0, 1)),
+        "cdc_sinkhorn_soft": lambda g: (cdc_sinkhorn_soft, [torch.rand(B, K, generator=g) * 2 - 1, 3, 0.05], (0,)),
+        "nt_xent": lambda g: (
+            nt_xent_loss,
+            [torch.randn(B, D, generator=g), torch.randn(B, D, generator=g), 0.5],
+            (0, 1),
+        ),
         "student_t": lambda g: (
-            student_t_assignment, [3 * torch.randn(B, D, generator=g), 3 * torch.randn(K, D, generator=g), 1.0], (0, 1)),
+            student_t_assignment,
+            [3 * torch.randn(B, D, generator=g), 3 * torch.randn(K, D, generator=g), 1.0],
+            (0, 1),
+        ),
         "dec_target": lambda g: (dec_target, [_prob(g, B, K)], ()),
         "dec_loss": lambda g: (dec_loss, [_prob(g, B, K)], (0,)),
         "anchor_loss": lambda g: (anchor_loss, [_prob(g, B, K), _prob(g, B, K)], (1,)),
         "scan": lambda g: (  # (total, consistency, entropy) stacked: all three in float32
             lambda a, n: torch.stack(scan_loss(a, n, 5.0)),
-            [3 * torch.randn(B, K, generator=g), 3 * torch.randn(B, K, generator=g)], (0, 1)),
+            [3 * torch.randn(B, K, generator=g), 3 * torch.randn(B, K, generator=g)],
+            (0, 1),
+        ),
         "sinkhorn": lambda g: (sinkhorn, [torch.rand(B, K, generator=g) * 2 - 1, 3, 0.05], ()),
         "kmeans": lambda g: (
             lambda x: kmeans(x, 5, n_init=2, seed=0).centers,
-            [torch.randn(200, 8, generator=g) + 4 * torch.randn(5, 8, generator=g).repeat(40, 1)], ()),
+            [torch.randn(200, 8, generator=g) + 4 * torch.randn(5, 8, generator=g).repeat(40, 1)],
+            (),
+        ),
         "assign_to_centers": lambda g: (
-            lambda x, c: assign_to_centers(x, c)[1], [torch.randn(200, D, generator=g), torch.randn(K, D, generator=g)], ()),
+            lambda x, c: assign_to_centers(x, c)[1],
+            [torch.randn(200, D, generator=g), torch.randn(K, D, generator=g)],
+            (),
+        ),
     }
 
 
@@ -127,7 +179,9 @@ def _run(case: Case, in_dtype: torch.dtype, amp: torch.dtype | None) -> tuple[to
     differentiable arguments, with float arguments cast to ``in_dtype``, under ``amp``."""
     fn, args, grad_idx = case
     prepared = [
-        a.detach().to(in_dtype).requires_grad_(i in grad_idx) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+        a.detach().to(in_dtype).requires_grad_(i in grad_idx)
+        if isinstance(a, torch.Tensor) and a.is_floating_point()
+        else a
         for i, a in enumerate(args)
     ]
     ctx = torch.autocast("cpu", dtype=amp) if amp is not None else contextlib.nullcontext()

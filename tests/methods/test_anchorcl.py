@@ -22,7 +22,9 @@ D64 = torch.float64
 def ref_nt_xent(z1: torch.Tensor, z2: torch.Tensor, tau: float) -> torch.Tensor:
     """(1/2B) sum_a [-S_a,pos(a) + log sum_{b != a} exp(S_ab)], S built entry by entry."""
     b = z1.shape[0]
-    u = [z1[i] / torch.sqrt((z1[i] ** 2).sum()) for i in range(b)] + [z2[i] / torch.sqrt((z2[i] ** 2).sum()) for i in range(b)]
+    u = [z1[i] / torch.sqrt((z1[i] ** 2).sum()) for i in range(b)] + [
+        z2[i] / torch.sqrt((z2[i] ** 2).sum()) for i in range(b)
+    ]
     n = 2 * b
     s = [[torch.dot(u[a], u[c]) / tau for c in range(n)] for a in range(n)]
     total = 0.0
@@ -227,12 +229,14 @@ def test_anchor_loss_zero_for_identical_and_positive_otherwise() -> None:
 
 # ----- the method --------------------------------------------------------------------------------
 def make_anchorcl(n_clusters: int = 4, seed: int = 0, **args):
-    cfg = resolve_config({
-        "method": "anchorcl",
-        "model": {"backbone": "small_cnn", "feature_dim": 16},
-        "train": {"seed": seed},
-        "method_args": args,
-    })
+    cfg = resolve_config(
+        {
+            "method": "anchorcl",
+            "model": {"backbone": "small_cnn", "feature_dim": 16},
+            "train": {"seed": seed},
+            "method_args": args,
+        }
+    )
     info = DataInfo(n_samples=60, n_channels=1, image_size=8, mean=[0.5], std=[0.25], n_clusters=n_clusters)
     return create_method(cfg, info)
 
@@ -312,7 +316,12 @@ def test_training_step_matches_transcription_and_gradients() -> None:
     g = method.projector
     mu = method.centers
     q, qi, qj = (ref_student_t(t.double(), mu.double(), 1.0) for t in (h, hi, hj))
-    ref = ref_nt_xent(g(hi).double(), g(hj).double(), 0.5) + ref_dec_loss(q) + ref_anchor_loss(q.detach(), qi) + ref_anchor_loss(q.detach(), qj)
+    ref = (
+        ref_nt_xent(g(hi).double(), g(hj).double(), 0.5)
+        + ref_dec_loss(q)
+        + ref_anchor_loss(q.detach(), qi)
+        + ref_anchor_loss(q.detach(), qj)
+    )
     assert out.loss.item() == pytest.approx(ref.item(), rel=1e-4)
     out.loss.backward()
     assert method.centers.grad is not None and method.centers.grad.abs().sum() > 0
@@ -343,13 +352,19 @@ def test_infer_and_kmeans_extra() -> None:
         h = method.backbone(x)
     torch.testing.assert_close(feats, h)
     assert (feats.norm(dim=1) - 1).abs().min() > 0.1
-    torch.testing.assert_close(q.double(), ref_student_t(h.double(), method.centers.detach().double(), 1.0), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        q.double(), ref_student_t(h.double(), method.centers.detach().double(), 1.0), rtol=1e-5, atol=1e-6
+    )
     y = torch.randint(0, 3, (20,), generator=torch.Generator().manual_seed(0))
     extra = method.evaluation_extras(feats, y)["kmeans"]
     assert extra["features"] == "backbone h, clean" and extra["n_init"] == method.cfg.eval.n_init
     from deepclust.metrics import evaluate as scores_of
 
-    ref = scores_of(y.numpy(), kmeans(h, 3, n_init=method.cfg.eval.n_init, seed=method.cfg.eval.kmeans_seed).labels.numpy(), extra=True)
+    ref = scores_of(
+        y.numpy(),
+        kmeans(h, 3, n_init=method.cfg.eval.n_init, seed=method.cfg.eval.kmeans_seed).labels.numpy(),
+        extra=True,
+    )
     assert {k: extra[k] for k in ("acc", "nmi", "ari", "ami")} == {k: ref[k] for k in ("acc", "nmi", "ari", "ami")}
     assert "acc" not in method.evaluation_extras(feats, None)["kmeans"]
 
@@ -391,7 +406,12 @@ def test_full_dataset_dec_target() -> None:
     q, qi, qj = (ref_student_t(t.double(), mu, 1.0) for t in (h, hi, hj))
     p = target0[idx]
     l_clu = (p * (torch.log(p) - torch.log(q + 1e-8))).sum(1).mean()
-    ref = ref_nt_xent(g(hi).double(), g(hj).double(), 0.5) + l_clu + ref_anchor_loss(q.detach(), qi) + ref_anchor_loss(q.detach(), qj)
+    ref = (
+        ref_nt_xent(g(hi).double(), g(hj).double(), 0.5)
+        + l_clu
+        + ref_anchor_loss(q.detach(), qi)
+        + ref_anchor_loss(q.detach(), qj)
+    )
     assert out.loss.item() == pytest.approx(ref.item(), rel=1e-4)
     torch.testing.assert_close(method.q_store[idx].double(), q.detach(), rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(method.full_target.double(), target0, rtol=1e-5, atol=1e-7)  # not yet refreshed
@@ -416,12 +436,23 @@ def test_kmeans_extra_is_a_curve_in_metrics_and_ami_is_recorded(tmp_path) -> Non
     from deepclust.engine.trainer import Trainer
 
     out = tmp_path / "run"
-    cfg = resolve_config({
-        "method": "anchorcl", "n_clusters": 10, "data": {"name": "digits", "image_size": 8},
-        "model": {"backbone": "small_cnn", "feature_dim": 16, "width": 8},
-        "train": {"epochs": 2, "batch_size": 512, "eval_every": 1, "out": str(out), "device": "cpu", "progress": False},
-        "eval": {"n_init": 2},
-    })
+    cfg = resolve_config(
+        {
+            "method": "anchorcl",
+            "n_clusters": 10,
+            "data": {"name": "digits", "image_size": 8},
+            "model": {"backbone": "small_cnn", "feature_dim": 16, "width": 8},
+            "train": {
+                "epochs": 2,
+                "batch_size": 512,
+                "eval_every": 1,
+                "out": str(out),
+                "device": "cpu",
+                "progress": False,
+            },
+            "eval": {"n_init": 2},
+        }
+    )
     trainer = Trainer(cfg)
     record = trainer.fit()
     lines = [json.loads(line) for line in (out / io.METRICS).read_text().splitlines()]
@@ -442,10 +473,17 @@ def test_instance_warmup_trains_the_instance_loss_alone_then_reinitialises_the_c
     gradient reaches the centres); at the start of that epoch the centres are k-means of the
     then-current network's features, computed as setup does."""
     torch.manual_seed(3)
-    method = create_method(resolve_config({
-        "method": "anchorcl", "model": {"backbone": "small_cnn", "feature_dim": 16},
-        "train": {"seed": 0, "epochs": 8}, "method_args": {"instance_warmup": 0.25},
-    }), DataInfo(n_samples=60, n_channels=1, image_size=8, mean=[0.5], std=[0.25], n_clusters=4))
+    method = create_method(
+        resolve_config(
+            {
+                "method": "anchorcl",
+                "model": {"backbone": "small_cnn", "feature_dim": 16},
+                "train": {"seed": 0, "epochs": 8},
+                "method_args": {"instance_warmup": 0.25},
+            }
+        ),
+        DataInfo(n_samples=60, n_channels=1, image_size=8, mean=[0.5], std=[0.25], n_clusters=4),
+    )
     x = images()
     method.bind_data(x)
     method.setup(x)
@@ -489,13 +527,23 @@ def test_instance_warmup_resumes_exactly(tmp_path, interrupt_in_epoch) -> None:
     from deepclust.errors import DeepClustError
 
     def cfg(out):
-        return resolve_config({
-            "method": "anchorcl", "data": {"name": "digits", "image_size": 8},
-            "model": {"backbone": "small_cnn", "feature_dim": 16, "width": 8},
-            "train": {"epochs": 2, "batch_size": 256, "out": str(out), "device": "cpu", "progress": False,
-                      "checkpoint_every": 5},
-            "eval": {"n_init": 1}, "method_args": {"instance_warmup": 0.5, "init_n_init": 1},
-        })
+        return resolve_config(
+            {
+                "method": "anchorcl",
+                "data": {"name": "digits", "image_size": 8},
+                "model": {"backbone": "small_cnn", "feature_dim": 16, "width": 8},
+                "train": {
+                    "epochs": 2,
+                    "batch_size": 256,
+                    "out": str(out),
+                    "device": "cpu",
+                    "progress": False,
+                    "checkpoint_every": 5,
+                },
+                "eval": {"n_init": 1},
+                "method_args": {"instance_warmup": 0.5, "init_n_init": 1},
+            }
+        )
 
     straight, split = tmp_path / "a", tmp_path / "b"
     train(cfg(straight))

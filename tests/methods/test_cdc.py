@@ -87,7 +87,9 @@ def test_contrastive_loss_with_queue_negatives() -> None:
     neg_p = torch.softmax(torch.randn(7, 4, generator=g, dtype=torch.float64), 1).requires_grad_()
     neg_z = torch.randn(7, 6, generator=g, dtype=torch.float64).requires_grad_()
     ours = cdc_contrastive_loss(p1, z1, p2, z2, 0.7, 0.4, neg_p=neg_p, neg_z=neg_z)
-    ref = ref_cdc_loss(p1.detach(), z1.detach(), p2.detach(), z2.detach(), 0.7, 0.4, neg_p=neg_p.detach(), neg_z=neg_z.detach())
+    ref = ref_cdc_loss(
+        p1.detach(), z1.detach(), p2.detach(), z2.detach(), 0.7, 0.4, neg_p=neg_p.detach(), neg_z=neg_z.detach()
+    )
     assert ours.item() == pytest.approx(ref.item(), rel=1e-9)
     ours.backward()
     assert neg_p.grad is None and neg_z.grad is None  # queued negatives are held constant
@@ -209,8 +211,12 @@ def test_soft_sinkhorn_matches_shared_sinkhorn_and_has_gradient() -> None:
 
 def make_cdc(k: int = 10, batch: int = 32, seed: int = 0, **opts):
     cfg = resolve_config(
-        {"method": "cdc", "model": {"backbone": "small_cnn", "feature_dim": 16}, "train": {"seed": seed, "batch_size": batch},
-         "method_args": {"cat_dim": 16, "hidden_dim": 32, **opts}}
+        {
+            "method": "cdc",
+            "model": {"backbone": "small_cnn", "feature_dim": 16},
+            "train": {"seed": seed, "batch_size": batch},
+            "method_args": {"cat_dim": 16, "hidden_dim": 32, **opts},
+        }
     )
     info = DataInfo(n_samples=100, n_channels=1, image_size=8, mean=[0.5], std=[0.25], n_clusters=k)
     torch.manual_seed(seed)
@@ -438,7 +444,9 @@ def _digits_cfg(method: str, out: Path, epochs: int = 1, **extra):
 def test_init_from_idfd_run_and_mismatch(tmp_path: Path) -> None:
     idfd_run = tmp_path / "idfd"
     train(_digits_cfg("idfd", idfd_run))
-    saved = {k[len("backbone."):]: v for k, v in io.load_checkpoint(idfd_run)["model"].items() if k.startswith("backbone.")}
+    saved = {
+        k[len("backbone.") :]: v for k, v in io.load_checkpoint(idfd_run)["model"].items() if k.startswith("backbone.")
+    }
     trainer = Trainer(_digits_cfg("cdc", tmp_path / "cdc", model={"init": str(idfd_run)}))
     own = trainer.method.backbone.state_dict()
     assert own.keys() == saved.keys()
@@ -447,13 +455,21 @@ def test_init_from_idfd_run_and_mismatch(tmp_path: Path) -> None:
     fresh = Trainer(_digits_cfg("cdc", tmp_path / "cdc2")).method.backbone.state_dict()
     assert any(not torch.equal(fresh[k], saved[k]) for k in fresh if fresh[k].is_floating_point())
     with pytest.raises(CheckpointError):
-        Trainer(_digits_cfg("cdc", tmp_path / "cdc3", model={"init": str(idfd_run), "backbone": "resnet18", "stem": "cifar"}))
+        Trainer(
+            _digits_cfg(
+                "cdc", tmp_path / "cdc3", model={"init": str(idfd_run), "backbone": "resnet18", "stem": "cifar"}
+            )
+        )
 
 
 @pytest.mark.slow
 def test_short_digits_run_has_no_empty_cluster(tmp_path: Path) -> None:
     cfg = _digits_cfg(
-        "cdc", tmp_path / "run", epochs=2, train={"batch_size": 64}, optim={"lr": 2e-3},
+        "cdc",
+        tmp_path / "run",
+        epochs=2,
+        train={"batch_size": 64},
+        optim={"lr": 2e-3},
         augment={"crop_scale": [0.5, 1.0], "grayscale_p": 0.0, "flip_p": 0.0},
     )
     record = train(cfg)

@@ -14,7 +14,9 @@ from deepclust.methods import DataInfo, create_method
 
 
 def make_idfd(n: int = 50, d: int = 16, seed: int = 0):
-    cfg = resolve_config({"method": "idfd", "model": {"backbone": "small_cnn", "feature_dim": d}, "train": {"seed": seed}})
+    cfg = resolve_config(
+        {"method": "idfd", "model": {"backbone": "small_cnn", "feature_dim": d}, "train": {"seed": seed}}
+    )
     info = DataInfo(n_samples=n, n_channels=1, image_size=8, mean=[0.5], std=[0.25], n_clusters=3)
     return create_method(cfg, info)
 

@@ -12,8 +12,17 @@ from deepclust.methods import METHODS, ClusteringMethod, DataInfo, create_method
 
 INFO = DataInfo(n_samples=32, n_channels=1, image_size=8, mean=[0.5], std=[0.25], n_clusters=3)
 # feature mode: 64 flattened 8x8 "images", so the same inputs below serve both kinds
-FEATURE_INFO = DataInfo(n_samples=32, n_channels=1, image_size=1, mean=[0.0], std=[1.0], n_clusters=3,
-                        n_features=64, feature_mean=[0.0] * 64, feature_std=[1.0] * 64)
+FEATURE_INFO = DataInfo(
+    n_samples=32,
+    n_channels=1,
+    image_size=1,
+    mean=[0.0],
+    std=[1.0],
+    n_clusters=3,
+    n_features=64,
+    feature_mean=[0.0] * 64,
+    feature_std=[1.0] * 64,
+)
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))

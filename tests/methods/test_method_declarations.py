@@ -15,8 +15,17 @@ from deepclust.methods import DataInfo, create_method, get_method_class, list_me
 from deepclust.presets import kind_defaults
 
 INFO = DataInfo(n_samples=32, n_channels=1, image_size=8, mean=[0.5], std=[0.25], n_clusters=3)
-FEATURE_INFO = DataInfo(n_samples=32, n_channels=1, image_size=1, mean=[0.0], std=[1.0], n_clusters=3,
-                        n_features=64, feature_mean=[0.0] * 64, feature_std=[1.0] * 64)
+FEATURE_INFO = DataInfo(
+    n_samples=32,
+    n_channels=1,
+    image_size=1,
+    mean=[0.0],
+    std=[1.0],
+    n_clusters=3,
+    n_features=64,
+    feature_mean=[0.0] * 64,
+    feature_std=[1.0] * 64,
+)
 
 
 @pytest.mark.parametrize("name", list_methods())

@@ -56,11 +56,16 @@ def _blobs(seed: int = 0) -> FeatureData:
 
 
 def _cfg(out: Path, **method_args: object) -> object:
-    return resolve_config({
-        "method": "scan", "n_clusters": 4, "data": {"name": "blobs"},
-        "train": {"epochs": 8, "batch_size": 100, "out": str(out), "device": "cpu", "progress": False},
-        "eval": {"n_init": 2}, "method_args": method_args,
-    })
+    return resolve_config(
+        {
+            "method": "scan",
+            "n_clusters": 4,
+            "data": {"name": "blobs"},
+            "train": {"epochs": 8, "batch_size": 100, "out": str(out), "device": "cpu", "progress": False},
+            "eval": {"n_init": 2},
+            "method_args": method_args,
+        }
+    )
 
 
 def test_scan_clusters_separated_blobs(tmp_path: Path) -> None:
@@ -87,7 +92,13 @@ def test_scan_predicts_with_the_head_of_lowest_loss(tmp_path: Path) -> None:
 
 
 def test_scan_needs_neighbour_views(tmp_path: Path) -> None:
-    cfg = resolve_config({"method": "scan", "n_clusters": 4, "augment": {"feature_views": "noise"},
-                          "train": {"out": str(tmp_path), "device": "cpu"}})
+    cfg = resolve_config(
+        {
+            "method": "scan",
+            "n_clusters": 4,
+            "augment": {"feature_views": "noise"},
+            "train": {"out": str(tmp_path), "device": "cpu"},
+        }
+    )
     with pytest.raises(ConfigError, match="neighbors"):
         Trainer(cfg, data=_blobs())

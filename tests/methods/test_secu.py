@@ -277,7 +277,10 @@ def _replay_step(m, images: torch.Tensor, idx: torch.Tensor, epoch: int) -> int:
         moved += int((y != sim.argmax(1)).sum())
         y_prev = torch.where(stored[h] >= 0, stored[h], y)  # first visit: the new label
         prev = getattr(m, f"prev_centers_{h}")
-        lc = 0.5 * (secu_center_loss(x1, m.centers[h], y, o.temperature_w) + secu_center_loss(x2, m.centers[h], y, o.temperature_w))
+        lc = 0.5 * (
+            secu_center_loss(x1, m.centers[h], y, o.temperature_w)
+            + secu_center_loss(x2, m.centers[h], y, o.temperature_w)
+        )
         lx = secu_representation_loss(x1, x2, prev, y_prev, o.temperature_x, o.label_weight)
         total = total + lc + lx
     assert out.loss.item() == pytest.approx(total.item() / n_heads, rel=1e-5)
@@ -313,8 +316,9 @@ def test_lr_scale_frozen_warmup_cosine() -> None:
     assert m.lr_scale(15, 1, n, 1.0) == pytest.approx(0.5 * (1 + math.cos(math.pi * (t - 11 * n) / (9 * n))))
 
 
-def _old_secu_lr_scale(epoch: int, it: int, n: int, factor: float, schedule: str, warmup: int, epochs: int,
-                       frozen: int) -> float:
+def _old_secu_lr_scale(
+    epoch: int, it: int, n: int, factor: float, schedule: str, warmup: int, epochs: int, frozen: int
+) -> float:
     """SeCu.lr_scale as it was before it was built on schedule.lr_factor, transcribed."""
     if epoch < frozen:
         return 0.0
@@ -335,11 +339,15 @@ def _old_secu_lr_scale(epoch: int, it: int, n: int, factor: float, schedule: str
 def test_lr_scale_equals_the_old_formula(schedule: str, warmup: int, frozen: int, epochs: int) -> None:
     """SeCu's schedule is schedule.lr_factor on a clock shifted by the frozen epochs: exactly the
     old hand-written formula on every iteration of every epoch (and past the last)."""
-    cfg = resolve_config({
-        "method": "secu", "model": {"backbone": "small_cnn", "feature_dim": 16}, "train": {"epochs": epochs},
-        "optim": {"schedule": schedule, "warmup_epochs": warmup},
-        "method_args": {"n_heads": 1, "frozen_epochs": frozen},
-    })
+    cfg = resolve_config(
+        {
+            "method": "secu",
+            "model": {"backbone": "small_cnn", "feature_dim": 16},
+            "train": {"epochs": epochs},
+            "optim": {"schedule": schedule, "warmup_epochs": warmup},
+            "method_args": {"n_heads": 1, "frozen_epochs": frozen},
+        }
+    )
     m = create_method(cfg, DataInfo(n_samples=8, n_channels=1, image_size=8, mean=[0.5], std=[0.25], n_clusters=2))
     for n in (1, 3, 7):
         for epoch in range(epochs + 2):

@@ -73,26 +73,47 @@ def _encoder(sd: dict) -> dict:
 def _moco_v2() -> tuple[dict, dict]:
     q = _tv(fc=_mlp(512))
     k = _other(q)
-    sd = {**_prefixed(q, "module.encoder_q."), **_prefixed(k, "module.encoder_k."),
-          "module.queue": torch.randn(128, 64), "module.queue_ptr": torch.zeros(1, dtype=torch.long)}
-    return {"epoch": 200, "arch": "resnet18", "state_dict": sd, "optimizer": {"state": {}, "param_groups": []}}, _encoder(q)
+    sd = {
+        **_prefixed(q, "module.encoder_q."),
+        **_prefixed(k, "module.encoder_k."),
+        "module.queue": torch.randn(128, 64),
+        "module.queue_ptr": torch.zeros(1, dtype=torch.long),
+    }
+    return {
+        "epoch": 200,
+        "arch": "resnet18",
+        "state_dict": sd,
+        "optimizer": {"state": {}, "param_groups": []},
+    }, _encoder(q)
 
 
 def _moco_v3() -> tuple[dict, dict]:
     def mlp(d_in: int, hidden: int, out: int, last_bn: bool = True) -> nn.Sequential:
-        layers = [nn.Linear(d_in, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(), nn.Linear(hidden, out, bias=False)]
+        layers = [
+            nn.Linear(d_in, hidden, bias=False),
+            nn.BatchNorm1d(hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, out, bias=False),
+        ]
         return nn.Sequential(*layers, *([nn.BatchNorm1d(out, affine=False)] if last_bn else []))
 
     base = _tv(fc=mlp(512, 64, 32))
     momentum = _other(base)
-    sd = {**_prefixed(base, "module.base_encoder."), **_prefixed(momentum, "module.momentum_encoder."),
-          **_prefixed(mlp(32, 64, 32, last_bn=False).state_dict(), "module.predictor.")}
+    sd = {
+        **_prefixed(base, "module.base_encoder."),
+        **_prefixed(momentum, "module.momentum_encoder."),
+        **_prefixed(mlp(32, 64, 32, last_bn=False).state_dict(), "module.predictor."),
+    }
     return {"epoch": 300, "arch": "resnet18", "state_dict": sd, "optimizer": {}, "scaler": {}}, _encoder(base)
 
 
 def _dino_head() -> dict:
-    return {"head.mlp.0.weight": torch.randn(16, 512), "head.mlp.0.bias": torch.randn(16),
-            "head.last_layer.weight_g": torch.randn(64, 1), "head.last_layer.weight_v": torch.randn(64, 16)}
+    return {
+        "head.mlp.0.weight": torch.randn(16, 512),
+        "head.mlp.0.bias": torch.randn(16),
+        "head.last_layer.weight_g": torch.randn(64, 1),
+        "head.last_layer.weight_v": torch.randn(64, 16),
+    }
 
 
 def _dino_training() -> tuple[dict, dict]:
@@ -101,7 +122,8 @@ def _dino_training() -> tuple[dict, dict]:
     ckpt = {
         "student": {**_prefixed(student, "module.backbone."), **_prefixed(_dino_head(), "module.")},
         "teacher": {**_prefixed(teacher, "backbone."), **_dino_head()},
-        "optimizer": {}, "epoch": 100,
+        "optimizer": {},
+        "epoch": 100,
         "args": argparse.Namespace(arch="resnet50", out_dim=60000),  # admitted by name (INIT_GLOBALS)
     }
     return ckpt, teacher  # DINO's own evaluation reads the teacher
@@ -120,8 +142,11 @@ def _dino_bare() -> tuple[dict, dict]:
 def _swav() -> tuple[dict, dict]:
     net = _tv(fc=nn.Identity())
     proj = nn.Sequential(nn.Linear(512, 64), nn.BatchNorm1d(64), nn.ReLU(), nn.Linear(64, 16)).state_dict()
-    sd = {**_prefixed(net, "module."), **_prefixed(proj, "module.projection_head."),
-          "module.prototypes.weight": torch.randn(30, 16)}
+    sd = {
+        **_prefixed(net, "module."),
+        **_prefixed(proj, "module.projection_head."),
+        "module.prototypes.weight": torch.randn(30, 16),
+    }
     return sd, net
 
 
@@ -143,7 +168,9 @@ LAYOUTS = {
 
 def _assert_loaded(backbone: nn.Module, source: dict) -> None:
     own = backbone.state_dict()
-    assert {k for k in own if not k.endswith("num_batches_tracked")} == {f"net.{k}" for k in source if not k.endswith("num_batches_tracked")}
+    assert {k for k in own if not k.endswith("num_batches_tracked")} == {
+        f"net.{k}" for k in source if not k.endswith("num_batches_tracked")
+    }
     for k, v in source.items():
         torch.testing.assert_close(own[f"net.{k}"], v, rtol=0, atol=0)
 
@@ -157,8 +184,12 @@ def test_ssl_layouts_map_into_the_deepclust_resnet(layout: str, tmp_path: Path) 
     backbone = create_backbone("resnet18", 3, "imagenet")
     record = init_backbone(backbone, str(path), "resnet18", "imagenet")
     _assert_loaded(backbone, source)
-    assert record == {"source": str(path), "file": str(path), "format": fmt,
-                      "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    assert record == {
+        "source": str(path),
+        "file": str(path),
+        "format": fmt,
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+    }
 
 
 def test_torchvision_resnet50_loads_into_deepclust_resnet50_imagenet_stem(tmp_path: Path) -> None:
@@ -205,8 +236,12 @@ def test_mismatches_name_the_first_key_that_does_not_fit(tmp_path: Path) -> None
 
 
 def _vit_like() -> dict:
-    return {"cls_token": torch.zeros(1, 1, 8), "patch_embed.proj.weight": torch.zeros(8, 3, 4, 4),
-            "blocks.0.attn.qkv.weight": torch.zeros(24, 8), "head.weight": torch.zeros(10, 8)}
+    return {
+        "cls_token": torch.zeros(1, 1, 8),
+        "patch_embed.proj.weight": torch.zeros(8, 3, 4, 4),
+        "blocks.0.attn.qkv.weight": torch.zeros(24, 8),
+        "head.weight": torch.zeros(10, 8),
+    }
 
 
 def test_not_a_resnet_is_one_line_and_exit_2_in_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -214,8 +249,24 @@ def test_not_a_resnet_is_one_line_and_exit_2_in_the_cli(tmp_path: Path, capsys: 
     with pytest.raises(CheckpointError) as exc:
         init_backbone(create_backbone("resnet18", 3, "imagenet"), str(tmp_path / "vit.pth"), "resnet18", "imagenet")
     _one_line(exc, "is not a ResNet checkpoint", "'cls_token'")
-    code = cli_main(["train", "--method", "idfd", "--data", "digits", "--epochs", "1", "--device", "cpu",
-                     "--out", str(tmp_path / "run"), "--init", str(tmp_path / "vit.pth"), "train.progress=false"])
+    code = cli_main(
+        [
+            "train",
+            "--method",
+            "idfd",
+            "--data",
+            "digits",
+            "--epochs",
+            "1",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "run"),
+            "--init",
+            str(tmp_path / "vit.pth"),
+            "train.progress=false",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "is not a ResNet checkpoint" in err[0], err
 
@@ -278,8 +329,12 @@ def test_torchvision_names_through_torchvisions_cache(tmp_path: Path, monkeypatc
     torch.save(sd, cached)  # where torchvision's get_state_dict looks before downloading
     record = init_backbone(backbone, "torchvision:resnet18.IMAGENET1K_V1", "resnet18", "imagenet")
     _assert_loaded(backbone, _encoder(sd))
-    assert record == {"source": "torchvision:resnet18.IMAGENET1K_V1", "file": str(cached), "format": "torchvision",
-                      "sha256": hashlib.sha256(cached.read_bytes()).hexdigest()}
+    assert record == {
+        "source": "torchvision:resnet18.IMAGENET1K_V1",
+        "file": str(cached),
+        "format": "torchvision",
+        "sha256": hashlib.sha256(cached.read_bytes()).hexdigest(),
+    }
 
 
 def test_the_run_records_its_initial_weights(tmp_path: Path) -> None:
@@ -287,26 +342,39 @@ def test_the_run_records_its_initial_weights(tmp_path: Path) -> None:
     out = tmp_path / "trained"
     images = torch.randint(0, 256, (48, 8, 8), generator=torch.Generator().manual_seed(0)).to(torch.uint8).numpy()
     np.savez(tmp_path / "tiny.npz", images=images)
-    cfg = resolve_config({
-        "method": "idfd", "n_clusters": 3, "data": {"name": f"npz:{tmp_path / 'tiny.npz'}"},
-        "model": {"backbone": "small_cnn", "stem": "cifar", "width": 4, "feature_dim": 8, "init": str(run)},
-        "train": {"epochs": 1, "batch_size": 48, "out": str(out), "device": "cpu", "progress": False},
-        "eval": {"n_init": 1},
-    })
+    cfg = resolve_config(
+        {
+            "method": "idfd",
+            "n_clusters": 3,
+            "data": {"name": f"npz:{tmp_path / 'tiny.npz'}"},
+            "model": {"backbone": "small_cnn", "stem": "cifar", "width": 4, "feature_dim": 8, "init": str(run)},
+            "train": {"epochs": 1, "batch_size": 48, "out": str(out), "device": "cpu", "progress": False},
+            "eval": {"n_init": 1},
+        }
+    )
     record = train(copy.deepcopy(cfg))
-    want = {"source": str(run), "file": str(run / io.CHECKPOINT), "format": "deepclust",
-            "sha256": hashlib.sha256((run / io.CHECKPOINT).read_bytes()).hexdigest()}
+    want = {
+        "source": str(run),
+        "file": str(run / io.CHECKPOINT),
+        "format": "deepclust",
+        "sha256": hashlib.sha256((run / io.CHECKPOINT).read_bytes()).hexdigest(),
+    }
     assert record["init"] == want
     assert json.loads((out / io.RESULTS).read_text())["init"] == want
     assert io.load_checkpoint(out)["init"] == want
 
 
-def test_cdc_imagenet_config_asks_for_its_checkpoint_before_reading_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cdc_imagenet_config_asks_for_its_checkpoint_before_reading_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from deepclust.config import deep_merge, load_yaml, packaged_config
     from deepclust.engine import Trainer
 
     monkeypatch.chdir(tmp_path)  # no checkpoint here, and no ImageNet either: the init error comes first
-    raw = deep_merge(load_yaml(packaged_config("cdc/imagenet")), {"data": {"data_dir": str(tmp_path / "none")}, "train": {"out": str(tmp_path / "run")}})
+    raw = deep_merge(
+        load_yaml(packaged_config("cdc/imagenet")),
+        {"data": {"data_dir": str(tmp_path / "none")}, "train": {"out": str(tmp_path / "run")}},
+    )
     with pytest.raises(CheckpointError) as exc:
         Trainer(resolve_config(raw))
     _one_line(exc, "moco_v2_800ep_pretrain.pth.tar", "--init PATH", "MoCo v2")
@@ -316,7 +384,9 @@ def test_a_damaged_deepclust_checkpoint_is_corrupt_as_init(tmp_path: Path) -> No
     # Its weights still load, so only the stored checksum can tell (as resume and eval check it).
     run, _ = _deepclust_ckpt(tmp_path, "small_cnn", "cifar")
     ckpt = torch.load(run / io.CHECKPOINT, weights_only=False)
-    ckpt["model"]["backbone.stem.0.weight" if "backbone.stem.0.weight" in ckpt["model"] else next(iter(ckpt["model"]))] += 1.0
+    ckpt["model"][
+        "backbone.stem.0.weight" if "backbone.stem.0.weight" in ckpt["model"] else next(iter(ckpt["model"]))
+    ] += 1.0
     torch.save(ckpt, run / io.CHECKPOINT)  # the old checksum, now wrong
     with pytest.raises(CheckpointError) as exc:
         init_backbone(create_backbone("small_cnn", 1, "cifar", width=4), str(run), "small_cnn", "cifar")

@@ -12,8 +12,13 @@ from deepclust.models import create_backbone, list_backbones
 
 @pytest.mark.parametrize(
     "name,stem,size,dim",
-    [("resnet18", "cifar", 32, 512), ("resnet34", "cifar", 32, 512), ("resnet50", "cifar", 32, 2048),
-     ("resnet18", "stl", 96, 512), ("resnet18", "imagenet", 64, 512)],
+    [
+        ("resnet18", "cifar", 32, 512),
+        ("resnet34", "cifar", 32, 512),
+        ("resnet50", "cifar", 32, 2048),
+        ("resnet18", "stl", 96, 512),
+        ("resnet18", "imagenet", 64, 512),
+    ],
 )
 def test_resnet_shapes(name: str, stem: str, size: int, dim: int) -> None:
     net = create_backbone(name, 3, stem).eval()
@@ -44,7 +49,9 @@ def test_unknown_backbone_suggests() -> None:
     assert "small_cnn" in list_backbones()
 
 
-@pytest.mark.parametrize("method,rule", [("secu", "kaiming"), ("anchorcl", "kaiming"), ("idfd", "default"), ("cdc", "default")])
+@pytest.mark.parametrize(
+    "method,rule", [("secu", "kaiming"), ("anchorcl", "kaiming"), ("idfd", "default"), ("cdc", "default")]
+)
 def test_stem_initialisation_is_per_method(method: str, rule: str) -> None:
     """SCAN's and SeCu's ResNets Kaiming-initialise the replaced 3x3 stem (normal, fan-out:
     std sqrt(2 / (64 * 9))); IDFD's code keeps PyTorch's Conv2d default (uniform with bound
@@ -53,13 +60,19 @@ def test_stem_initialisation_is_per_method(method: str, rule: str) -> None:
     from deepclust.methods import DataInfo, create_method
 
     torch.manual_seed(0)
-    cfg = resolve_config({"method": method, "n_clusters": 10, "model": {"backbone": "resnet18", "stem": "cifar"},
-                          "method_args": {"n_heads": 1} if method == "secu" else {}})
+    cfg = resolve_config(
+        {
+            "method": method,
+            "n_clusters": 10,
+            "model": {"backbone": "resnet18", "stem": "cifar"},
+            "method_args": {"n_heads": 1} if method == "secu" else {},
+        }
+    )
     info = DataInfo(n_samples=64, n_channels=3, image_size=32, mean=[0.5] * 3, std=[0.25] * 3, n_clusters=10)
     w = create_method(cfg, info).backbone.net.conv1.weight.detach().flatten()
     assert w.numel() == 64 * 27
     if rule == "kaiming":
         assert float(w.std()) == pytest.approx((2 / (64 * 9)) ** 0.5, rel=0.08)
-        assert float(w.abs().max()) > 27 ** -0.5  # a normal's tails pass the uniform bound
+        assert float(w.abs().max()) > 27**-0.5  # a normal's tails pass the uniform bound
     else:
-        assert float(w.abs().max()) <= 27 ** -0.5 and float(w.std()) == pytest.approx(81 ** -0.5, rel=0.08)
+        assert float(w.abs().max()) <= 27**-0.5 and float(w.std()) == pytest.approx(81**-0.5, rel=0.08)

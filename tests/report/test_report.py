@@ -34,9 +34,13 @@ def _run(tmp: Path, labels: bool) -> Path:
         arrays |= {"labels": rng.integers(0, 4, 200), "classes": np.array(["ant", "bee", "cat", "dog"])}
     np.savez(data, **arrays)
     out = tmp / "run"
-    raw = {"method": "idfd", "n_clusters": 5, "data": {"name": f"npz:{data}"},
-           "train": {"epochs": 2, "eval_every": 1, "batch_size": 100, "device": "cpu", "out": str(out), "progress": False},
-           "eval": {"n_init": 1}}
+    raw = {
+        "method": "idfd",
+        "n_clusters": 5,
+        "data": {"name": f"npz:{data}"},
+        "train": {"epochs": 2, "eval_every": 1, "batch_size": 100, "device": "cpu", "out": str(out), "progress": False},
+        "eval": {"n_init": 1},
+    }
     train(resolve_config(raw))
     return out
 

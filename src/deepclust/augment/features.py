@@ -54,7 +54,9 @@ class FeatureEvalTransform(nn.Module):
         m = torch.as_tensor([float(v) for v in mean], dtype=torch.float32)
         s = torch.as_tensor([float(v) for v in std], dtype=torch.float32)
         if m.ndim != 1 or m.shape != s.shape or m.numel() == 0:
-            raise ConfigError(f"feature mean/std must be two lists of the same length D >= 1, got {m.numel()} and {s.numel()}")
+            raise ConfigError(
+                f"feature mean/std must be two lists of the same length D >= 1, got {m.numel()} and {s.numel()}"
+            )
         if bool((s <= 0).any()) or not bool(torch.isfinite(m).all() and torch.isfinite(s).all()):
             raise ConfigError("feature std values must be finite and > 0 (and the means finite)")
         # non-persistent: rebuilt from the run's data statistics, kept out of checkpoints
@@ -148,5 +150,7 @@ class FeatureAugment(FeatureEvalTransform):
         return z
 
     def extra_repr(self) -> str:
-        return (f"n_features={self.n_features}, l2={self.l2}, views={self.views}, neighbors={self.neighbors}, "
-                f"noise_std={self.noise_std}, dropout={self.dropout}")
+        return (
+            f"n_features={self.n_features}, l2={self.l2}, views={self.views}, neighbors={self.neighbors}, "
+            f"noise_std={self.noise_std}, dropout={self.dropout}"
+        )

@@ -64,22 +64,21 @@ _LUMA = (0.299, 0.587, 0.114)
 # ----------------------------------------------------------------------------- randomness
 
 
-def _rand(shape: Sequence[int] | int, generator: torch.Generator | None,
-          device: torch.device) -> Tensor:
+def _rand(shape: Sequence[int] | int, generator: torch.Generator | None, device: torch.device) -> Tensor:
     """U[0, 1) float32 draws from ``generator`` (on its own device), returned on ``device``."""
     gen_device = generator.device if generator is not None else device
     u = torch.rand(shape, generator=generator, device=gen_device)
     return u.to(device, non_blocking=True)
 
 
-def _uniform(shape: Sequence[int] | int, low: float, high: float,
-             generator: torch.Generator | None, device: torch.device) -> Tensor:
+def _uniform(
+    shape: Sequence[int] | int, low: float, high: float, generator: torch.Generator | None, device: torch.device
+) -> Tensor:
     """U[low, high) float32 draws."""
     return low + (high - low) * _rand(shape, generator, device)
 
 
-def _bernoulli(n: int, p: float, generator: torch.Generator | None,
-               device: torch.device) -> Tensor:
+def _bernoulli(n: int, p: float, generator: torch.Generator | None, device: torch.device) -> Tensor:
     """(n,) bool mask, True with probability p (always draws, so the stream does not depend on p)."""
     return _rand(n, generator, device) < p
 
@@ -100,8 +99,7 @@ def _per_sample(value: float | Tensor, x: Tensor) -> Tensor:
 
 def _check_batch(x: Tensor) -> None:
     if x.ndim != 4 or x.shape[1] not in (1, 3):
-        raise DataError(f"expected an image batch (B, C, H, W) with C = 1 or 3, got shape "
-                        f"{tuple(x.shape)}")
+        raise DataError(f"expected an image batch (B, C, H, W) with C = 1 or 3, got shape {tuple(x.shape)}")
 
 
 def to_float(x: Tensor) -> Tensor:
@@ -135,12 +133,16 @@ def central_crop_size(width: int, height: int, ratio: Sequence[float]) -> tuple[
     return width, height
 
 
-def sample_crop_boxes(batch: int, height: int, width: int,
-                      scale: Sequence[float] = (0.08, 1.0),
-                      ratio: Sequence[float] = (3 / 4, 4 / 3),
-                      generator: torch.Generator | None = None,
-                      device: torch.device | str | None = None,
-                      attempts: int = 10) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def sample_crop_boxes(
+    batch: int,
+    height: int,
+    width: int,
+    scale: Sequence[float] = (0.08, 1.0),
+    ratio: Sequence[float] = (3 / 4, 4 / 3),
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+    attempts: int = 10,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Per-sample ``RandomResizedCrop.get_params`` boxes, vectorised over the batch.
 
     For each sample, ``attempts`` candidates are drawn at once: area fraction ~ U(scale),
@@ -182,8 +184,9 @@ def sample_crop_boxes(batch: int, height: int, width: int,
     return top, left, h, w
 
 
-def crop_resize(x: Tensor, top: Tensor, left: Tensor, height: Tensor, width: Tensor,
-                size: int | Sequence[int]) -> Tensor:
+def crop_resize(
+    x: Tensor, top: Tensor, left: Tensor, height: Tensor, width: Tensor, size: int | Sequence[int]
+) -> Tensor:
     """Crop box ``(top, left, height, width)`` of each sample and resize it bilinearly to ``size``.
 
     Equals torchvision's ``resized_crop(..., BILINEAR, antialias=False)`` (crop, then
@@ -208,18 +211,22 @@ def crop_resize(x: Tensor, top: Tensor, left: Tensor, height: Tensor, width: Ten
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def random_resized_crop(x: Tensor, size: int | Sequence[int],
-                        scale: Sequence[float] = (0.08, 1.0),
-                        ratio: Sequence[float] = (3 / 4, 4 / 3),
-                        generator: torch.Generator | None = None) -> Tensor:
+def random_resized_crop(
+    x: Tensor,
+    size: int | Sequence[int],
+    scale: Sequence[float] = (0.08, 1.0),
+    ratio: Sequence[float] = (3 / 4, 4 / 3),
+    generator: torch.Generator | None = None,
+) -> Tensor:
     """``RandomResizedCrop(size, scale, ratio)`` with one box per sample (bilinear, no antialias)."""
     b, _, h, w = x.shape
     boxes = sample_crop_boxes(b, h, w, scale, ratio, generator, device=x.device)
     return crop_resize(x, *boxes, size=size)
 
 
-def random_crop(x: Tensor, size: int | Sequence[int], padding: int = 0,
-                generator: torch.Generator | None = None) -> Tensor:
+def random_crop(
+    x: Tensor, size: int | Sequence[int], padding: int = 0, generator: torch.Generator | None = None
+) -> Tensor:
     """``RandomCrop(size, padding)``: zero-pad each side by ``padding``, then crop a uniformly
     placed ``size`` window per sample (CIFAR-style ``padding=4``)."""
     out_h, out_w = _pair(size)
@@ -279,8 +286,9 @@ def _rgb_to_hsv(x: Tensor) -> Tensor:
     inv_delta = torch.where(delta > 0, 1.0 / delta.clamp_min(1e-12), torch.zeros_like(delta))
     s = torch.where(maxc > 0, delta / maxc.clamp_min(1e-12), torch.zeros_like(maxc))
     # hue sector by which channel is the maximum (red wins ties, then green)
-    h = torch.where(maxc == r, (g - b) * inv_delta,
-                    torch.where(maxc == g, (b - r) * inv_delta + 2.0, (r - g) * inv_delta + 4.0))
+    h = torch.where(
+        maxc == r, (g - b) * inv_delta, torch.where(maxc == g, (b - r) * inv_delta + 2.0, (r - g) * inv_delta + 4.0)
+    )
     h = (h * (1.0 / 6.0)) % 1.0
     return torch.cat((h, s, maxc), dim=1)
 
@@ -323,10 +331,16 @@ def _jitter_range(value: float, center: float, lower: float | None) -> tuple[flo
     return (max(lower, lo) if lower is not None else lo), center + value
 
 
-def sample_jitter_params(batch: int, brightness: float, contrast: float, saturation: float,
-                         hue: float, p: float = 1.0,
-                         generator: torch.Generator | None = None,
-                         device: torch.device | str | None = None) -> JitterParams:
+def sample_jitter_params(
+    batch: int,
+    brightness: float,
+    contrast: float,
+    saturation: float,
+    hue: float,
+    p: float = 1.0,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> JitterParams:
     """Draw ``ColorJitter(brightness, contrast, saturation, hue)`` parameters per sample.
 
     As torchvision: b, c, s ~ U[max(0, 1 - v), 1 + v], hue shift ~ U[-hue, hue], and a fresh
@@ -337,8 +351,12 @@ def sample_jitter_params(batch: int, brightness: float, contrast: float, saturat
     device = torch.device(device)
     order = torch.argsort(_rand((batch, 4), generator, device), dim=1)
     u = _rand((batch, 4), generator, device)
-    ranges = [_jitter_range(brightness, 1.0, 0.0), _jitter_range(contrast, 1.0, 0.0),
-              _jitter_range(saturation, 1.0, 0.0), _jitter_range(hue, 0.0, None)]
+    ranges = [
+        _jitter_range(brightness, 1.0, 0.0),
+        _jitter_range(contrast, 1.0, 0.0),
+        _jitter_range(saturation, 1.0, 0.0),
+        _jitter_range(hue, 0.0, None),
+    ]
     lo = torch.tensor([r[0] for r in ranges], device=device)
     hi = torch.tensor([r[1] for r in ranges], device=device)
     factors = lo + (hi - lo) * u
@@ -348,8 +366,7 @@ def sample_jitter_params(batch: int, brightness: float, contrast: float, saturat
     return JitterParams(order=order, factors=factors, applied=applied)
 
 
-def apply_color_jitter(x: Tensor, params: JitterParams,
-                       active: Sequence[bool] = (True, True, True, True)) -> Tensor:
+def apply_color_jitter(x: Tensor, params: JitterParams, active: Sequence[bool] = (True, True, True, True)) -> Tensor:
     """Apply jitter ``params`` to ``x``, each sample in its own op order.
 
     Brightness, contrast and saturation are all ``clamp(f * x + (1 - f) * target)`` with
@@ -387,24 +404,28 @@ def apply_color_jitter(x: Tensor, params: JitterParams,
     return x
 
 
-def color_jitter(x: Tensor, brightness: float, contrast: float, saturation: float, hue: float,
-                 p: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
+def color_jitter(
+    x: Tensor,
+    brightness: float,
+    contrast: float,
+    saturation: float,
+    hue: float,
+    p: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> Tensor:
     """``RandomApply([ColorJitter(brightness, contrast, saturation, hue)], p)`` per sample.
 
     Clamps to [0, 1] after every op, like torchvision. For C == 1 only brightness and contrast
     act (saturation and hue of a gray image are identities).
     """
-    params = sample_jitter_params(x.shape[0], brightness, contrast, saturation, hue, p,
-                                  generator, device=x.device)
-    active = (brightness > 0, contrast > 0, saturation > 0 and x.shape[1] == 3,
-              hue > 0 and x.shape[1] == 3)
+    params = sample_jitter_params(x.shape[0], brightness, contrast, saturation, hue, p, generator, device=x.device)
+    active = (brightness > 0, contrast > 0, saturation > 0 and x.shape[1] == 3, hue > 0 and x.shape[1] == 3)
     if not any(active):
         return x
     return apply_color_jitter(x, params, active)
 
 
-def random_grayscale(x: Tensor, p: float = 0.1,
-                     generator: torch.Generator | None = None) -> Tensor:
+def random_grayscale(x: Tensor, p: float = 0.1, generator: torch.Generator | None = None) -> Tensor:
     """``RandomGrayscale(p)``: luma repeated over the 3 channels; no-op for C == 1."""
     if x.shape[1] == 1:
         return x
@@ -418,8 +439,7 @@ def random_hflip(x: Tensor, p: float = 0.5, generator: torch.Generator | None = 
     return torch.where(mask, x.flip(-1), x)
 
 
-def solarize(x: Tensor, p: float = 1.0, threshold: float = 0.5,
-             generator: torch.Generator | None = None) -> Tensor:
+def solarize(x: Tensor, p: float = 1.0, threshold: float = 0.5, generator: torch.Generator | None = None) -> Tensor:
     """``RandomSolarize(threshold, p)``: pixels >= threshold become 1 - pixel.
 
     threshold 0.5 on [0, 1] matches PIL's ``solarize(img, 128)`` on 8-bit images
@@ -444,8 +464,7 @@ def gaussian_kernel_size(sigma_max: float) -> int:
     return 2 * math.ceil(3.0 * sigma_max) + 1
 
 
-def blur(x: Tensor, sigma: Tensor | float, kernel_size: int | None = None,
-         mask: Tensor | None = None) -> Tensor:
+def blur(x: Tensor, sigma: Tensor | float, kernel_size: int | None = None, mask: Tensor | None = None) -> Tensor:
     """Gaussian blur with one sigma per sample (separable, reflect padding, grouped conv).
 
     The kernel is torchvision's (``exp(-t^2 / (2 sigma^2))`` on integer offsets, normalised).
@@ -471,9 +490,13 @@ def blur(x: Tensor, sigma: Tensor | float, kernel_size: int | None = None,
     return y.view(b, c, h, w)
 
 
-def gaussian_blur(x: Tensor, sigma_range: Sequence[float] = (0.1, 2.0), p: float = 1.0,
-                  generator: torch.Generator | None = None,
-                  kernel_size: int | None = None) -> Tensor:
+def gaussian_blur(
+    x: Tensor,
+    sigma_range: Sequence[float] = (0.1, 2.0),
+    p: float = 1.0,
+    generator: torch.Generator | None = None,
+    kernel_size: int | None = None,
+) -> Tensor:
     """Random Gaussian blur, sigma ~ U[sigma_range] per sample, applied with probability p.
 
     Approximates PIL's ``GaussianBlur(radius=sigma)`` (used by the papers' pipelines), which
@@ -498,15 +521,36 @@ def gaussian_blur(x: Tensor, sigma_range: Sequence[float] = (0.1, 2.0), p: float
 # solarize: the library uses enhancement factors in [0.05, 0.95] (the FixMatch/SCAN-style
 # RandAugment convention) and a solarize threshold in [0, 1] (0..256 on 8-bit images).
 RAND_AUGMENT_OPS: tuple[str, ...] = (
-    "identity", "autocontrast", "equalize", "rotate", "solarize", "color", "contrast",
-    "brightness", "sharpness", "shear_x", "shear_y", "translate_x", "translate_y", "posterize",
+    "identity",
+    "autocontrast",
+    "equalize",
+    "rotate",
+    "solarize",
+    "color",
+    "contrast",
+    "brightness",
+    "sharpness",
+    "shear_x",
+    "shear_y",
+    "translate_x",
+    "translate_y",
+    "posterize",
 )
 _RA_RANGES: dict[str, tuple[float, float]] = {
-    "identity": (0.0, 1.0), "autocontrast": (0.0, 1.0), "equalize": (0.0, 1.0),
-    "rotate": (-30.0, 30.0), "solarize": (0.0, 1.0), "color": (0.05, 0.95),
-    "contrast": (0.05, 0.95), "brightness": (0.05, 0.95), "sharpness": (0.05, 0.95),
-    "shear_x": (-0.1, 0.1), "shear_y": (-0.1, 0.1), "translate_x": (-0.1, 0.1),
-    "translate_y": (-0.1, 0.1), "posterize": (4.0, 8.0),  # floor -> uniform over 4..7, as SCAN
+    "identity": (0.0, 1.0),
+    "autocontrast": (0.0, 1.0),
+    "equalize": (0.0, 1.0),
+    "rotate": (-30.0, 30.0),
+    "solarize": (0.0, 1.0),
+    "color": (0.05, 0.95),
+    "contrast": (0.05, 0.95),
+    "brightness": (0.05, 0.95),
+    "sharpness": (0.05, 0.95),
+    "shear_x": (-0.1, 0.1),
+    "shear_y": (-0.1, 0.1),
+    "translate_x": (-0.1, 0.1),
+    "translate_y": (-0.1, 0.1),
+    "posterize": (4.0, 8.0),  # floor -> uniform over 4..7, as SCAN
 }
 
 
@@ -535,7 +579,7 @@ def _equalize(x: Tensor) -> Tensor:
     safe_step = step.clamp_min(1)
     lut = ((torch.cumsum(hist, 1) - hist) + safe_step // 2) // safe_step
     lut = torch.where(step > 0, lut.clamp(0, 255), torch.arange(256, device=x.device))
-    return (lut.gather(1, q).view(b, c, h, w).to(x.dtype) / 255.0)
+    return lut.gather(1, q).view(b, c, h, w).to(x.dtype) / 255.0
 
 
 def _posterize(x: Tensor, bits: Tensor) -> Tensor:
@@ -566,17 +610,20 @@ def _affine_nearest(x: Tensor, theta: Tensor) -> Tensor:
     ``rotate``/``transform``, which SCAN's RandAugment uses.
     """
     b, _, h, w = x.shape
-    v, u = torch.meshgrid(torch.arange(h, device=x.device, dtype=x.dtype) + 0.5,
-                          torch.arange(w, device=x.device, dtype=x.dtype) + 0.5, indexing="ij")
+    v, u = torch.meshgrid(
+        torch.arange(h, device=x.device, dtype=x.dtype) + 0.5,
+        torch.arange(w, device=x.device, dtype=x.dtype) + 0.5,
+        indexing="ij",
+    )
     pts = torch.stack((u, v, torch.ones_like(u)), dim=-1).view(1, h * w, 3)
     src = pts @ theta.to(x.dtype).transpose(1, 2)  # (B, HW, 2) source (x, y)
     grid = torch.stack((2 * src[..., 0] / w - 1, 2 * src[..., 1] / h - 1), dim=-1)
-    return F.grid_sample(x, grid.view(b, h, w, 2), mode="nearest", padding_mode="zeros",
-                         align_corners=False)
+    return F.grid_sample(x, grid.view(b, h, w, 2), mode="nearest", padding_mode="zeros", align_corners=False)
 
 
-def random_affine(x: Tensor, degrees: float, translate: float, shear: float, p: float = 1.0,
-                  generator: torch.Generator | None = None) -> Tensor:
+def random_affine(
+    x: Tensor, degrees: float, translate: float, shear: float, p: float = 1.0, generator: torch.Generator | None = None
+) -> Tensor:
     """Small per-sample affine moves (as torchvision's ``RandomAffine``), applied with probability p.
 
     Rotation by U(-degrees, degrees) and shear along x by U(-shear, shear) degrees about the
@@ -601,8 +648,9 @@ def random_affine(x: Tensor, degrees: float, translate: float, shear: float, p: 
     return torch.where(keep, x, moved)
 
 
-def random_stroke(x: Tensor, strength: float, p: float = 1.0,
-                  generator: torch.Generator | None = None, thin: float = 0.5) -> Tensor:
+def random_stroke(
+    x: Tensor, strength: float, p: float = 1.0, generator: torch.Generator | None = None, thin: float = 0.5
+) -> Tensor:
     """Thicker or thinner strokes per sample (glyph-like data), applied with probability p.
 
     ``x + t (M(x) - x)`` with ``t ~ U(0, strength)`` and ``M`` a 3x3 grey-level filter that
@@ -711,8 +759,7 @@ def rand_augment(x: Tensor, n_ops: int = 4, generator: torch.Generator | None = 
     return x
 
 
-def cutout(x: Tensor, max_size: int, generator: torch.Generator | None = None,
-           fill: float = 0.0) -> Tensor:
+def cutout(x: Tensor, max_size: int, generator: torch.Generator | None = None, fill: float = 0.0) -> Tensor:
     """Cutout with one square hole per sample, as SCAN's: a length L uniform in 1..max_size,
     the hole rows [cy - L//2, cy + L//2) and the same for columns, so its side is 2 (L // 2)
     (0 for L = 1: no hole; an odd L loses a pixel).

@@ -54,8 +54,7 @@ def _range(name: str, value: Any, low: float, high: float | None, low_open: bool
     ok = (lo > low if low_open else lo >= low) and lo <= hi and (high is None or hi <= high)
     if not ok:
         bound = f"{'(' if low_open else '['}{low}, {high if high is not None else 'inf'}]"
-        raise ConfigError(f"augment.{name} must be an ordered pair [low, high] within {bound}, "
-                          f"got {list(value)!r}")
+        raise ConfigError(f"augment.{name} must be an ordered pair [low, high] within {bound}, got {list(value)!r}")
     return lo, hi
 
 
@@ -117,11 +116,22 @@ class AugmentConfig:
         self.crop_ratio = _range("crop_ratio", self.crop_ratio, 0.0, None, low_open=True)
         jitter = _floats("jitter", self.jitter, 4)
         if min(jitter) < 0 or jitter[3] > 0.5:
-            raise ConfigError("augment.jitter must be [brightness, contrast, saturation, hue] with "
-                              f"all values >= 0 and hue <= 0.5, got {list(self.jitter)!r}")
+            raise ConfigError(
+                "augment.jitter must be [brightness, contrast, saturation, hue] with "
+                f"all values >= 0 and hue <= 0.5, got {list(self.jitter)!r}"
+            )
         self.jitter = jitter  # type: ignore[assignment]  # _floats checked 4 values; mypy sees tuple[float, ...]
-        for name in ("jitter_p", "grayscale_p", "flip_p", "blur_p", "solarize_p", "affine_p", "stroke_p",
-                     "stroke_strength", "stroke_thin"):
+        for name in (
+            "jitter_p",
+            "grayscale_p",
+            "flip_p",
+            "blur_p",
+            "solarize_p",
+            "affine_p",
+            "stroke_p",
+            "stroke_strength",
+            "stroke_thin",
+        ):
             setattr(self, name, _probability(name, getattr(self, name)))
         self.blur_sigma = _range("blur_sigma", self.blur_sigma, 0.0, None, low_open=True)
         k = self.blur_kernel
@@ -140,7 +150,9 @@ class AugmentConfig:
 
     def _check_feature_views(self) -> None:
         if self.feature_views not in FEATURE_VIEWS:
-            raise ConfigError(f"augment.feature_views must be one of {', '.join(FEATURE_VIEWS)}, got {self.feature_views!r}")
+            raise ConfigError(
+                f"augment.feature_views must be one of {', '.join(FEATURE_VIEWS)}, got {self.feature_views!r}"
+            )
         if not isinstance(self.feature_l2, bool):
             raise ConfigError(f"augment.feature_l2 must be true or false, got {self.feature_l2!r}")
         if not isinstance(self.neighbors, int) or isinstance(self.neighbors, bool) or self.neighbors < 1:
@@ -183,8 +195,10 @@ class _Normalizing(nn.Module):
 
     def _check_channels(self, x: Tensor) -> None:
         if self.mean is not None and x.shape[1] != self.mean.numel():
-            raise ConfigError(f"mean/std have {self.mean.numel()} values but the images have "
-                              f"{x.shape[1]} channels; give per-channel statistics that match")
+            raise ConfigError(
+                f"mean/std have {self.mean.numel()} values but the images have "
+                f"{x.shape[1]} channels; give per-channel statistics that match"
+            )
 
     def _normalize(self, x: Tensor) -> Tensor:
         if self.mean is None or self.std is None:
@@ -203,8 +217,9 @@ class Augment(_Normalizing):
     normalisation (AnchorCL).
     """
 
-    def __init__(self, cfg: AugmentConfig, size: int, mean: Sequence[float] | None,
-                 std: Sequence[float] | None) -> None:
+    def __init__(
+        self, cfg: AugmentConfig, size: int, mean: Sequence[float] | None, std: Sequence[float] | None
+    ) -> None:
         super().__init__(mean, std)
         if not isinstance(cfg, AugmentConfig):
             raise ConfigError(f"Augment needs an AugmentConfig, got {type(cfg).__name__}")
@@ -229,7 +244,9 @@ class Augment(_Normalizing):
         if cfg.flip_p > 0:
             x = ops.random_hflip(x, cfg.flip_p, generator)
         if cfg.affine_p > 0:
-            x = ops.random_affine(x, cfg.affine_degrees, cfg.affine_translate, cfg.affine_shear, cfg.affine_p, generator)
+            x = ops.random_affine(
+                x, cfg.affine_degrees, cfg.affine_translate, cfg.affine_shear, cfg.affine_p, generator
+            )
         if cfg.stroke_p > 0:
             x = ops.random_stroke(x, cfg.stroke_strength, cfg.stroke_p, generator, cfg.stroke_thin)
         return self._normalize(x)
@@ -271,9 +288,16 @@ class StrongAugment(_Normalizing):
     normalisation. ``cutout_max`` None: 16 for images up to 32 px, else 32 (STL-10).
     """
 
-    def __init__(self, size: int, mean: Sequence[float] | None, std: Sequence[float] | None,
-                 n_ops: int = 4, padding: int = 0, cutout_max: int | None = None,
-                 flip_p: float = 0.5) -> None:
+    def __init__(
+        self,
+        size: int,
+        mean: Sequence[float] | None,
+        std: Sequence[float] | None,
+        n_ops: int = 4,
+        padding: int = 0,
+        cutout_max: int | None = None,
+        flip_p: float = 0.5,
+    ) -> None:
         super().__init__(mean, std)
         self.size = int(size)
         self.n_ops = int(n_ops)
@@ -296,5 +320,7 @@ class StrongAugment(_Normalizing):
         return x
 
     def extra_repr(self) -> str:
-        return (f"size={self.size}, n_ops={self.n_ops}, padding={self.padding}, "
-                f"cutout_max={self.cutout_max}, flip_p={self.flip_p}")
+        return (
+            f"size={self.size}, n_ops={self.n_ops}, padding={self.padding}, "
+            f"cutout_max={self.cutout_max}, flip_p={self.flip_p}"
+        )

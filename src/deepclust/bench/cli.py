@@ -27,8 +27,9 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
         "With --kmeans: deepclust's k-means against scikit-learn's (and faiss's) on the same features.",
     )
     b.add_argument("overrides", nargs="*", help="key=value config overrides (e.g. train.amp=off)")
-    b.add_argument("--method", default="idfd",
-                   help="a method that trains on images (default idfd; `deepclust list` names them)")
+    b.add_argument(
+        "--method", default="idfd", help="a method that trains on images (default idfd; `deepclust list` names them)"
+    )
     b.add_argument("--data", default="cifar10", help="dataset (default cifar10); its packaged config is the base")
     b.add_argument("--data-dir", default=None, help="data directory (default: $DEEPCLUST_DATA)")
     b.add_argument("--split", default=None, help="training split (default: the config's)")
@@ -41,9 +42,12 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     b.add_argument("--rounds", type=int, default=1, help="alternate the sides this many times (default 1)")
     b.add_argument("--workers", type=int, default=None, help="reference DataLoader workers (default: CPU count)")
     b.add_argument("--no-reference", action="store_true", help="time deepclust only")
-    b.add_argument("--amp", default=None,
-                   help="comma-separated train.amp values timed side by side in one run, e.g. off,bf16 "
-                        "(default: the config's train.amp alone)")
+    b.add_argument(
+        "--amp",
+        default=None,
+        help="comma-separated train.amp values timed side by side in one run, e.g. off,bf16 "
+        "(default: the config's train.amp alone)",
+    )
     b.add_argument("--kmeans", action="store_true", help="benchmark k-means instead of training")
     b.add_argument("--features", default="blobs", help="k-means features: blobs | fashion-mnist | FILE.npy")
     b.add_argument("--n", type=int, default=60000, help="k-means: rows (default 60000)")
@@ -76,18 +80,25 @@ def print_throughput(r: dict[str, Any]) -> None:
     head = f"{r['method']} on {r['dataset']} ({r['backbone']}, {r['image_size']} px, batch {r['batch_size']}, {r['machine']['device']})"
     print(head)
     for name, v in (r.get("variants") or {"deepclust": d}).items():
-        print(f"  {name:10s} {v['images_per_s']:9.1f} images/s   peak {v['peak_mem_mb']:.0f} MB   ({v['precision']}, "
-              + ", ".join(f"{k}={x}" for k, x in v["fast_paths"].items()) + ")"
-              + (f"   {v['speedup']:.2f}x the reference" if "speedup" in v else ""))
+        print(
+            f"  {name:10s} {v['images_per_s']:9.1f} images/s   peak {v['peak_mem_mb']:.0f} MB   ({v['precision']}, "
+            + ", ".join(f"{k}={x}" for k, x in v["fast_paths"].items())
+            + ")"
+            + (f"   {v['speedup']:.2f}x the reference" if "speedup" in v else "")
+        )
     if "reference" in r:
         ref = r["reference"]
-        print(f"  reference  {ref['images_per_s']:9.1f} images/s   peak {ref['peak_mem_mb']:.0f} MB   "
-              f"(fp32, {ref['workers']} workers, views: {', '.join(ref['views'])})")
+        print(
+            f"  reference  {ref['images_per_s']:9.1f} images/s   peak {ref['peak_mem_mb']:.0f} MB   "
+            f"(fp32, {ref['workers']} workers, views: {', '.join(ref['views'])})"
+        )
         print(f"  speed-up   {r['speedup']:.2f}x")
 
 
 def print_kmeans(r: dict[str, Any]) -> None:
-    print(f"k-means on {r['features']}: n={r['n']} d={r['dim']} k={r['k']} n_init={r['n_init']} ({r['machine']['device']})")
+    print(
+        f"k-means on {r['features']}: n={r['n']} d={r['dim']} k={r['k']} n_init={r['n_init']} ({r['machine']['device']})"
+    )
     for lib in ("deepclust", "sklearn", "faiss"):
         if lib in r:
             e = r[lib]
@@ -104,9 +115,16 @@ def run_bench(args: argparse.Namespace) -> int:
         if args.overrides:
             raise ConfigError("key=value overrides apply to training benchmarks, not to --kmeans")
         x, desc = kmeans_features(args.features, args.n, args.dim, args.k, args.seed, args.data_dir)
-        dev = "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device)
-        record = {"benchmark": "kmeans", "features": desc,
-                  **bench_kmeans(x, args.k, args.n_init, args.max_iter, args.tol, args.seed, args.repeats, dev)}
+        dev = (
+            "cuda"
+            if args.device == "auto" and torch.cuda.is_available()
+            else ("cpu" if args.device == "auto" else args.device)
+        )
+        record = {
+            "benchmark": "kmeans",
+            "features": desc,
+            **bench_kmeans(x, args.k, args.n_init, args.max_iter, args.tol, args.seed, args.repeats, dev),
+        }
     else:
         over = list(args.overrides)
         if args.split:
@@ -115,8 +133,17 @@ def run_bench(args: argparse.Namespace) -> int:
         cfg = bench_config(args.method, args.data, args.data_dir, args.backbone, args.batch_size, args.device, over)
         variants = amp_variants(args.amp) if args.amp else None
         keep = typed_fp16(args.overrides) or bool(variants and "fp16" in variants)
-        record = bench_throughput(cfg, args.warmup, args.windows, args.steps, args.workers, not args.no_reference,
-                                  args.rounds, variants=variants, keep_fp16=keep)
+        record = bench_throughput(
+            cfg,
+            args.warmup,
+            args.windows,
+            args.steps,
+            args.workers,
+            not args.no_reference,
+            args.rounds,
+            variants=variants,
+            keep_fp16=keep,
+        )
     load_start = start.pop("loadavg")
     record["machine"] = {**start, "loadavg_start": load_start, "loadavg_end": loadavg()}
     record["command"] = command

@@ -17,7 +17,9 @@ from deepclust.bench.timing import sync_device
 from deepclust.errors import ConfigError, DataError
 
 
-def kmeans_features(kind: str, n: int, dim: int, k: int, seed: int, data_dir: str | None = None) -> tuple[np.ndarray, str]:
+def kmeans_features(
+    kind: str, n: int, dim: int, k: int, seed: int, data_dir: str | None = None
+) -> tuple[np.ndarray, str]:
     """float32 (n, dim) features and their description.
 
     ``blobs``: k Gaussian clusters with centres in [-10, 10]^dim and std 25 (overlapping, so
@@ -28,8 +30,9 @@ def kmeans_features(kind: str, n: int, dim: int, k: int, seed: int, data_dir: st
     if kind == "blobs":
         from sklearn.datasets import make_blobs
 
-        x, _ = make_blobs(n_samples=n, n_features=dim, centers=k, cluster_std=25.0, center_box=(-10.0, 10.0),
-                          random_state=seed)
+        x, _ = make_blobs(
+            n_samples=n, n_features=dim, centers=k, cluster_std=25.0, center_box=(-10.0, 10.0), random_state=seed
+        )
         return x.astype(np.float32), f"make_blobs(n={n}, d={dim}, centers={k}, std=25, box=+-10, seed={seed})"
     if kind == "fashion-mnist":
         from deepclust.data import load_dataset
@@ -55,8 +58,17 @@ def _inertia64(x: np.ndarray, labels: np.ndarray, centers: np.ndarray) -> float:
     return float(np.einsum("ij,ij->", diff, diff))
 
 
-def bench_kmeans(x: np.ndarray, k: int, n_init: int = 10, max_iter: int = 300, tol: float = 1e-4, seed: int = 0,
-                 repeats: int = 3, device: str = "cpu", faiss_too: bool = True) -> dict[str, Any]:
+def bench_kmeans(
+    x: np.ndarray,
+    k: int,
+    n_init: int = 10,
+    max_iter: int = 300,
+    tol: float = 1e-4,
+    seed: int = 0,
+    repeats: int = 3,
+    device: str = "cpu",
+    faiss_too: bool = True,
+) -> dict[str, Any]:
     """Wall time (median of ``repeats``, the libraries taking turns) and inertia of deepclust's,
     scikit-learn's and faiss's k-means on the same float32 features, with the same n_init,
     max_iter, tol and seed (faiss: its own random init and fixed iterations)."""
@@ -74,8 +86,15 @@ def bench_kmeans(x: np.ndarray, k: int, n_init: int = 10, max_iter: int = 300, t
         return r.labels.cpu().numpy(), r.centers.cpu().numpy(), r.inertia, r.n_iter
 
     def sklearn() -> tuple[np.ndarray, np.ndarray, float, int]:
-        s = KMeans(n_clusters=k, init="k-means++", n_init=n_init, max_iter=max_iter, tol=tol, algorithm="lloyd",
-                   random_state=seed).fit(x)
+        s = KMeans(
+            n_clusters=k,
+            init="k-means++",
+            n_init=n_init,
+            max_iter=max_iter,
+            tol=tol,
+            algorithm="lloyd",
+            random_state=seed,
+        ).fit(x)
         return s.labels_, s.cluster_centers_, float(s.inertia_), int(s.n_iter_)
 
     libs: dict[str, Callable[[], tuple[np.ndarray, np.ndarray, float, int]]] = {"deepclust": ours, "sklearn": sklearn}
@@ -98,12 +117,25 @@ def bench_kmeans(x: np.ndarray, k: int, n_init: int = 10, max_iter: int = 300, t
             t0 = time.perf_counter()
             last[name] = fn()
             times[name].append(time.perf_counter() - t0)
-    out: dict[str, Any] = {"n": int(x.shape[0]), "dim": int(x.shape[1]), "k": k, "n_init": n_init,
-                           "max_iter": max_iter, "tol": tol, "seed": seed, "repeats": repeats}
+    out: dict[str, Any] = {
+        "n": int(x.shape[0]),
+        "dim": int(x.shape[1]),
+        "k": k,
+        "n_init": n_init,
+        "max_iter": max_iter,
+        "tol": tol,
+        "seed": seed,
+        "repeats": repeats,
+    }
     for name in libs:
         labels, centers, inertia, n_iter = last[name]
-        out[name] = {"time_s": round(statistics.median(times[name]), 3), "times_s": [round(t, 3) for t in times[name]],
-                     "inertia": inertia, "inertia_f64": _inertia64(x, labels, centers), "n_iter_best": n_iter}
+        out[name] = {
+            "time_s": round(statistics.median(times[name]), 3),
+            "times_s": [round(t, 3) for t in times[name]],
+            "inertia": inertia,
+            "inertia_f64": _inertia64(x, labels, centers),
+            "n_iter_best": n_iter,
+        }
     out["deepclust"]["device"] = dev.type
     out["sklearn"]["algorithm"] = "lloyd"
     if "faiss" in out:
@@ -111,5 +143,3 @@ def bench_kmeans(x: np.ndarray, k: int, n_init: int = 10, max_iter: int = 300, t
     out["inertia_ratio"] = round(out["deepclust"]["inertia_f64"] / out["sklearn"]["inertia_f64"], 6)
     out["speedup_vs_sklearn"] = round(out["sklearn"]["time_s"] / out["deepclust"]["time_s"], 3)
     return out
-
-

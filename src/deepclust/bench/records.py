@@ -82,13 +82,19 @@ def loadavg() -> list[float] | None:
         return None
 
 
-def stamp_record(record: dict[str, Any], start: dict[str, Any], script: str, argv: list[str], date: str,
-                 **machine_extra: Any) -> None:
+def stamp_record(
+    record: dict[str, Any], start: dict[str, Any], script: str, argv: list[str], date: str, **machine_extra: Any
+) -> None:
     """Add the machine (``start`` = :func:`machine_info` before the run, with the load average at
     start and now), the command line and the date to a benchmark record, in place."""
     start = dict(start)
     load_start = start.pop("loadavg")
-    record["machine"] = {**start, **machine_extra, "loadavg_start": load_start, "loadavg_end": machine_info()["loadavg"]}
+    record["machine"] = {
+        **start,
+        **machine_extra,
+        "loadavg_start": load_start,
+        "loadavg_end": machine_info()["loadavg"],
+    }
     record["command"] = " ".join(["python", script, *argv])
     record["date"] = date
 
@@ -102,9 +108,16 @@ def write_record(record: dict[str, Any], path: str | Path) -> Path:
     return p
 
 
-def bench_config(method: str, data: str, data_dir: str | None = None, backbone: str | None = None,
-                 batch_size: int | None = None, device: str = "auto",
-                 overrides: list[str] | None = None, shape: Any = None) -> Any:
+def bench_config(
+    method: str,
+    data: str,
+    data_dir: str | None = None,
+    backbone: str | None = None,
+    batch_size: int | None = None,
+    device: str = "auto",
+    overrides: list[str] | None = None,
+    shape: Any = None,
+) -> Any:
     """The resolved config of a throughput run: the packaged ``<method>/<data>`` config when
     there is one (the paper's model, views and batch size), else the method's defaults.
     ``shape`` (a :class:`deepclust.data.peek.DataShape`): the data a ``defaults: <kind>``
@@ -124,5 +137,3 @@ def bench_config(method: str, data: str, data_dir: str | None = None, backbone: 
     for item in overrides or []:
         raw = deep_merge(raw, parse_override(item))
     return resolve_config(raw, shape=shape)
-
-

@@ -129,7 +129,9 @@ def _reference_optimizer(cfg: Any, method: ClusteringMethod) -> torch.optim.Opti
     if o.name == "lars":  # torch has no LARS: both sides use the library's (engine/lars.py)
         from deepclust.engine.lars import LARS
 
-        return LARS(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, trust_coefficient=o.trust_coefficient)
+        return LARS(
+            groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, trust_coefficient=o.trust_coefficient
+        )
     cls = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW
     return cls(groups, lr=o.lr, weight_decay=o.weight_decay)
 
@@ -166,8 +168,9 @@ class _ReferenceSide:
         self.feed = _install_feeders(self.method)
         self.feed["mode"] = "feed"
         self.optimizer = _reference_optimizer(cfg, self.method)
-        self.placeholder = torch.zeros((bs, info.n_channels, info.image_size, info.image_size), dtype=torch.uint8,
-                                       device=device)
+        self.placeholder = torch.zeros(
+            (bs, info.n_channels, info.image_size, info.image_size), dtype=torch.uint8, device=device
+        )
         self.generator = torch.Generator().manual_seed(cfg.train.seed)
         self.loader: torch.utils.data.DataLoader | None = None
         self.batches: Iterator[Any] | None = None
@@ -176,9 +179,14 @@ class _ReferenceSide:
     def start(self) -> None:
         """Start the workers (they run only while this side is timed)."""
         self.loader = torch.utils.data.DataLoader(
-            ReferenceDataset(self.images, self.transforms), batch_size=self.cfg.train.batch_size, shuffle=True,
-            num_workers=self.workers, pin_memory=self.device.type == "cuda", drop_last=True,
-            persistent_workers=self.workers > 0, generator=self.generator,
+            ReferenceDataset(self.images, self.transforms),
+            batch_size=self.cfg.train.batch_size,
+            shuffle=True,
+            num_workers=self.workers,
+            pin_memory=self.device.type == "cuda",
+            drop_last=True,
+            persistent_workers=self.workers > 0,
+            generator=self.generator,
         )
         self.batches = iter(self.loader)
         self.method.train()
@@ -209,9 +217,13 @@ class _ReferenceSide:
         self.loss_steps += 1
 
     def info(self) -> dict[str, Any]:
-        return {"views": self.views, "workers": self.workers, "precision": "fp32",
-                "pipeline": "PIL + torchvision v1 transforms per image in DataLoader workers",
-                "mean_loss": self.loss_sum / max(self.loss_steps, 1)}
+        return {
+            "views": self.views,
+            "workers": self.workers,
+            "precision": "fp32",
+            "pipeline": "PIL + torchvision v1 transforms per image in DataLoader workers",
+            "mean_loss": self.loss_sum / max(self.loss_steps, 1),
+        }
 
 
 class _DeepclustSide:
@@ -241,16 +253,25 @@ class _DeepclustSide:
         t = self.trainer
         fast = getattr(t, "fast", None)
         amp = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[t.amp]
-        return {"precision": amp, "precision_reason": t.precision.reason,
-                "fast_paths": fast.as_dict() if fast is not None else {}, "first_warmup_s": self.warmup_s,
-                "pipeline": "device-resident uint8, batched on-device augmentation", "mean_loss": self.logs.get("loss")}
+        return {
+            "precision": amp,
+            "precision_reason": t.precision.reason,
+            "fast_paths": fast.as_dict() if fast is not None else {},
+            "first_warmup_s": self.warmup_s,
+            "pipeline": "device-resident uint8, batched on-device augmentation",
+            "mean_loss": self.logs.get("loss"),
+        }
 
 
 def _merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
     """Windows of several rounds: the median over all of them, the largest peak memory."""
     rates = [r for p in parts for r in p["window_images_per_s"]]
-    return {"images_per_s": round(statistics.median(rates), 2), "window_images_per_s": rates,
-            "peak_mem_mb": max(p["peak_mem_mb"] for p in parts), "peak_mem_kind": parts[0]["peak_mem_kind"]}
+    return {
+        "images_per_s": round(statistics.median(rates), 2),
+        "window_images_per_s": rates,
+        "peak_mem_mb": max(p["peak_mem_mb"] for p in parts),
+        "peak_mem_kind": parts[0]["peak_mem_kind"],
+    }
 
 
 def variant_config(cfg: Any, overrides: list[str]) -> Any:
@@ -263,9 +284,17 @@ def variant_config(cfg: Any, overrides: list[str]) -> Any:
     return resolve_config(raw)
 
 
-def bench_throughput(cfg: Any, warmup: int = 3, windows: int = 5, steps: int = 5, workers: int | None = None,
-                     reference: bool = True, rounds: int = 1, variants: dict[str, list[str]] | None = None,
-                     keep_fp16: bool = False) -> dict[str, Any]:
+def bench_throughput(
+    cfg: Any,
+    warmup: int = 3,
+    windows: int = 5,
+    steps: int = 5,
+    workers: int | None = None,
+    reference: bool = True,
+    rounds: int = 1,
+    variants: dict[str, list[str]] | None = None,
+    keep_fp16: bool = False,
+) -> dict[str, Any]:
     """Training images/s of deepclust and of the published-style reference on ``cfg``'s data.
 
     ``rounds`` alternates the sides (deepclust, reference, deepclust, ...), each round with
@@ -299,7 +328,9 @@ def bench_throughput(cfg: Any, warmup: int = 3, windows: int = 5, steps: int = 5
         if info.n_features:
             raise DataError("bench compares image pipelines; the data holds feature vectors")
         if not isinstance(trainer.train_data.images, torch.Tensor):
-            raise DataError("bench times images held in memory; this dataset is streamed from disk (benchmarks/stream.py times that)")
+            raise DataError(
+                "bench times images held in memory; this dataset is streamed from disk (benchmarks/stream.py times that)"
+            )
         bs = cfg.train.batch_size
         n_workers = (os.cpu_count() or 1) if workers is None else workers
         record: dict[str, Any] = {
@@ -322,8 +353,16 @@ def bench_throughput(cfg: Any, warmup: int = 3, windows: int = 5, steps: int = 5
         }
         if device.type == "cpu":
             record["cpu_bf16_flags"] = cpu_bf16_flags()
-        log.info("bench %s on %s (%s, %d px, batch %d) on %s; deepclust sides: %s", cfg.method, record["dataset"],
-                 cfg.model.backbone, info.image_size, bs, device, ", ".join(named))
+        log.info(
+            "bench %s on %s (%s, %d px, batch %d) on %s; deepclust sides: %s",
+            cfg.method,
+            record["dataset"],
+            cfg.model.backbone,
+            info.image_size,
+            bs,
+            device,
+            ", ".join(named),
+        )
         ours = {name: _DeepclustSide(t) for name, t in trainers.items()}
         ref = _ReferenceSide(cfg, info, trainer.train_data.images, device, n_workers) if reference else None
         ours_parts: dict[str, list[dict[str, Any]]] = {name: [] for name in ours}
@@ -341,8 +380,9 @@ def bench_throughput(cfg: Any, warmup: int = 3, windows: int = 5, steps: int = 5
                     ref.step(0)
                 ref_parts.append(timed_windows(lambda w: ref.steps(w + 1, steps), device, windows, steps, bs))
                 ref.stop()
-        entries = {name: {**_merge(ours_parts[name]), **side.info(), "overrides": named[name]}
-                   for name, side in ours.items()}
+        entries = {
+            name: {**_merge(ours_parts[name]), **side.info(), "overrides": named[name]} for name, side in ours.items()
+        }
         first = next(iter(entries.values()))
         record["deepclust"] = first
         if ref is not None:

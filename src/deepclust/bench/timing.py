@@ -103,8 +103,9 @@ def sync_device(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed_windows(run: Callable[[int], None], device: torch.device, windows: int, steps: int,
-             batch_size: int) -> dict[str, Any]:
+def timed_windows(
+    run: Callable[[int], None], device: torch.device, windows: int, steps: int, batch_size: int
+) -> dict[str, Any]:
     """Time ``windows`` calls of ``run(window)`` (``steps`` steps each): images/s per window and
     their median, with the peak memory over all windows."""
     rates: list[float] = []
@@ -115,7 +116,8 @@ def timed_windows(run: Callable[[int], None], device: torch.device, windows: int
             run(w)
             sync_device(device)
             rates.append(steps * batch_size / (time.perf_counter() - t0))
-    return {"images_per_s": round(statistics.median(rates), 2), "window_images_per_s": [round(r, 2) for r in rates],
-            **mem}
-
-
+    return {
+        "images_per_s": round(statistics.median(rates), 2),
+        "window_images_per_s": [round(r, 2) for r in rates],
+        **mem,
+    }

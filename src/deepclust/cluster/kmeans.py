@@ -153,8 +153,9 @@ def _assign_pass(
     return _Pass(labels, dist)
 
 
-def _add_block_sums(sums: torch.Tensor, counts: torch.Tensor, cols: torch.Tensor, xb: torch.Tensor,
-                    onehot: bool) -> None:
+def _add_block_sums(
+    sums: torch.Tensor, counts: torch.Tensor, cols: torch.Tensor, xb: torch.Tensor, onehot: bool
+) -> None:
     """Add the rows ``xb`` (m, D) to ``sums`` (A*K, D) and ``counts`` (A*K,) at the columns ``cols``
     (A, m): restart j puts row i in column ``cols[j, i]``."""
     if onehot:
@@ -169,7 +170,9 @@ def _add_block_sums(sums: torch.Tensor, counts: torch.Tensor, cols: torch.Tensor
     counts += torch.bincount(cols.reshape(-1), minlength=sums.shape[0])
 
 
-def _full_sums(x: torch.Tensor, labels: torch.Tensor, k: int, chunk_size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _full_sums(
+    x: torch.Tensor, labels: torch.Tensor, k: int, chunk_size: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Cluster sums (A, K, D) in the accumulation dtype and counts (A, K) of labels (A, N)."""
     a, n = labels.shape
     dev = x.device
@@ -184,8 +187,14 @@ def _full_sums(x: torch.Tensor, labels: torch.Tensor, k: int, chunk_size: int | 
     return sums.view(a, k, -1), counts.view(a, k)
 
 
-def _move_changed(x: torch.Tensor, prev: torch.Tensor, labels: torch.Tensor, changed: torch.Tensor,
-                  sums: torch.Tensor, counts: torch.Tensor) -> None:
+def _move_changed(
+    x: torch.Tensor,
+    prev: torch.Tensor,
+    labels: torch.Tensor,
+    changed: torch.Tensor,
+    sums: torch.Tensor,
+    counts: torch.Tensor,
+) -> None:
     """Update sums (A, K, D) and counts (A, K) in place for the points whose label changed from
     ``prev`` to ``labels`` (both (A, N)): + x to the new cluster, - x to the old one. Costs
     O(changed points), so late Lloyd iterations, where few points move, are nearly free."""
@@ -473,8 +482,9 @@ def kmeans(
         return _kmeans(x, n_clusters, n_init, max_iter, tol, seed, chunk_size)
 
 
-def _kmeans(x: Any, n_clusters: int, n_init: int, max_iter: int, tol: float, seed: int,
-            chunk_size: int | None) -> KMeansResult:
+def _kmeans(
+    x: Any, n_clusters: int, n_init: int, max_iter: int, tol: float, seed: int, chunk_size: int | None
+) -> KMeansResult:
     if isinstance(n_init, bool) or int(n_init) != n_init or n_init < 1:
         raise ConfigError(f"n_init must be a positive integer, got {n_init!r}")
     if isinstance(max_iter, bool) or int(max_iter) != max_iter or max_iter < 1:
@@ -489,9 +499,7 @@ def _kmeans(x: Any, n_clusters: int, n_init: int, max_iter: int, tol: float, see
         raise DataError(f"n_clusters must be an integer, got {n_clusters!r}")
     k = int(n_clusters)
     if k < 1 or k > n:
-        raise DataError(
-            f"n_clusters={k} but x has {n} samples; choose 1 <= n_clusters <= number of samples"
-        )
+        raise DataError(f"n_clusters={k} but x has {n} samples; choose 1 <= n_clusters <= number of samples")
     dev = t.device
     acc = _acc_dtype(dev)
     # centre the data (in the input's precision when it is wider) and compute in float32
@@ -524,9 +532,7 @@ def _kmeans(x: Any, n_clusters: int, n_init: int, max_iter: int, tol: float, see
     return KMeansResult(labels=labels, centers=centers, inertia=float(inertia), n_iter=int(n_iter))
 
 
-def assign_to_centers(
-    x: Any, centers: Any, chunk_size: int | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
+def assign_to_centers(x: Any, centers: Any, chunk_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Nearest centre of every row of x: returns ``(labels (N,) int64, squared distances (N,))``.
 
     Computed on x's device in float32, in chunks of rows, as ``||x-m||^2 - 2 (x-m).(c-m) +

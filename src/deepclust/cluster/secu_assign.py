@@ -72,7 +72,9 @@ def secu_entropy_costs(counts: torch.Tensor, current: torch.Tensor) -> torch.Ten
     return out.float()
 
 
-def secu_entropy_assign(similarity: torch.Tensor, counts: torch.Tensor, alpha: float, current: torch.Tensor) -> torch.Tensor:
+def secu_entropy_assign(
+    similarity: torch.Tensor, counts: torch.Tensor, alpha: float, current: torch.Tensor
+) -> torch.Tensor:
     """Entropy-constrained greedy assignment: y_i = argmin_k (-sim_ik + alpha cost_ik), every
     sample of the batch seeing the same counts (see :func:`secu_entropy_costs`)."""
     return (-similarity.float() + alpha * secu_entropy_costs(counts, current)).argmin(dim=1)

@@ -100,7 +100,9 @@ def _lloyd(
     it = 0
     for it in range(1, max_iter + 1):  # noqa: B007 - the iteration count is returned after the loop
         labels, d2 = _assign(x, centers)
-        changed = x.new_tensor(float(x.shape[0]) if prev is None else float((labels != prev).sum()), dtype=torch.float64)
+        changed = x.new_tensor(
+            float(x.shape[0]) if prev is None else float((labels != prev).sum()), dtype=torch.float64
+        )
         sums, counts = _sums_counts(x, labels, k)
         packed = comm.all_sum(torch.cat([sums.reshape(-1), counts, changed.view(1)]))
         sums, counts, n_changed = packed[: k * x.shape[1]].view(k, -1), packed[k * x.shape[1] : -1], float(packed[-1])

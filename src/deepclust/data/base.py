@@ -255,7 +255,7 @@ class IndexedDataset(torch.utils.data.Dataset):
 
 
 def image_layout(shape: tuple[int, ...], source: str) -> str:
-    """"NHW", "NHWC" or "NCHW" for an image array of ``shape`` (C in {1, 3}, channels-last
+    """ "NHW", "NHWC" or "NCHW" for an image array of ``shape`` (C in {1, 3}, channels-last
     first); DataError for any other shape. The one rule for arrays and npz headers alike."""
     if len(shape) == 3:
         return "NHW"
@@ -325,9 +325,7 @@ def resize_images(images: torch.Tensor, size: int, chunk: int = 4096) -> torch.T
 def check_split(dataset: str, split: str, valid: Sequence[str]) -> str:
     """Return ``split`` if it is one of ``valid``, else raise a DataError listing them."""
     if split not in valid:
-        raise DataError(
-            f"dataset {dataset!r} has no split {split!r}; valid splits: {', '.join(valid)}"
-        )
+        raise DataError(f"dataset {dataset!r} has no split {split!r}; valid splits: {', '.join(valid)}")
     return split
 
 

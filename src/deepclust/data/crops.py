@@ -90,7 +90,9 @@ def decode_views(
 ) -> list[np.ndarray]:
     """The views of one file as uint8 (size, size[, 3]) arrays; raises on an unreadable file."""
     if decoder == "torchvision":
-        return [v.permute(1, 2, 0).squeeze(-1).numpy() for v in decode_views_tensor(_read(path), specs, size, mode, rng)]
+        return [
+            v.permute(1, 2, 0).squeeze(-1).numpy() for v in decode_views_tensor(_read(path), specs, size, mode, rng)
+        ]
     with Image.open(path) as im:
         w, h = im.size
         boxes = crop_boxes(w, h, specs, rng)
@@ -113,7 +115,11 @@ def _read(path: Path) -> torch.Tensor:
 
 
 def decode_views_tensor(
-    data: torch.Tensor | None, specs: Sequence[ViewSpec], size: int, mode: str, rng: np.random.Generator,
+    data: torch.Tensor | None,
+    specs: Sequence[ViewSpec],
+    size: int,
+    mode: str,
+    rng: np.random.Generator,
     image: torch.Tensor | None = None,
 ) -> list[torch.Tensor]:
     """The views as uint8 (C, size, size) tensors, from file bytes (torchvision decoding) or from an

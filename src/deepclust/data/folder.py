@@ -100,7 +100,9 @@ def _probe(path: Path) -> tuple[tuple[int, int], str] | None:
         return None
 
 
-def probe_folder(root: Path, files: Sequence[Path], n: int = 512) -> tuple[dict[int, tuple[tuple[int, int], str] | None], int, int]:
+def probe_folder(
+    root: Path, files: Sequence[Path], n: int = 512
+) -> tuple[dict[int, tuple[tuple[int, int], str] | None], int, int]:
     """Header-read a seeded sample of ``n`` of ``files``: (the probes by file index, None where
     unreadable; channels, 1 when every readable sample is grayscale, else 3; the native side,
     the size all samples share when they are square and equal, else the mixed-size default).
@@ -148,7 +150,9 @@ def list_image_files(root: Path) -> list[Path]:
         raise DataError(f"{root} is not a folder; folder:PATH expects a directory of images{hint}")
     all_files = _list_files(root)
     if not all_files:
-        raise DataError(f"image folder {root} is empty; put image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) in it or in class sub-folders")
+        raise DataError(
+            f"image folder {root} is empty; put image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) in it or in class sub-folders"
+        )
     files = [f for f in all_files if _is_image(f)]
     if not files:
         exts = sorted({f.suffix.lower() or "(none)" for f in all_files})
@@ -292,10 +296,16 @@ def load_imagenet_subset(
     images, kept = read_image_files(files, root, image_size=size, mode="RGB", desc=name)
     labels = torch.tensor([labels_list[i] for i in kept], dtype=torch.int64)
     expected = 1300 * len(wnids)
-    logger.info("%s: found %d images in %d classes under %s (the papers use %d)", name, len(kept), len(wnids), root, expected)
+    logger.info(
+        "%s: found %d images in %d classes under %s (the papers use %d)", name, len(kept), len(wnids), root, expected
+    )
     if len(kept) != expected:
-        logger.warning("%s: found %d images, not the %d of the standard set; results are not directly comparable",
-                       name, len(kept), expected)
+        logger.warning(
+            "%s: found %d images, not the %d of the standard set; results are not directly comparable",
+            name,
+            len(kept),
+            expected,
+        )
     paths = [files[i].relative_to(root).as_posix() for i in kept]
     return ImageData(images=images, labels=labels, classes=list(wnids.values()), name=name, split=split, paths=paths)
 
@@ -328,8 +338,12 @@ def _tiny_part(root: Path, part: str, wnids: list[str], size: int) -> ImageData:
                     table[cols[0]] = cols[1]
             unknown = [f.name for f in files if table.get(f.name) not in index]
             if unknown:
-                logger.warning("tiny-imagenet: %d val images have no known wnid in %s (label -1), e.g. %s",
-                               len(unknown), ann, unknown[0])
+                logger.warning(
+                    "tiny-imagenet: %d val images have no known wnid in %s (label -1), e.g. %s",
+                    len(unknown),
+                    ann,
+                    unknown[0],
+                )
             labels = [index.get(table.get(f.name, ""), -1) for f in files]
         else:
             labels = [-1] * len(files)

@@ -36,8 +36,11 @@ _LAYOUT = "imagenet/train/<wnid>/*.JPEG and imagenet/val/<wnid>/*.JPEG"
 
 def _images_in(d: Path) -> list[str]:
     with os.scandir(d) as it:
-        return sorted(e.name for e in it if e.is_file() and not e.name.startswith(".")
-                      and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS)
+        return sorted(
+            e.name
+            for e in it
+            if e.is_file() and not e.name.startswith(".") and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS
+        )
 
 
 def _wnids(d: Path) -> list[str]:
@@ -45,30 +48,39 @@ def _wnids(d: Path) -> list[str]:
         return sorted(e.name for e in it if e.is_dir() and not e.name.startswith("."))
 
 
-def stream_imagenet(data_dir: Path, split: str, size: int, eval_crop: float = 0.875, decoder: str = "pil",
-                    workers: int | None = None) -> StreamData:
+def stream_imagenet(
+    data_dir: Path, split: str, size: int, eval_crop: float = 0.875, decoder: str = "pil", workers: int | None = None
+) -> StreamData:
     """The ``train`` or ``val`` split of ImageNet-1k as a :class:`StreamData` (see module doc)."""
     if split not in IMAGENET_SPLITS:
         raise DataError(f"dataset 'imagenet' has no split {split!r}; valid splits: {', '.join(IMAGENET_SPLITS)}")
     root = data_dir / "imagenet"
     if not root.is_dir():
-        raise DataError(f"dataset 'imagenet' not found under {data_dir}: expected {_LAYOUT}; pass --data-dir or set DEEPCLUST_DATA")
+        raise DataError(
+            f"dataset 'imagenet' not found under {data_dir}: expected {_LAYOUT}; pass --data-dir or set DEEPCLUST_DATA"
+        )
     part = root / split
     if not part.is_dir():
-        raise DataError(f"dataset 'imagenet': missing {part}/; expected {_LAYOUT}"
-                        + (" (the validation images sorted into wnid folders)" if split == "val" else ""))
+        raise DataError(
+            f"dataset 'imagenet': missing {part}/; expected {_LAYOUT}"
+            + (" (the validation images sorted into wnid folders)" if split == "val" else "")
+        )
     wnids = _wnids(root / "train") if (root / "train").is_dir() else _wnids(part)
     if not wnids:
         raise DataError(f"dataset 'imagenet': no wnid folders in {root / 'train'}; expected {_LAYOUT}")
     present = _wnids(part)
     if not present:
         loose = len(_images_in(part))
-        raise DataError(f"dataset 'imagenet': {part} has {loose} image(s) but no wnid folders; "
-                        f"sort them into {split}/<wnid>/ (labels come from the folder names)")
+        raise DataError(
+            f"dataset 'imagenet': {part} has {loose} image(s) but no wnid folders; "
+            f"sort them into {split}/<wnid>/ (labels come from the folder names)"
+        )
     unknown = sorted(set(present) - set(wnids))
     if unknown:
-        raise DataError(f"dataset 'imagenet': {split}/ has folders that train/ lacks ({', '.join(unknown[:5])}); "
-                        "both splits need the same wnid folders")
+        raise DataError(
+            f"dataset 'imagenet': {split}/ has folders that train/ lacks ({', '.join(unknown[:5])}); "
+            "both splits need the same wnid folders"
+        )
     index = {w: k for k, w in enumerate(wnids)}
     paths: list[str] = []
     labels: list[np.ndarray] = []
@@ -80,19 +92,45 @@ def stream_imagenet(data_dir: Path, split: str, size: int, eval_crop: float = 0.
         paths += [f"{w}/{n}" for n in names]
         labels.append(np.full(len(names), index[w], dtype=np.int64))
     if empty:
-        raise DataError(f"dataset 'imagenet': {len(empty)} wnid folder(s) under {part} hold no images "
-                        f"({', '.join(empty[:5])}{', ...' if len(empty) > 5 else ''}); add the images or remove the folders")
+        raise DataError(
+            f"dataset 'imagenet': {len(empty)} wnid folder(s) under {part} hold no images "
+            f"({', '.join(empty[:5])}{', ...' if len(empty) > 5 else ''}); add the images or remove the folders"
+        )
     n, expected = len(paths), IMAGENET_COUNTS[split]
     logger.info("imagenet %s: %d images in %d classes under %s", split, n, len(present), part)
     if n != expected or len(wnids) != 1000:
-        logger.warning("imagenet %s: %d images in %d classes, not the %d in 1,000 of ImageNet-1k; results are not "
-                       "comparable with the papers'", split, n, len(wnids), expected)
-    return StreamData(FileList.from_paths(part, paths), torch.from_numpy(np.concatenate(labels)), list(wnids),
-                      "imagenet", split, size, 3, eval_crop, decoder, workers)
+        logger.warning(
+            "imagenet %s: %d images in %d classes, not the %d in 1,000 of ImageNet-1k; results are not "
+            "comparable with the papers'",
+            split,
+            n,
+            len(wnids),
+            expected,
+        )
+    return StreamData(
+        FileList.from_paths(part, paths),
+        torch.from_numpy(np.concatenate(labels)),
+        list(wnids),
+        "imagenet",
+        split,
+        size,
+        3,
+        eval_crop,
+        decoder,
+        workers,
+    )
 
 
-def stream_folder(root: Path, files: list[Path], split: str, size: int, n_channels: int, eval_crop: float | None = None,
-                  decoder: str = "pil", workers: int | None = None) -> StreamData:
+def stream_folder(
+    root: Path,
+    files: list[Path],
+    split: str,
+    size: int,
+    n_channels: int,
+    eval_crop: float | None = None,
+    decoder: str = "pil",
+    workers: int | None = None,
+) -> StreamData:
     """``folder:PATH`` streamed: labels from the sub-folders when every image sits in one."""
     rel = [f.relative_to(root).as_posix() for f in files]
     labelled = all("/" in r for r in rel)
@@ -102,8 +140,18 @@ def stream_folder(root: Path, files: list[Path], split: str, size: int, n_channe
         labels = torch.tensor([index[r.split("/", 1)[0]] for r in rel], dtype=torch.int64)
     else:
         classes, labels = [], torch.full((len(rel),), -1, dtype=torch.int64)
-    return StreamData(FileList.from_paths(root, rel), labels, classes, f"folder:{root}", split, size, n_channels,
-                      eval_crop, decoder, workers)
+    return StreamData(
+        FileList.from_paths(root, rel),
+        labels,
+        classes,
+        f"folder:{root}",
+        split,
+        size,
+        n_channels,
+        eval_crop,
+        decoder,
+        workers,
+    )
 
 
 def list_folder(path: str | Path) -> tuple[Path, list[Path]]:

@@ -35,8 +35,10 @@ logger = logging.getLogger(__name__)
 __all__ = ["NPZ_SPLITS", "decode_jpeg_file", "load_npz", "read_npz"]
 
 NPZ_SPLITS = ("train", "test", "train+test")
-_LAYOUT_HINT = ("expected 'images' (uint8 N,H,W[,3]), 'jpeg' + 'offsets' (JPEG bytes) or 'features' (float N,D), "
-                "optional 'labels', 'classes'")
+_LAYOUT_HINT = (
+    "expected 'images' (uint8 N,H,W[,3]), 'jpeg' + 'offsets' (JPEG bytes) or 'features' (float N,D), "
+    "optional 'labels', 'classes'"
+)
 _DEFAULT_MIXED_SIZE = 64
 
 
@@ -62,7 +64,9 @@ def _get(z: Any, key: str, path: Path) -> np.ndarray:
     try:
         return z[key]
     except ValueError as exc:  # object arrays need pickle
-        raise DataError(f"{path}: array {key!r} cannot be read without pickle ({exc}); store plain numeric/str arrays") from None
+        raise DataError(
+            f"{path}: array {key!r} cannot be read without pickle ({exc}); store plain numeric/str arrays"
+        ) from None
     except (OSError, EOFError, zipfile.BadZipFile) as exc:
         raise DataError(f"{path}: array {key!r} is corrupt ({type(exc).__name__}: {exc}); re-create the file") from None
 
@@ -114,10 +118,14 @@ def _decode_jpeg_bytes(jpeg: np.ndarray, offsets: np.ndarray, source: str, image
     if jpeg.ndim != 1 or jpeg.dtype != np.uint8:
         raise DataError(f"{source}: 'jpeg' must be a 1-D uint8 byte array, got {jpeg.dtype} with shape {jpeg.shape}")
     if offsets.ndim != 1 or not np.issubdtype(offsets.dtype, np.integer):
-        raise DataError(f"{source}: 'offsets' must be a 1-D integer array (N + 1,), got {offsets.dtype} {offsets.shape}")
+        raise DataError(
+            f"{source}: 'offsets' must be a 1-D integer array (N + 1,), got {offsets.dtype} {offsets.shape}"
+        )
     n = offsets.shape[0] - 1
     if n < 1:
-        raise DataError(f"{source}: contains zero images ('offsets' has {offsets.shape[0]} entries); expected N + 1 >= 2")
+        raise DataError(
+            f"{source}: contains zero images ('offsets' has {offsets.shape[0]} entries); expected N + 1 >= 2"
+        )
     sizes = np.diff(offsets)
     if offsets[0] < 0 or (sizes <= 0).any() or offsets[-1] > jpeg.shape[0]:
         raise DataError(
@@ -184,7 +192,9 @@ def read_npz(path: Path, image_size: int | None = None) -> tuple[torch.Tensor, t
         if "features" in keys:
             images = torch.from_numpy(np.ascontiguousarray(_get(z, "features", path)))
             if images.ndim != 2 or not torch.is_floating_point(images):
-                raise DataError(f"{path}: 'features' must be a float array (N, D), got {images.dtype} {tuple(images.shape)}")
+                raise DataError(
+                    f"{path}: 'features' must be a float array (N, D), got {images.dtype} {tuple(images.shape)}"
+                )
         elif "images" in keys:
             raw = _get(z, "images", path)
             _check_finite(raw, path)
@@ -206,7 +216,9 @@ def read_npz(path: Path, image_size: int | None = None) -> tuple[torch.Tensor, t
         labels = torch.full((n,), -1, dtype=torch.int64)
     else:
         if labels_np.ndim != 1 or labels_np.shape[0] != n:
-            raise DataError(f"{path}: {n} images but 'labels' has shape {labels_np.shape}; expected ({n},), -1 for unknown")
+            raise DataError(
+                f"{path}: {n} images but 'labels' has shape {labels_np.shape}; expected ({n},), -1 for unknown"
+            )
         if not np.issubdtype(labels_np.dtype, np.integer):
             raise DataError(f"{path}: 'labels' must be integers (-1 for unknown), got dtype {labels_np.dtype}")
         if (labels_np < -1).any():
@@ -225,7 +237,9 @@ def read_npz(path: Path, image_size: int | None = None) -> tuple[torch.Tensor, t
     return images, labels, classes
 
 
-def load_npz(path: str | Path, split: str = "train", image_size: int | None = None, name: str | None = None) -> ImageData:
+def load_npz(
+    path: str | Path, split: str = "train", image_size: int | None = None, name: str | None = None
+) -> ImageData:
     """Load an npz dataset; every accepted split (train, test, train+test) is the whole file."""
     p = Path(path).expanduser().absolute()
     name = name or f"npz:{p}"

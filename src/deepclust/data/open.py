@@ -57,9 +57,17 @@ def _stream_switch(value: Any) -> bool | None:
 
 
 def open_dataset(
-    name: str, split: str, data_dir: str | os.PathLike | None = None, image_size: int | None = None, *,
-    stored_size: int | None = None, stream: Any = "auto", memory_budget_gb: float | None = None,
-    eval_crop: float | None = None, decoder: str = "pil", workers: int | None = None,
+    name: str,
+    split: str,
+    data_dir: str | os.PathLike | None = None,
+    image_size: int | None = None,
+    *,
+    stored_size: int | None = None,
+    stream: Any = "auto",
+    memory_budget_gb: float | None = None,
+    eval_crop: float | None = None,
+    decoder: str = "pil",
+    workers: int | None = None,
 ) -> ImageData | StreamData:
     """The dataset as :func:`load_dataset` would give it, or streamed (see the module doc)."""
     force = _stream_switch(stream)
@@ -70,8 +78,17 @@ def open_dataset(
         crop = 0.875 if eval_crop is None else eval_crop
         return stream_imagenet(resolve_data_dir(data_dir), split, image_size or 224, crop, decoder, workers)
     if key.startswith("folder:") and force is not False:
-        streamed = _maybe_stream_folder(name.split(":", 1)[1].strip(), split, image_size, stored_size, force,
-                                        memory_budget_gb, eval_crop, decoder, workers)
+        streamed = _maybe_stream_folder(
+            name.split(":", 1)[1].strip(),
+            split,
+            image_size,
+            stored_size,
+            force,
+            memory_budget_gb,
+            eval_crop,
+            decoder,
+            workers,
+        )
         if streamed is not None:
             return streamed
     elif force is True:
@@ -81,8 +98,15 @@ def open_dataset(
 
 
 def _maybe_stream_folder(
-    path: str, split: str, image_size: int | None, stored_size: int | None, force: bool | None,
-    budget_gb: float | None, eval_crop: float | None, decoder: str, workers: int | None,
+    path: str,
+    split: str,
+    image_size: int | None,
+    stored_size: int | None,
+    force: bool | None,
+    budget_gb: float | None,
+    eval_crop: float | None,
+    decoder: str,
+    workers: int | None,
 ) -> StreamData | None:
     folder.check_split(f"folder:{path}", split, folder.FOLDER_SPLITS)
     root, files = list_folder(path)
@@ -92,12 +116,25 @@ def _maybe_stream_folder(
     decoded = len(files) * channels * stored * stored
     budget = memory_budget_bytes(budget_gb)
     if force is None and decoded <= budget:
-        logger.info("folder:%s: %d images, about %.2f GB decoded at %d px, within the %.1f GB budget: held in memory "
-                    "(data.stream=true streams it)", root, len(files), decoded / 1e9, stored, budget / 1e9)
+        logger.info(
+            "folder:%s: %d images, about %.2f GB decoded at %d px, within the %.1f GB budget: held in memory "
+            "(data.stream=true streams it)",
+            root,
+            len(files),
+            decoded / 1e9,
+            stored,
+            budget / 1e9,
+        )
         return None
     why = "data.stream=true" if force else f"over the {budget / 1e9:.1f} GB budget (data.memory_budget_gb)"
-    logger.info("folder:%s: %d images, about %.2f GB decoded at %d px, %s: streamed from disk", root, len(files),
-                decoded / 1e9, stored, why)
+    logger.info(
+        "folder:%s: %d images, about %.2f GB decoded at %d px, %s: streamed from disk",
+        root,
+        len(files),
+        decoded / 1e9,
+        stored,
+        why,
+    )
     bad = [files[i] for i, p in probes.items() if p is None]
     if bad:
         folder._warn_skipped(sorted(f.relative_to(root).as_posix() for f in bad), str(root))

@@ -113,4 +113,3 @@ def load_dataset(
     if key not in DATASETS:
         raise DataError(_unknown_message(name))
     return DATASETS[key](resolve_data_dir(data_dir), split, image_size)
-

@@ -73,7 +73,9 @@ def _download(what: str, url: str, data_dir: Path, fetch: Callable[[], object]) 
 def _finish(data: ImageData, image_size: int | None) -> ImageData:
     if image_size is not None and data.image_size != (image_size, image_size):
         data.images = resize_images(data.images, image_size)
-    logger.info("loaded %r split %r: %d images of shape %s", data.name, data.split, data.n_samples, tuple(data.images.shape[1:]))
+    logger.info(
+        "loaded %r split %r: %d images of shape %s", data.name, data.split, data.n_samples, tuple(data.images.shape[1:])
+    )
     return data
 
 
@@ -140,8 +142,12 @@ def load_cifar10(
             logger.info("cifar10: reading the JPEG copy under %s (recorded as 'cifar10-jpeg')", data_dir / "cifar10")
         loader = lambda p: _cifar10_jpeg(jpegs[p], p)  # noqa: E731
     elif not jpeg_only and _download(
-        "cifar10", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", data_dir,
-        lambda: [__import__("torchvision").datasets.CIFAR10(str(data_dir), train=t, download=True) for t in (True, False)],
+        "cifar10",
+        "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+        data_dir,
+        lambda: [
+            __import__("torchvision").datasets.CIFAR10(str(data_dir), train=t, download=True) for t in (True, False)
+        ],
     ):
         loader = lambda p: _cifar10_exact(data_dir, p)  # noqa: E731
     else:
@@ -192,12 +198,16 @@ def _unpickle(path: Path) -> dict:
         raise DataError(f"cifar100: missing {path}; cifar-100-python/ must hold train, test and meta")
     md5 = _official_md5s().get(path.name)
     if md5 is None or not check_integrity(str(path), md5):
-        raise DataError(f"cifar100: {path} is not the official file (its md5 differs); re-extract cifar-100-python.tar.gz")
+        raise DataError(
+            f"cifar100: {path} is not the official file (its md5 differs); re-extract cifar-100-python.tar.gz"
+        )
     try:
         with open(path, "rb") as fh:
             return _ArrayUnpickler(fh, encoding="latin1").load()
     except Exception as exc:  # noqa: BLE001
-        raise DataError(f"cifar100: cannot read {path} ({type(exc).__name__}); re-extract cifar-100-python.tar.gz") from None
+        raise DataError(
+            f"cifar100: cannot read {path} ({type(exc).__name__}); re-extract cifar-100-python.tar.gz"
+        ) from None
 
 
 def _read_cifar100(root: Path, part: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -207,7 +217,9 @@ def _read_cifar100(root: Path, part: str) -> tuple[np.ndarray, np.ndarray, np.nd
         fine = np.asarray(entry["fine_labels"], dtype=np.int64)
         coarse = np.asarray(entry["coarse_labels"], dtype=np.int64)
     except (KeyError, ValueError) as exc:
-        raise DataError(f"cifar100: {root / part} lacks data/fine_labels/coarse_labels ({exc}); re-extract it") from None
+        raise DataError(
+            f"cifar100: {root / part} lacks data/fine_labels/coarse_labels ({exc}); re-extract it"
+        ) from None
     if not (len(data) == len(fine) == len(coarse)):
         raise DataError(f"cifar100: {root / part} has {len(data)} images but {len(fine)}/{len(coarse)} labels")
     return data, fine, coarse
@@ -216,7 +228,9 @@ def _read_cifar100(root: Path, part: str) -> tuple[np.ndarray, np.ndarray, np.nd
 def _cifar100_root(data_dir: Path, name: str = "cifar100") -> Path:
     root = data_dir / "cifar-100-python"
     if not root.is_dir() and not _download(
-        "cifar100", "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", data_dir,
+        "cifar100",
+        "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+        data_dir,
         lambda: __import__("torchvision").datasets.CIFAR100(str(data_dir), train=True, download=True),
     ):
         raise DataError(
@@ -237,11 +251,15 @@ def _derive_map(fine: np.ndarray, coarse: np.ndarray, part: str) -> list[int]:
     table[fine] = coarse
     if (table[fine] != coarse).any():
         bad = int(fine[table[fine] != coarse][0])
-        raise DataError(f"cifar100 {part}: fine class {bad} carries more than one coarse label; the pickles are inconsistent")
+        raise DataError(
+            f"cifar100 {part}: fine class {bad} carries more than one coarse label; the pickles are inconsistent"
+        )
     return table.tolist()
 
 
-def load_cifar100(data_dir: Path, split: str = "train", image_size: int | None = None, coarse: bool = False) -> ImageData:
+def load_cifar100(
+    data_dir: Path, split: str = "train", image_size: int | None = None, coarse: bool = False
+) -> ImageData:
     """CIFAR-100 (100 fine classes) or CIFAR-100-20 (``coarse=True``: the 20 superclasses).
 
     Reads ``cifar-100-python/{train,test,meta}`` directly: the coarse labels come from the
@@ -280,8 +298,12 @@ def load_fashion_mnist(data_dir: Path, split: str = "train", image_size: int | N
         try:
             ds = FashionMNIST(str(data_dir), train=(p == "train"), download=False)
         except RuntimeError:
-            raise DataError(f"FashionMNIST/raw under {data_dir} is incomplete; it needs the 4 idx-ubyte files") from None
-        return ImageData(ds.data[:, None].contiguous(), ds.targets.to(torch.int64), list(ds.classes), "fashion-mnist", p)
+            raise DataError(
+                f"FashionMNIST/raw under {data_dir} is incomplete; it needs the 4 idx-ubyte files"
+            ) from None
+        return ImageData(
+            ds.data[:, None].contiguous(), ds.targets.to(torch.int64), list(ds.classes), "fashion-mnist", p
+        )
 
     def from_npz(p: str) -> ImageData:
         images, labels, classes = read_npz(npzs[p])
@@ -290,7 +312,9 @@ def load_fashion_mnist(data_dir: Path, split: str = "train", image_size: int | N
     if all(f.is_file() for f in npzs.values()):
         loader: Callable[[str], ImageData] = from_npz
     elif (data_dir / "FashionMNIST" / "raw").is_dir() or _download(
-        "fashion-mnist", FashionMNIST.mirrors[0], data_dir,
+        "fashion-mnist",
+        FashionMNIST.mirrors[0],
+        data_dir,
         lambda: [FashionMNIST(str(data_dir), train=t, download=True) for t in (True, False)],
     ):
         loader = from_torchvision
@@ -341,4 +365,3 @@ def load_stl10(data_dir: Path, split: str = "train", image_size: int | None = No
     datas = [part(p) for p in parts]
     data = datas[0] if len(datas) == 1 else concat(datas, split)
     return _finish(data, image_size)
-

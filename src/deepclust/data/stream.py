@@ -122,8 +122,10 @@ class StreamData:
         return x.mean(1).tolist(), x.std(1).clamp_min(1e-3).tolist()
 
     def __repr__(self) -> str:
-        return (f"StreamData(name={self.name!r}, split={self.split!r}, n_samples={self.n_samples}, "
-                f"size={self.size}, n_classes={self.n_classes})")
+        return (
+            f"StreamData(name={self.name!r}, split={self.split!r}, n_samples={self.n_samples}, "
+            f"size={self.size}, n_classes={self.n_classes})"
+        )
 
     def report_failed(self, paths: Sequence[str], what: str) -> None:
         """Warn once per file that could not be decoded."""
@@ -131,7 +133,9 @@ class StreamData:
         if new:
             self.reported.update(new)
             shown = ", ".join(new[:10]) + (f", ... and {len(new) - 10} more" if len(new) > 10 else "")
-            logger.warning("%s: %d unreadable image file(s) under %s, %s: %s", self.name, len(new), self.files.root, what, shown)
+            logger.warning(
+                "%s: %d unreadable image file(s) under %s, %s: %s", self.name, len(new), self.files.root, what, shown
+            )
 
 
 class DecodeBatches(Dataset):
@@ -148,7 +152,9 @@ class DecodeBatches(Dataset):
         return len(self.files)
 
     def _one(self, epoch: int, i: int, attempt: int) -> list[np.ndarray]:
-        return decode_views(self.files.full(i), self.specs, self.size, self.mode, sample_rng(self.seed, epoch, i, attempt), self.decoder)
+        return decode_views(
+            self.files.full(i), self.specs, self.size, self.mode, sample_rng(self.seed, epoch, i, attempt), self.decoder
+        )
 
     def decode_rows(self, epoch: int, idx: np.ndarray) -> tuple[list[torch.Tensor], np.ndarray, list[str]]:
         b, s, c = len(idx), self.size, self.channels
@@ -200,8 +206,14 @@ def _identity(x: Any) -> Any:
 def make_loader(dataset: Dataset, sampler: KeySampler, workers: int, pin_memory: bool, prefetch: int = 2) -> DataLoader:
     """A DataLoader of whole batches; its own generator keeps the global RNG untouched."""
     return DataLoader(
-        dataset, sampler=sampler, batch_size=None, collate_fn=_identity, num_workers=workers,
-        pin_memory=pin_memory, persistent_workers=workers > 0, prefetch_factor=prefetch if workers > 0 else None,
+        dataset,
+        sampler=sampler,
+        batch_size=None,
+        collate_fn=_identity,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        persistent_workers=workers > 0,
+        prefetch_factor=prefetch if workers > 0 else None,
         generator=torch.Generator().manual_seed(0),
     )
 
@@ -254,7 +266,9 @@ class LazyImages:
     def batches(self, batch_size: int, device: torch.device, workers: int | None = None) -> Iterator[torch.Tensor]:
         """uint8 (b, C, S, S) batches of consecutive rows on ``device``, decoded by workers."""
         sampler = KeySampler()
-        sampler.keys = [(0, torch.from_numpy(self.index[s : s + batch_size])) for s in range(0, len(self.index), batch_size)]
+        sampler.keys = [
+            (0, torch.from_numpy(self.index[s : s + batch_size])) for s in range(0, len(self.index), batch_size)
+        ]
         n_workers = self.data.workers if self.data.workers is not None else default_stream_workers()
         n_workers = min(n_workers, len(sampler.keys))
         pin = device.type == "cuda"

@@ -148,21 +148,30 @@ def resolve_amp(setting: Any, device: torch.device, keep_fp16: bool = False) -> 
         if kind == "cpu":
             fast, why = cpu_bf16_units()
             if not fast:
-                _once(logging.WARNING, f"train.amp=bf16 on the CPU: bf16 autocast is emulated here ({why}); "
-                      "train.amp=off (float32) is faster on this processor")
+                _once(
+                    logging.WARNING,
+                    f"train.amp=bf16 on the CPU: bf16 autocast is emulated here ({why}); "
+                    "train.amp=off (float32) is faster on this processor",
+                )
         return Precision("bf16", "train.amp=bf16")
     if text == "fp16":
         if kind in ("cuda", "mps"):
             return Precision("fp16", "train.amp=fp16")
         if keep_fp16:
-            _once(logging.WARNING, f"train.amp=fp16 on the {kind.upper()}: fp16 autocast is emulated there and slow "
-                  "(about 70x float32 for SeCu on digits); kept because it was given on the command line")
+            _once(
+                logging.WARNING,
+                f"train.amp=fp16 on the {kind.upper()}: fp16 autocast is emulated there and slow "
+                "(about 70x float32 for SeCu on digits); kept because it was given on the command line",
+            )
             return Precision("fp16", "train.amp=fp16 given on the command line")
         chosen = _auto_cpu() if kind == "cpu" else Precision("off", f"{kind} has no fast fp16")
         what = "bf16 autocast" if chosen.name == "bf16" else "float32"
-        _once(logging.INFO, f"the config says train.amp=fp16 (written for GPUs), but the {kind.upper()} has no fast fp16 "
-              f"(emulated, about 70x slower): running {what} instead ({chosen.reason}); train.amp=fp16 on the "
-              "command line keeps fp16")
+        _once(
+            logging.INFO,
+            f"the config says train.amp=fp16 (written for GPUs), but the {kind.upper()} has no fast fp16 "
+            f"(emulated, about 70x slower): running {what} instead ({chosen.reason}); train.amp=fp16 on the "
+            "command line keeps fp16",
+        )
         return Precision(chosen.name, f"config fp16 on the {kind}: {chosen.reason}")
     if text != "auto":
         raise ConfigError(f"train.amp must be auto, bf16, fp16 or off, got {setting!r}")
@@ -172,6 +181,9 @@ def resolve_amp(setting: Any, device: torch.device, keep_fp16: bool = False) -> 
         return Precision("off", f"auto on {kind}")
     chosen = _auto_cpu()
     what = "bf16 autocast" if chosen.name == "bf16" else "float32"
-    _once(logging.INFO, f"train.amp=auto on the CPU: {what} ({chosen.reason}; losses, Sinkhorn and k-means stay "
-          f"float32); train.amp=off or bf16 overrides it")
+    _once(
+        logging.INFO,
+        f"train.amp=auto on the CPU: {what} ({chosen.reason}; losses, Sinkhorn and k-means stay "
+        f"float32); train.amp=off or bf16 overrides it",
+    )
     return Precision(chosen.name, f"auto on the CPU: {chosen.reason}")

@@ -22,8 +22,12 @@ __all__ = ["SyncBatchNorm", "average_batchnorm_stats", "convert_sync_batchnorm"]
 def _bn_stat_tensors(module: nn.Module) -> list[torch.Tensor]:
     out: list[torch.Tensor] = []
     for m in module.modules():
-        if (isinstance(m, _BatchNorm) and not isinstance(m, SyncBatchNorm)
-                and m.running_mean is not None and m.running_var is not None):
+        if (
+            isinstance(m, _BatchNorm)
+            and not isinstance(m, SyncBatchNorm)
+            and m.running_mean is not None
+            and m.running_var is not None
+        ):
             out += [m.running_mean, m.running_var]
     return out
 
@@ -58,8 +62,15 @@ class SyncBatchNorm(_BatchNorm):
     the ordinary BatchNorm. Statistics are computed in float32.
     """
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
-                 track_running_stats: bool = True, comm: Collectives = SINGLE_PROCESS) -> None:
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        comm: Collectives = SINGLE_PROCESS,
+    ) -> None:
         super().__init__(num_features, eps, momentum, affine, track_running_stats)
         self.comm = comm
 
@@ -83,8 +94,12 @@ class SyncBatchNorm(_BatchNorm):
         n = counts.sum()
         mean = (counts * stats[:, :c]).sum(0) / n
         var = (counts * (stats[:, c : 2 * c] + (stats[:, :c] - mean) ** 2)).sum(0) / n
-        if (self.track_running_stats and self.running_mean is not None and self.running_var is not None
-                and self.num_batches_tracked is not None):
+        if (
+            self.track_running_stats
+            and self.running_mean is not None
+            and self.running_var is not None
+            and self.num_batches_tracked is not None
+        ):
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
                 f = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
@@ -103,8 +118,9 @@ def convert_sync_batchnorm(module: nn.Module, comm: Collectives) -> nn.Module:
     same parameter and buffer tensors (so optimisers, state_dict keys and checkpoints are
     unchanged). Returns ``module`` (or the replacement when ``module`` itself is a BatchNorm)."""
     if isinstance(module, _BatchNorm) and not isinstance(module, SyncBatchNorm):
-        new = SyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
-                            module.track_running_stats, comm)
+        new = SyncBatchNorm(
+            module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats, comm
+        )
         if module.affine:
             new.weight, new.bias = module.weight, module.bias
         if module.track_running_stats:

@@ -99,8 +99,10 @@ class RunState:
 def _stage_mismatch(ckpt: dict[str, Any], out: Any, wanted: str | None) -> str:
     if ckpt.get("stage") == "selflabel":
         source = ckpt.get("source_run", "RUN_DIR")
-        return (f"'{out}' holds a self-labelling stage, not a training run; continue it with "
-                f"'deepclust selflabel {source} --out {out} --resume'")
+        return (
+            f"'{out}' holds a self-labelling stage, not a training run; continue it with "
+            f"'deepclust selflabel {source} --out {out} --resume'"
+        )
     return f"'{out}' holds a training run of method '{ckpt['method']}', not a {wanted} stage"
 
 

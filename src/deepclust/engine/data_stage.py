@@ -30,8 +30,16 @@ from deepclust.errors import ConfigError, DataError
 from deepclust.methods import ClusteringMethod, DataInfo
 
 __all__ = [
-    "EmbeddedFeatures", "create_run_encoder", "data_info", "embed_images", "embedded_features", "load_data",
-    "n_clusters", "open_images", "open_split", "place_data",
+    "EmbeddedFeatures",
+    "create_run_encoder",
+    "data_info",
+    "embed_images",
+    "embedded_features",
+    "load_data",
+    "n_clusters",
+    "open_images",
+    "open_split",
+    "place_data",
 ]
 
 log = logging.getLogger(__name__)
@@ -53,13 +61,22 @@ def open_images(cfg: Config, split: str, image_size: int | None = None) -> Image
     (data/open.py). ``image_size`` replaces ``data.image_size`` (e.g. a display size)."""
     d = cfg.data
     return open_dataset(
-        d.name, split, d.data_dir, image_size or d.image_size, stored_size=d.stored_size, stream=d.stream,
-        memory_budget_gb=d.memory_budget_gb, eval_crop=d.eval_crop, decoder=d.decoder, workers=d.workers,
+        d.name,
+        split,
+        d.data_dir,
+        image_size or d.image_size,
+        stored_size=d.stored_size,
+        stream=d.stream,
+        memory_budget_gb=d.memory_budget_gb,
+        eval_crop=d.eval_crop,
+        decoder=d.decoder,
+        workers=d.workers,
     )
 
 
-def open_split(cfg: Config, split: str, device: torch.device | str | None = None,
-               encoder: Any = None) -> ImageData | StreamData:
+def open_split(
+    cfg: Config, split: str, device: torch.device | str | None = None, encoder: Any = None
+) -> ImageData | StreamData:
     """One split of ``cfg.data``: the images (:func:`open_images`), or with ``data.features``
     their embedding (:func:`embed_images`, on ``device``; default ``train.device``)."""
     if cfg.data.features:
@@ -74,8 +91,9 @@ def create_run_encoder(cfg: Config) -> Any:
     return create_encoder(str(cfg.data.features), cfg.data.features_size)
 
 
-def embed_images(cfg: Config, split: str, device: torch.device | str | None = None,
-                 encoder: Any = None, check_k: bool = False) -> EmbeddedFeatures:
+def embed_images(
+    cfg: Config, split: str, device: torch.device | str | None = None, encoder: Any = None, check_k: bool = False
+) -> EmbeddedFeatures:
     """The embedding of split ``split`` of ``cfg.data`` by ``data.features`` (computed once into
     the cache ``data.cache_dir``, then reused), as :class:`EmbeddedFeatures`. In-memory folders
     are read at the encoder's resize size (as ``deepclust embed`` reads them, so both share a
@@ -91,10 +109,24 @@ def embed_images(cfg: Config, split: str, device: torch.device | str | None = No
         raise DataError(f"dataset '{d.name}' split '{split}' holds no images")
     if check_k and cfg.n_clusters is not None:
         check_n_clusters(cfg.n_clusters, images.n_samples, "training images")
-    emb = embed(images, enc, d.cache_dir, device=device if device is not None else cfg.train.device,
-                amp=cfg.train.amp, progress=cfg.train.progress)
-    log.info("features %s of %s (split %s): %d images x %d features, %s; cache %s", enc.spec, d.name, split,
-             emb.n_samples, emb.dim, "reused" if emb.reused else f"computed in {emb.seconds:.1f} s", emb.path)
+    emb = embed(
+        images,
+        enc,
+        d.cache_dir,
+        device=device if device is not None else cfg.train.device,
+        amp=cfg.train.amp,
+        progress=cfg.train.progress,
+    )
+    log.info(
+        "features %s of %s (split %s): %d images x %d features, %s; cache %s",
+        enc.spec,
+        d.name,
+        split,
+        emb.n_samples,
+        emb.dim,
+        "reused" if emb.reused else f"computed in {emb.seconds:.1f} s",
+        emb.path,
+    )
     return embedded_features(emb, enc.spec)
 
 
@@ -102,15 +134,29 @@ def embedded_features(emb: Any, spec: str) -> EmbeddedFeatures:
     """An :class:`~deepclust.pretrained.Embedding` as in-memory :class:`EmbeddedFeatures`, with
     the record entry of the encoder (model, weights hash, preprocessing, D, cache folder, spec)."""
     m = emb.manifest
-    record = {"model": m.get("model"), "weights_hash": m.get("weights_hash"), "preprocess": m.get("preprocess"),
-              "dim": int(m.get("dim", emb.dim)), "cache": str(emb.path), "spec": spec}
-    return EmbeddedFeatures(images=torch.from_numpy(np.array(emb.features, dtype=np.float32)), labels=emb.labels.clone(),
-                            classes=list(emb.classes), name=emb.name, split=emb.split, embedding=record,
-                            image_paths=emb.paths)
+    record = {
+        "model": m.get("model"),
+        "weights_hash": m.get("weights_hash"),
+        "preprocess": m.get("preprocess"),
+        "dim": int(m.get("dim", emb.dim)),
+        "cache": str(emb.path),
+        "spec": spec,
+    }
+    return EmbeddedFeatures(
+        images=torch.from_numpy(np.array(emb.features, dtype=np.float32)),
+        labels=emb.labels.clone(),
+        classes=list(emb.classes),
+        name=emb.name,
+        split=emb.split,
+        embedding=record,
+        image_paths=emb.paths,
+    )
 
 
 def load_data(
-    cfg: Config, data: ImageData | tuple[ImageData, ImageData] | None = None, device: torch.device | str | None = None,
+    cfg: Config,
+    data: ImageData | tuple[ImageData, ImageData] | None = None,
+    device: torch.device | str | None = None,
 ) -> tuple[ImageData | StreamData, ImageData | StreamData]:
     """The training and the evaluated images (the same object under train+test).
 
@@ -179,8 +225,15 @@ def _feature_info(cfg: Config, train: ImageData | StreamData, evald: ImageData |
         raise ConfigError(f"data.mean/std have {len(mean)} values but the feature vectors have {dim} dimensions")
     k = n_clusters(cfg, train, evald)
     return DataInfo(
-        n_samples=train.n_samples, n_channels=1, image_size=1, mean=[0.0], std=[1.0], n_clusters=k,
-        n_features=dim, feature_mean=mean, feature_std=std,
+        n_samples=train.n_samples,
+        n_channels=1,
+        image_size=1,
+        mean=[0.0],
+        std=[1.0],
+        n_clusters=k,
+        n_features=dim,
+        feature_mean=mean,
+        feature_std=std,
     )
 
 
@@ -200,7 +253,11 @@ def n_clusters(cfg: Config, train: ImageData | StreamData, evald: ImageData | St
 
 
 def place_data(
-    train: ImageData | StreamData, method: ClusteringMethod, cfg: Config, device: torch.device, fast: FastPaths,
+    train: ImageData | StreamData,
+    method: ClusteringMethod,
+    cfg: Config,
+    device: torch.device,
+    fast: FastPaths,
     dist: Collectives,
 ) -> tuple[Any, BatchStream | StreamLoader | None]:
     """The training images where the loop reads them and the stream that delivers the batches
@@ -209,8 +266,14 @@ def place_data(
     what :meth:`ClusteringMethod.setup` sees."""
     if isinstance(train, StreamData):  # decoded from disk by workers (engine/stream_loader.py)
         images = train.view(ViewSpec("plain"))  # what setup() sees: the whole images, resized
-        return images, StreamLoader(train, method.stream_views(), device, cfg.train.seed,
-                                    workers=cfg.data.workers, gpu_decode=cfg.data.gpu_decode)
+        return images, StreamLoader(
+            train,
+            method.stream_views(),
+            device,
+            cfg.train.seed,
+            workers=cfg.data.workers,
+            gpu_decode=cfg.data.gpu_decode,
+        )
     if fast.data_on_device:
         return train.images.to(device), None
     # too big for the device: batches stream from host memory (engine/loader.py)

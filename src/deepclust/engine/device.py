@@ -65,8 +65,13 @@ def _numpy_state() -> dict:
     """NumPy's legacy global MT19937 state with its 624-word key as an int64 tensor (lossless:
     the words are uint32); a NumPy array would need pickle's NumPy classes to load."""
     st = np.random.get_state(legacy=False)  # noqa: NPY002 - checkpointing the global state
-    return {"bit_generator": st["bit_generator"], "key": torch.from_numpy(st["state"]["key"].astype(np.int64)),
-            "pos": int(st["state"]["pos"]), "has_gauss": int(st["has_gauss"]), "gauss": float(st["gauss"])}
+    return {
+        "bit_generator": st["bit_generator"],
+        "key": torch.from_numpy(st["state"]["key"].astype(np.int64)),
+        "pos": int(st["state"]["pos"]),
+        "has_gauss": int(st["has_gauss"]),
+        "gauss": float(st["gauss"]),
+    }
 
 
 def _set_numpy_state(state: dict | tuple) -> None:
@@ -74,8 +79,12 @@ def _set_numpy_state(state: dict | tuple) -> None:
     of deepclust <= dd4f959 hold."""
     if isinstance(state, dict):
         key = state["key"].cpu().numpy().astype(np.uint32)
-        state = {"bit_generator": state["bit_generator"], "state": {"key": key, "pos": int(state["pos"])},
-                 "has_gauss": int(state["has_gauss"]), "gauss": float(state["gauss"])}
+        state = {
+            "bit_generator": state["bit_generator"],
+            "state": {"key": key, "pos": int(state["pos"])},
+            "has_gauss": int(state["has_gauss"]),
+            "gauss": float(state["gauss"]),
+        }
     np.random.set_state(state)  # noqa: NPY002 - restoring the global state
 
 

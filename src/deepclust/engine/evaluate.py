@@ -67,7 +67,9 @@ def infer_images(
         if isinstance(images, LazyImages):  # streamed (data/stream.py): decoded by workers
             chunks = images.batches(batch_size, device)
         else:
-            chunks = (images[s : s + batch_size].to(device, non_blocking=True) for s in range(0, len(images), batch_size))
+            chunks = (
+                images[s : s + batch_size].to(device, non_blocking=True) for s in range(0, len(images), batch_size)
+            )
         total = -(-len(images) // batch_size)
         for chunk in tqdm(chunks, total=total, desc="features", leave=False, disable=not progress):
             x = method.eval_transform(chunk)
@@ -100,7 +102,9 @@ def infer_sharded(
         raise DataError(f"{len(images)} images cannot be split over {dist.world} processes; evaluate on more images")
     sizes = split_sizes(len(images), dist.world)
     lo = sum(sizes[: dist.rank])
-    feats, probs = infer_images(method, images[lo : lo + sizes[dist.rank]], batch_size, device, amp, progress and dist.is_main)
+    feats, probs = infer_images(
+        method, images[lo : lo + sizes[dist.rank]], batch_size, device, amp, progress and dist.is_main
+    )
     has_probs = probs is not None
     return dist.gather_rows(feats), (dist.gather_rows(probs) if probs is not None else None), has_probs
 
@@ -122,7 +126,13 @@ def predict(
     them once; every other process returns None."""
     bs = cfg.eval.batch_size
     same = cfg.protocol == "train+test"
-    if dist is not None and dist.enabled and cfg.eval.distributed_kmeans and method.prediction == "kmeans" and cfg.eval.features == "clean":
+    if (
+        dist is not None
+        and dist.enabled
+        and cfg.eval.distributed_kmeans
+        and method.prediction == "kmeans"
+        and cfg.eval.features == "clean"
+    ):
         return _predict_distributed_kmeans(method, cfg, n_clusters, train_data, eval_data, device, amp, progress, dist)
     eval_feats, probs, has_probs = infer_sharded(method, eval_data.images, bs, device, amp, progress, dist)
     head = method.prediction == "head_argmax" and has_probs
@@ -154,7 +164,9 @@ def predict(
         labels, d2 = assign_to_centers(eval_feats, km.centers)
     info = {
         "type": "memory_bank" if source == "memory" else "kmeans",
-        "features": "memory_bank" if source == "memory" else "clean (eval transform, eval mode), the method's infer() features",
+        "features": "memory_bank"
+        if source == "memory"
+        else "clean (eval transform, eval mode), the method's infer() features",
         "n_init": cfg.eval.n_init,
         "kmeans_seed": cfg.eval.kmeans_seed,
         "fit_split": cfg.data.train_split,
@@ -180,11 +192,14 @@ def _predict_distributed_kmeans(
 
     def shard(images: torch.Tensor | LazyImages) -> torch.Tensor:
         if len(images) < dist.world:
-            raise DataError(f"{len(images)} images cannot be split over {dist.world} processes; evaluate on more images")
+            raise DataError(
+                f"{len(images)} images cannot be split over {dist.world} processes; evaluate on more images"
+            )
         sizes = split_sizes(len(images), dist.world)
         lo = sum(sizes[: dist.rank])
-        return infer_images(method, images[lo : lo + sizes[dist.rank]], cfg.eval.batch_size, device, amp,
-                            progress and dist.is_main)[0]
+        return infer_images(
+            method, images[lo : lo + sizes[dist.rank]], cfg.eval.batch_size, device, amp, progress and dist.is_main
+        )[0]
 
     eval_local = shard(eval_data.images)
     fit_local = eval_local if cfg.protocol == "train+test" else shard(train_data.images)
@@ -249,12 +264,17 @@ def make_record(
         record["n_eval"] = scores.get("n_eval", len(y_pred))
         record["n_excluded"] = scores.get("n_excluded", 0)
         record["metrics"] = {k: scores[k] for k in ("acc", "nmi", "ari", "ami")}
-        record["metric_defs"] = {"acc": "hungarian_one_to_one", "nmi_average": "arithmetic",
-                                 "ami_average": "arithmetic"}
+        record["metric_defs"] = {
+            "acc": "hungarian_one_to_one",
+            "nmi_average": "arithmetic",
+            "ami_average": "arithmetic",
+        }
     else:
         record["n_eval"] = len(y_pred)
     if isinstance(eval_data, FeatureData):
-        record["kmeans_baseline"] = kmeans_baseline(eval_data, n_clusters, cfg.eval.n_init, cfg.eval.kmeans_seed, device)
+        record["kmeans_baseline"] = kmeans_baseline(
+            eval_data, n_clusters, cfg.eval.n_init, cfg.eval.kmeans_seed, device
+        )
         embedding = getattr(eval_data, "embedding", None)
         if embedding:
             record["embedding"] = dict(embedding)
@@ -264,8 +284,9 @@ def make_record(
 BASELINE_INPUT = "l2-normalised features"
 
 
-def kmeans_baseline(data: FeatureData, n_clusters: int, n_init: int, seed: int,
-                    device: torch.device | None = None) -> dict[str, Any]:
+def kmeans_baseline(
+    data: FeatureData, n_clusters: int, n_init: int, seed: int, device: torch.device | None = None
+) -> dict[str, Any]:
     """k-means on the L2-normalised input vectors of ``data`` (on ``device`` when given): with
     labels ``{"acc", "nmi", "ari", "n_init", "input"}``, without ``{"n_init", "inertia", "input"}``."""
     x = data.features
@@ -282,7 +303,9 @@ def kmeans_baseline(data: FeatureData, n_clusters: int, n_init: int, seed: int,
     return out
 
 
-def add_extras(record: dict[str, Any], method: ClusteringMethod, pred: Prediction, eval_data: ImageData | StreamData) -> dict[str, Any]:
+def add_extras(
+    record: dict[str, Any], method: ClusteringMethod, pred: Prediction, eval_data: ImageData | StreamData
+) -> dict[str, Any]:
     """Attach the method's extra, explicitly named results (over-clustering heads, ...)."""
     y = eval_data.labels if eval_data.has_labels else None
     extras = method.evaluation_extras(pred.features, y)

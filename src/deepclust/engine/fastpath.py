@@ -70,8 +70,12 @@ class FastPaths:
     data_on_device: bool
 
     def as_dict(self) -> dict[str, bool]:
-        return {"channels_last": self.channels_last, "compile": self.compile, "fused": self.fused,
-                "data_on_device": self.data_on_device}
+        return {
+            "channels_last": self.channels_last,
+            "compile": self.compile,
+            "fused": self.fused,
+            "data_on_device": self.data_on_device,
+        }
 
 
 def resolve_switch(value: Any, key: str) -> bool | None:
@@ -156,15 +160,18 @@ _OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {  # constructors
 }
 
 
-def make_optimizer(name: str, groups: list[dict[str, Any]], device: torch.device, fused: Any = "auto",
-                   **kwargs: Any) -> torch.optim.Optimizer:
+def make_optimizer(
+    name: str, groups: list[dict[str, Any]], device: torch.device, fused: Any = "auto", **kwargs: Any
+) -> torch.optim.Optimizer:
     """``torch.optim.<name>(groups, **kwargs)`` with the fused or foreach update where it applies.
 
     The fused and the for-loop updates compute the same formula (up to float rounding); fused
     runs one kernel over all parameters instead of a few per tensor.
     """
     if name not in _OPTIMIZERS:
-        raise ConfigError(f"optim.name for make_optimizer must be sgd, adam or adamw (lars: engine/lars.LARS), got '{name}'")
+        raise ConfigError(
+            f"optim.name for make_optimizer must be sgd, adam or adamw (lars: engine/lars.LARS), got '{name}'"
+        )
     cls = _OPTIMIZERS[name]
     if resolve_fused(fused, name, device):
         opt = cls(groups, fused=True, **kwargs)
@@ -207,8 +214,9 @@ def _to_channels_last(module: nn.Module) -> None:
     module.register_forward_pre_hook(_nhwc_input)
 
 
-def apply_fast_paths(method: nn.Module, cfg: Any, device: torch.device, n_samples: int,
-                     data_bytes: int | None = 0) -> FastPaths:
+def apply_fast_paths(
+    method: nn.Module, cfg: Any, device: torch.device, n_samples: int, data_bytes: int | None = 0
+) -> FastPaths:
     """Apply ``train.channels_last`` and ``train.compile`` to ``method.backbone`` (after
     ``method.to(device)``) and resolve ``optim.fused`` and ``train.data_on_device``.
 

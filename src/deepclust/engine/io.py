@@ -65,8 +65,12 @@ def storage_error(path: Path, exc: BaseException, kept: bool) -> StorageError:
     else:
         reason = "the write failed (disk full, quota or I/O error)"
     fixes: dict[int | None, str] = {
-        errno.ENOSPC: "free disk space", errno.EDQUOT: "free quota", errno.EACCES: "fix the permissions",
-        errno.EPERM: "fix the permissions", errno.EROFS: "use a writable disk"}
+        errno.ENOSPC: "free disk space",
+        errno.EDQUOT: "free quota",
+        errno.EACCES: "fix the permissions",
+        errno.EPERM: "fix the permissions",
+        errno.EROFS: "use a writable disk",
+    }
     what = fixes.get(getattr(exc, "errno", None), "free space or fix the disk")
     state = f"the previous '{path.name}' is unchanged" if kept else "nothing was written"
     return StorageError(f"cannot write '{path}': {reason}; {state}: {what} (or choose another --out) and try again")
@@ -254,13 +258,17 @@ def read_torch_file(path: Path, what: str, allowed: Sequence[Any] = (), map_loca
     except pickle.UnpicklingError as exc:
         kind = _refused_type(path, exc, [_global_name(g) for g in allowed])
         if kind is None:
-            raise CheckpointError(f"{what} '{path}' cannot be read (UnpicklingError); it may be truncated or not a torch file") from None
+            raise CheckpointError(
+                f"{what} '{path}' cannot be read (UnpicklingError); it may be truncated or not a torch file"
+            ) from None
         raise CheckpointError(
             f"{what} '{path}' needs the Python type '{kind}' to load; deepclust reads only tensors and plain data "
             "from a file (never code): pass a file of weights, e.g. saved as a state dict or .safetensors"
         ) from None
     except Exception as exc:  # noqa: BLE001 - any other failure means a damaged file or not a torch file
-        raise CheckpointError(f"{what} '{path}' cannot be read ({type(exc).__name__}); it may be truncated or not a torch file") from None
+        raise CheckpointError(
+            f"{what} '{path}' cannot be read ({type(exc).__name__}); it may be truncated or not a torch file"
+        ) from None
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -342,7 +350,7 @@ def append_jsonl(obj: Any, path: str | Path) -> None:
         try:
             view = memoryview(line)
             while view:  # os.write may write less than asked
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
             os.fsync(fd)
         finally:
             os.close(fd)

@@ -42,7 +42,12 @@ class LARS(torch.optim.Optimizer):
                 f"LARS needs lr >= 0, momentum >= 0, weight_decay >= 0 and trust_coefficient > 0, got "
                 f"{lr}, {momentum}, {weight_decay}, {trust_coefficient}"
             )
-        defaults = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "trust_coefficient": trust_coefficient}
+        defaults = {
+            "lr": lr,
+            "momentum": momentum,
+            "weight_decay": weight_decay,
+            "trust_coefficient": trust_coefficient,
+        }
         super().__init__(params, defaults)
 
     @torch.no_grad()

@@ -54,7 +54,9 @@ def init_distributed(device: torch.device) -> tuple[Collectives, torch.device]:
     if world <= 1:
         return SINGLE_PROCESS, device
     if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"distributed training runs on CUDA (NCCL) or CPU (gloo), not '{device.type}'; pass --device cuda or cpu")
+        raise ConfigError(
+            f"distributed training runs on CUDA (NCCL) or CPU (gloo), not '{device.type}'; pass --device cuda or cpu"
+        )
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
         if local >= torch.cuda.device_count():

@@ -59,8 +59,14 @@ def setup_distributed(method: ClusteringMethod, cfg: Config, d: Collectives) -> 
     if cfg.train.sync_bn:
         convert_sync_batchnorm(method, d)
     method.dist = d
-    log.info("distributed: %d processes (%s), global batch %d = %d per process, sync_bn=%s",
-             d.world, d.backend, bs, bs // d.world, cfg.train.sync_bn)
+    log.info(
+        "distributed: %d processes (%s), global batch %d = %d per process, sync_bn=%s",
+        d.world,
+        d.backend,
+        bs,
+        bs // d.world,
+        cfg.train.sync_bn,
+    )
 
 
 def build_optimizer(cfg: Config, method: ClusteringMethod, device: torch.device | None = None) -> torch.optim.Optimizer:
@@ -77,5 +83,7 @@ def build_optimizer(cfg: Config, method: ClusteringMethod, device: torch.device 
         kwargs = {"momentum": o.momentum, "weight_decay": o.weight_decay, "nesterov": o.nesterov}
         return make_optimizer("sgd", groups, device, o.fused, lr=o.lr, **kwargs)
     if o.name == "lars":  # no fused kernel: optim.fused=true fails in apply_fast_paths
-        return LARS(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, trust_coefficient=o.trust_coefficient)
+        return LARS(
+            groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, trust_coefficient=o.trust_coefficient
+        )
     return make_optimizer(o.name, groups, device, o.fused, lr=o.lr, weight_decay=o.weight_decay)

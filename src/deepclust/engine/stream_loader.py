@@ -64,8 +64,14 @@ class StreamLoader:
     """Batches of views of a :class:`StreamData` for explicit index batches (see module doc)."""
 
     def __init__(
-        self, data: StreamData, pipelines: Sequence[nn.Module], device: torch.device, seed: int,
-        workers: int | None = None, prefetch: int = 2, gpu_decode: bool = False,
+        self,
+        data: StreamData,
+        pipelines: Sequence[nn.Module],
+        device: torch.device,
+        seed: int,
+        workers: int | None = None,
+        prefetch: int = 2,
+        gpu_decode: bool = False,
     ) -> None:
         self.data, self.owners, self.device = data, list(pipelines), torch.device(device)
         self.specs = view_specs(self.owners)
@@ -78,10 +84,19 @@ class StreamLoader:
         self.epoch = 0
         self._sampler = KeySampler()
         source = _RawBatches if self.gpu_decode else DecodeBatches
-        self._loader = make_loader(source(data, self.specs, self.seed), self._sampler, self.workers, self.pin and not self.gpu_decode, prefetch)
-        log.info("streaming %s: %d files, %d view(s) per image at %d px, %d worker(s), decoder %s%s",
-                 data.name, data.n_samples, len(self.specs), data.size, self.workers, data.decoder,
-                 ", GPU decoding" if self.gpu_decode else "")
+        self._loader = make_loader(
+            source(data, self.specs, self.seed), self._sampler, self.workers, self.pin and not self.gpu_decode, prefetch
+        )
+        log.info(
+            "streaming %s: %d files, %d view(s) per image at %d px, %d worker(s), decoder %s%s",
+            data.name,
+            data.n_samples,
+            len(self.specs),
+            data.size,
+            self.workers,
+            data.decoder,
+            ", GPU decoding" if self.gpu_decode else "",
+        )
 
     def __len__(self) -> int:
         return self.data.n_samples
@@ -118,7 +133,12 @@ class StreamLoader:
         failed = [self.data.files[int(i)] for img, i in zip(images, idx.tolist(), strict=True) if img is None]
         if failed:
             self.data.report_failed(failed, "not decodable on the GPU, shown as black images")
-        per = [decode_views_tensor(None, self.specs, s, self.data.mode, sample_rng(self.seed, self.epoch, int(i)), image=img)
-               if img is not None else [torch.zeros(c, s, s, dtype=torch.uint8, device=self.device)] * len(self.specs)
-               for img, i in zip(images, idx.tolist(), strict=True)]
+        per = [
+            decode_views_tensor(
+                None, self.specs, s, self.data.mode, sample_rng(self.seed, self.epoch, int(i)), image=img
+            )
+            if img is not None
+            else [torch.zeros(c, s, s, dtype=torch.uint8, device=self.device)] * len(self.specs)
+            for img, i in zip(images, idx.tolist(), strict=True)
+        ]
         return [torch.stack([p[k] for p in per]) for k in range(len(self.specs))]

@@ -76,8 +76,12 @@ class Trainer:
     :attr:`result` is its :class:`FitResult`."""
 
     def __init__(
-        self, cfg: Config, resume: bool = False, data: ImageData | tuple[ImageData, ImageData] | None = None,
-        overwrite: bool = False, keep_fp16: bool = False,
+        self,
+        cfg: Config,
+        resume: bool = False,
+        data: ImageData | tuple[ImageData, ImageData] | None = None,
+        overwrite: bool = False,
+        keep_fp16: bool = False,
     ) -> None:
         validate(cfg)  # a hand-built Config too: before any data is read
         self.run = RunDir(Path(cfg.train.out) if cfg.train.out else default_run_dir(cfg), resume, overwrite)
@@ -98,12 +102,18 @@ class Trainer:
         # On resume the initial weights come from the checkpoint (and its record of them).
         self.method, init_record = self.build_method(cfg, resume)
         streamed = isinstance(self.train_data, StreamData)  # only the file list is in memory
-        self.fast = apply_fast_paths(self.method, cfg, self.device, self.train_data.n_samples,
-                                     None if streamed else self.train_data.images.nbytes)
+        self.fast = apply_fast_paths(
+            self.method,
+            cfg,
+            self.device,
+            self.train_data.n_samples,
+            None if streamed else self.train_data.images.nbytes,
+        )
         self.optimizer = build_optimizer(cfg, self.method)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
-        self.state = RunState(cfg, self.info, self.method, self.optimizer, self.scaler, init_record,
-                              tags=self.checkpoint_tags())
+        self.state = RunState(
+            cfg, self.info, self.method, self.optimizer, self.scaler, init_record, tags=self.checkpoint_tags()
+        )
         ckpt = self.run.load_checkpoint()
         self.start_epoch = self.state.load(ckpt, self.run) if ckpt is not None else 0
         seed_rank(self.dist, cfg.train.seed, ckpt, self.start_epoch)
@@ -157,8 +167,13 @@ class Trainer:
         """The epochs left; returns the last epoch done and, when its checkpoint is not written
         yet, its boundary state in host memory (rank 0)."""
         cfg, epochs = self.cfg, self.cfg.train.epochs
-        bar = tqdm(range(self.start_epoch, epochs), desc=f"{cfg.method}", initial=self.start_epoch, total=epochs,
-                   disable=not (cfg.train.progress and self.dist.is_main))
+        bar = tqdm(
+            range(self.start_epoch, epochs),
+            desc=f"{cfg.method}",
+            initial=self.start_epoch,
+            total=epochs,
+            disable=not (cfg.train.progress and self.dist.is_main),
+        )
         done, boundary = self.start_epoch, None
         try:
             with logging_redirect_tqdm():
@@ -201,10 +216,15 @@ class Trainer:
         if self.device.type != "cpu" or cfg.model.init or not self.dist.is_main or self.data_kind() != "natural":
             return
         total = seconds * cfg.train.epochs
-        log.info("epoch %d took %s on the CPU: about %s for all %d epochs; training a CNN from scratch on natural "
-                 "images is slow on a CPU: --features timm:NAME (a pretrained encoder, e.g. timm:resnet50.a1_in1k) "
-                 "clusters its embedding in minutes (docs/pretrained.md)",
-                 epoch, _duration(seconds), _duration(total), cfg.train.epochs)
+        log.info(
+            "epoch %d took %s on the CPU: about %s for all %d epochs; training a CNN from scratch on natural "
+            "images is slow on a CPU: --features timm:NAME (a pretrained encoder, e.g. timm:resnet50.a1_in1k) "
+            "clusters its embedding in minutes (docs/pretrained.md)",
+            epoch,
+            _duration(seconds),
+            _duration(total),
+            cfg.train.epochs,
+        )
 
     def _log_epoch(self, done: int, logs: dict[str, float]) -> str:
         """The epoch's line in the log and ``metrics.jsonl``, with an evaluation every
@@ -237,7 +257,9 @@ class Trainer:
         if boundary is not None and self.dist.is_main:
             self.run.save_checkpoint(boundary)
 
-    def _finish(self, done: int, boundary: dict[str, Any] | None, t0: float) -> tuple[dict[str, Any] | None, Prediction | None]:
+    def _finish(
+        self, done: int, boundary: dict[str, Any] | None, t0: float
+    ) -> tuple[dict[str, Any] | None, Prediction | None]:
         """The final evaluation, its metrics line, the final checkpoint and ``results.json``."""
         try:
             record, pred = self.evaluate(done)
@@ -253,8 +275,12 @@ class Trainer:
             n = self.train_data.n_samples
             record["train_images_per_s"] = round((done - self.start_epoch) * n / max(record["wall_time_s"], 1e-9), 1)
             self.run.log({**_short(record), **({"train": logs} if logs else {})})
-        self.state.save(self.run, self.dist, done,
-                        {"centers": pred.centers, "n_clusters": self.info.n_clusters} if pred is not None else None)
+        self.state.save(
+            self.run,
+            self.dist,
+            done,
+            {"centers": pred.centers, "n_clusters": self.info.n_clusters} if pred is not None else None,
+        )
         if record is not None:
             record["checkpoint_hash"] = self.run.checkpoint_hash()
             record["init"] = self.state.init_record
@@ -279,22 +305,33 @@ class Trainer:
     def place_data(self) -> Any:
         """The training images where the loop reads them, and ``self.stream`` (None: resident);
         see engine/data_stage.py place_data. Returns what :meth:`ClusteringMethod.setup` sees."""
-        images, self.stream = data_stage.place_data(self.train_data, self.method, self.cfg, self.device, self.fast,
-                                                    self.dist)
+        images, self.stream = data_stage.place_data(
+            self.train_data, self.method, self.cfg, self.device, self.fast, self.dist
+        )
         return images
 
     def evaluate(self, epoch: int) -> tuple[dict[str, Any] | None, Prediction | None]:
         """The result record and prediction. Under torchrun every process infers its shard of the
         images and rank 0 clusters and scores them; the other processes get (None, None)."""
         pred = predict(
-            self.method, self.cfg, self.info.n_clusters, self.train_data, self.eval_data, self.device, self.amp,
+            self.method,
+            self.cfg,
+            self.info.n_clusters,
+            self.train_data,
+            self.eval_data,
+            self.device,
+            self.amp,
             dist=self.dist,
         )
         if pred is None:
             return None, None
         record = make_record(self.cfg, pred, self.eval_data, self.info.n_clusters, epoch, self.device)
         if self.dist.enabled:
-            record["distributed"] = {"world_size": self.dist.world, "backend": self.dist.backend, "sync_bn": self.cfg.train.sync_bn}
+            record["distributed"] = {
+                "world_size": self.dist.world,
+                "backend": self.dist.backend,
+                "sync_bn": self.cfg.train.sync_bn,
+            }
         return add_extras(record, self.method, pred, self.eval_data), pred
 
     # ----- one epoch -----------------------------------------------------------------------------
@@ -327,7 +364,9 @@ class Trainer:
             plan.append((it, len(perm[it * bs : (it + 1) * bs]), idx))
         if isinstance(stream, StreamLoader):
             stream.set_epoch(epoch)  # crops of this epoch: per-sample generators of (seed, epoch, index)
-        batches = stream.batches_of([p[2] for p in plan]) if stream is not None else ((images[p[2]], p[2]) for p in plan)
+        batches = (
+            stream.batches_of([p[2] for p in plan]) if stream is not None else ((images[p[2]], p[2]) for p in plan)
+        )
         # batches is built from plan (same length); not strict: zip never advances the stream past its end
         for (it, n_global, _), (batch, idx) in zip(plan, batches, strict=False):
             if d.enabled:
@@ -352,13 +391,19 @@ class Trainer:
             # Epoch means over the processes; one set of BatchNorm statistics for evaluation.
             keys = sorted(sums)
             if keys:
-                total = d.all_reduce(torch.stack([torch.as_tensor(sums[k], device=self.device).float().reshape(()) for k in keys]), "mean")
+                total = d.all_reduce(
+                    torch.stack([torch.as_tensor(sums[k], device=self.device).float().reshape(()) for k in keys]),
+                    "mean",
+                )
                 sums = dict(zip(keys, total.unbind(), strict=True))
             average_batchnorm_stats(method, d)
         logs = {k: float(v) / max(steps, 1) for k, v in sums.items()}
         if not all(math.isfinite(v) for v in logs.values()):
-            kept = (f"the checkpoint of epoch {self.saved_epoch} stays in '{self.out}'" if self.saved_epoch is not None
-                    else "no checkpoint was saved")
+            kept = (
+                f"the checkpoint of epoch {self.saved_epoch} stays in '{self.out}'"
+                if self.saved_epoch is not None
+                else "no checkpoint was saved"
+            )
             raise DeepClustError(
                 f"the loss became {logs.get('loss')} in epoch {epoch + 1}; lower optim.lr or use train.amp=off ({kept})"
             )
@@ -389,7 +434,9 @@ def _iters_per_epoch(n: int, t: TrainConfig) -> int:
     bs = t.batch_size
     iters = n // bs if t.drop_last else math.ceil(n / bs)
     if iters == 0:
-        raise DataError(f"batch size {bs} is larger than the {n} training images with drop_last; lower train.batch_size")
+        raise DataError(
+            f"batch size {bs} is larger than the {n} training images with drop_last; lower train.batch_size"
+        )
     return iters
 
 

@@ -28,7 +28,9 @@ def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -
     Float32, autocast off.
     """
     if z1.shape != z2.shape or z1.dim() != 2:
-        raise ValueError(f"nt_xent_loss needs two (B, d) tensors of the same shape, got {tuple(z1.shape)} and {tuple(z2.shape)}")
+        raise ValueError(
+            f"nt_xent_loss needs two (B, d) tensors of the same shape, got {tuple(z1.shape)} and {tuple(z2.shape)}"
+        )
     with fp32(z1):
         b = z1.shape[0]
         u = F.normalize(torch.cat([_full_precision(z1), _full_precision(z2)]), dim=1)

@@ -44,8 +44,9 @@ def secu_center_loss(
         return _center_loss(features, centers, labels, temperature, detach_negatives)
 
 
-def _center_loss(features: torch.Tensor, centers: torch.Tensor, labels: torch.Tensor, temperature: float,
-                 detach_negatives: bool) -> torch.Tensor:
+def _center_loss(
+    features: torch.Tensor, centers: torch.Tensor, labels: torch.Tensor, temperature: float, detach_negatives: bool
+) -> torch.Tensor:
     x = features.detach()
     c = F.normalize(_fp(centers), dim=1)
     x = _fp(x).to(c.dtype)
@@ -90,17 +91,27 @@ def secu_representation_loss(
         return _representation_loss(x1, x2, centers, prev_labels, temperature, label_weight, target_sources)
 
 
-def _representation_loss(x1: torch.Tensor, x2: torch.Tensor, centers: torch.Tensor, prev_labels: torch.Tensor,
-                         temperature: float, label_weight: float,
-                         target_sources: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+def _representation_loss(
+    x1: torch.Tensor,
+    x2: torch.Tensor,
+    centers: torch.Tensor,
+    prev_labels: torch.Tensor,
+    temperature: float,
+    label_weight: float,
+    target_sources: tuple[torch.Tensor, torch.Tensor] | None,
+) -> torch.Tensor:
     c = _fp(centers.detach())
     z1 = _fp(x1).to(c.dtype) @ c.t() / temperature
     z2 = _fp(x2).to(c.dtype) @ c.t() / temperature
     s1, s2 = target_sources if target_sources is not None else (x2, x1)
     with torch.no_grad():
         onehot = F.one_hot(prev_labels, c.shape[0]).to(c.dtype)
-        t1 = label_weight * onehot + (1 - label_weight) * F.softmax(_fp(s1.detach()).to(c.dtype) @ c.t() / temperature, dim=1)
-        t2 = label_weight * onehot + (1 - label_weight) * F.softmax(_fp(s2.detach()).to(c.dtype) @ c.t() / temperature, dim=1)
+        t1 = label_weight * onehot + (1 - label_weight) * F.softmax(
+            _fp(s1.detach()).to(c.dtype) @ c.t() / temperature, dim=1
+        )
+        t2 = label_weight * onehot + (1 - label_weight) * F.softmax(
+            _fp(s2.detach()).to(c.dtype) @ c.t() / temperature, dim=1
+        )
     return 0.5 * (_soft_cross_entropy(z1, t1) + _soft_cross_entropy(z2, t2))
 
 

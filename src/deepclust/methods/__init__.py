@@ -95,8 +95,19 @@ def create_method(cfg, info: DataInfo) -> ClusteringMethod:
         )
     method = cls(cfg, info)
     if not isinstance(getattr(method, "backbone", None), nn.Module):
-        raise TypeError(f"method '{cfg.method}' ({type(method).__name__}) must assign self.backbone (an nn.Module) in __init__")
+        raise TypeError(
+            f"method '{cfg.method}' ({type(method).__name__}) must assign self.backbone (an nn.Module) in __init__"
+        )
     return method
 
 
-__all__ = ["METHODS", "ClusteringMethod", "DataInfo", "StepOutput", "create_method", "get_method_class", "list_methods", "register_method"]
+__all__ = [
+    "METHODS",
+    "ClusteringMethod",
+    "DataInfo",
+    "StepOutput",
+    "create_method",
+    "get_method_class",
+    "list_methods",
+    "register_method",
+]

@@ -150,11 +150,15 @@ class AnchorCL(ClusteringMethod):
         if o.init_bn_mode not in ("train", "eval"):
             raise ConfigError(f"method_args.init_bn_mode must be 'train' or 'eval', got '{o.init_bn_mode}'")
         if o.init_batch_size < 2 or o.init_n_init < 1 or o.alpha <= 0 or o.instance_temperature <= 0:
-            raise ConfigError("method_args: init_batch_size >= 2, init_n_init >= 1, alpha > 0 and instance_temperature > 0 are required")
+            raise ConfigError(
+                "method_args: init_batch_size >= 2, init_n_init >= 1, alpha > 0 and instance_temperature > 0 are required"
+            )
         if not 0.0 <= o.instance_warmup < 1.0:
             raise ConfigError(f"method_args.instance_warmup must be a fraction in [0, 1), got {o.instance_warmup}")
         if o.target_mode not in ("batch", "full") or o.target_interval < 0:
-            raise ConfigError(f"method_args.target_mode must be 'batch' or 'full' (got '{o.target_mode}') and target_interval >= 0")
+            raise ConfigError(
+                f"method_args.target_mode must be 'batch' or 'full' (got '{o.target_mode}') and target_interval >= 0"
+            )
         # The released code does not normalise any view (spec/anchor.md 5, 10.13).
         mean, std = (info.mean, info.std) if o.normalize_input else (None, None)
         self.augment = Augment(cfg.augment, info.image_size, mean, std)
@@ -231,7 +235,12 @@ class AnchorCL(ClusteringMethod):
         if self.opts.target_mode == "full":
             self.q_store.copy_(self._assign(feats.to(self.centers.device)))
             self.refresh_target()
-        log.info("anchorcl: %d centres from k-means on %d initial features (inertia %.4g)", len(km.centers), len(feats), km.inertia)
+        log.info(
+            "anchorcl: %d centres from k-means on %d initial features (inertia %.4g)",
+            len(km.centers),
+            len(feats),
+            km.inertia,
+        )
 
     # ----- training ---------------------------------------------------------------------------
     def _assign(self, h: torch.Tensor) -> torch.Tensor:
@@ -273,7 +282,11 @@ class AnchorCL(ClusteringMethod):
         if not bool(self.centers_initialized):
             raise RuntimeError("AnchorCL's centres are not initialised: call setup(train_images) before training")
         o = self.opts
-        x, xi, xj = self.eval_transform(images), self.view(self.augment, images, indices), self.view(self.augment, images, indices)
+        x, xi, xj = (
+            self.eval_transform(images),
+            self.view(self.augment, images, indices),
+            self.view(self.augment, images, indices),
+        )
         if o.separate_forwards:
             h, hi, hj = self.backbone(x), self.backbone(xi), self.backbone(xj)
         else:
@@ -281,7 +294,9 @@ class AnchorCL(ClusteringMethod):
         # Under torchrun NT-Xent and the DEC target see the global batch (gathered with
         # gradient); the anchor losses are per-sample means over this process's rows.
         gather = self.dist.gather_with_grad
-        l_ins = nt_xent_loss(gather(self.projector(hi).float()), gather(self.projector(hj).float()), o.instance_temperature)
+        l_ins = nt_xent_loss(
+            gather(self.projector(hi).float()), gather(self.projector(hj).float()), o.instance_temperature
+        )
         q, qi, qj = self._assign(h), self._assign(hi), self._assign(hj)
         l_clu = self._cluster_loss(q, indices)
         l_anc = anchor_loss(q, qi) + anchor_loss(q, qj)

@@ -144,8 +144,15 @@ class ClusteringMethod(nn.Module):
         if isinstance(pipeline, Augment):
             # AugmentConfig.__post_init__ resolves a None noise / dropout to its default number
             assert aug.feature_noise is not None and aug.feature_dropout is not None
-            return FeatureAugment(mean, std, noise_std=aug.feature_noise, dropout=aug.feature_dropout,
-                                  l2=aug.feature_l2, views=aug.feature_views, neighbors=aug.neighbors)
+            return FeatureAugment(
+                mean,
+                std,
+                noise_std=aug.feature_noise,
+                dropout=aug.feature_dropout,
+                l2=aug.feature_l2,
+                views=aug.feature_views,
+                neighbors=aug.neighbors,
+            )
         return FeatureEvalTransform(mean, std, l2=aug.feature_l2)
 
     def view(self, pipeline: nn.Module, images: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
@@ -192,7 +199,11 @@ class ClusteringMethod(nn.Module):
         # The MLP reads feature vectors, or flattened images (C x H x W) when chosen for images.
         in_dim = info.n_features or info.n_channels * info.image_size * info.image_size
         return create_backbone(
-            name, info.n_channels, stem, in_dim=in_dim, width=self.cfg.model.width,
+            name,
+            info.n_channels,
+            stem,
+            in_dim=in_dim,
+            width=self.cfg.model.width,
             stem_init=self.stem_init,
         )
 

@@ -186,7 +186,10 @@ class CDC(ClusteringMethod):
             log.warning(
                 "cdc: batch %d + queue %d < 4 x %d clusters: the Sinkhorn equipartition is noisy; "
                 "raise method_args.queue_size (e.g. to %d) or the batch size",
-                cfg.train.batch_size, o.queue_size, k, max(4096, 4 * k),
+                cfg.train.batch_size,
+                o.queue_size,
+                k,
+                max(4096, 4 * k),
             )
 
     # ----- the network -------------------------------------------------------------------------
@@ -270,7 +273,16 @@ class CDC(ClusteringMethod):
                 neg_p = F.softmax(q_scores / o.t_c, dim=1)
             neg_z = self.queue_z[: int(self.queue_len)]
         l_con = cdc_contrastive_loss(
-            c1, gather(z1), c2, gather(z2), o.tau_p, o.tau_z, combine=o.combine, eps=o.mult_eps, neg_p=neg_p, neg_z=neg_z
+            c1,
+            gather(z1),
+            c2,
+            gather(z2),
+            o.tau_p,
+            o.tau_z,
+            combine=o.combine,
+            eps=o.mult_eps,
+            neg_p=neg_p,
+            neg_z=neg_z,
         )
         loss = l_con + o.lambda_eq * l_eq
         logs = {
@@ -279,7 +291,11 @@ class CDC(ClusteringMethod):
             "p_max": p1.detach().max(dim=1).values.mean(),  # confidence of the cluster head
         }
         # The queue receives the global batch (view 1), in rank order = the one-process order.
-        state = {"u": self.dist.gather(out["u"][:b].detach()), "z": self.dist.gather(z1.detach())} if o.queue_size > 0 else {}
+        state = (
+            {"u": self.dist.gather(out["u"][:b].detach()), "z": self.dist.gather(z1.detach())}
+            if o.queue_size > 0
+            else {}
+        )
         return StepOutput(loss, logs, state)
 
     @torch.no_grad()

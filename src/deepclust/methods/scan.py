@@ -73,7 +73,9 @@ class SCAN(ClusteringMethod):
         if o.entropy_weight < 0 or o.n_heads < 1:
             raise ConfigError("method_args.entropy_weight must be >= 0 and n_heads >= 1")
         self.backbone = self.build_backbone()
-        self.heads: nn.ModuleList = nn.ModuleList(nn.Linear(self.backbone.out_dim, info.n_clusters) for _ in range(o.n_heads))
+        self.heads: nn.ModuleList = nn.ModuleList(
+            nn.Linear(self.backbone.out_dim, info.n_clusters) for _ in range(o.n_heads)
+        )
         # each head's summed loss over the current epoch (checkpointed, so resume picks the same head)
         self.register_buffer("head_loss", torch.zeros(o.n_heads))
         self.register_buffer("last_head_loss", torch.zeros(o.n_heads))
@@ -95,8 +97,10 @@ class SCAN(ClusteringMethod):
         h = self.backbone(x)
         # Under torchrun the loss sees the global batch (gathered with gradient), as CDC's does.
         g = self.dist.gather_with_grad
-        totals, cons, ents = zip(*(scan_loss(g(z[:b]), g(z[b:]), self.opts.entropy_weight)
-                                   for z in (head(h) for head in self.heads)), strict=True)
+        totals, cons, ents = zip(
+            *(scan_loss(g(z[:b]), g(z[b:]), self.opts.entropy_weight) for z in (head(h) for head in self.heads)),
+            strict=True,
+        )
         per_head = torch.stack(totals)
         best = int(self.eval_head)
         logs = {"consistency": cons[best].detach(), "entropy": ents[best].detach()}

@@ -147,7 +147,14 @@ class SeCu(ClusteringMethod):
     @classmethod
     def defaults(cls) -> dict[str, Any]:
         return {
-            "optim": {"name": "sgd", "lr": 0.2, "momentum": 0.9, "weight_decay": 1e-4, "schedule": "cosine", "warmup_epochs": 10},
+            "optim": {
+                "name": "sgd",
+                "lr": 0.2,
+                "momentum": 0.9,
+                "weight_decay": 1e-4,
+                "schedule": "cosine",
+                "warmup_epochs": 10,
+            },
             "augment": {
                 "crop_scale": [0.2, 1.0],
                 "jitter": [0.4, 0.4, 0.2, 0.1],
@@ -163,8 +170,12 @@ class SeCu(ClusteringMethod):
         # Two asymmetric views (secu.md section 9): view 1 always blurred, view 2 solarised.
         a = cfg.augment
         size = info.image_size
-        self.augment = Augment(dataclasses.replace(a, blur_p=o.blur_p[0], solarize_p=o.solarize_p[0]), size, info.mean, info.std)
-        self.augment2 = Augment(dataclasses.replace(a, blur_p=o.blur_p[1], solarize_p=o.solarize_p[1]), size, info.mean, info.std)
+        self.augment = Augment(
+            dataclasses.replace(a, blur_p=o.blur_p[0], solarize_p=o.solarize_p[0]), size, info.mean, info.std
+        )
+        self.augment2 = Augment(
+            dataclasses.replace(a, blur_p=o.blur_p[1], solarize_p=o.solarize_p[1]), size, info.mean, info.std
+        )
         self.backbone = self.build_backbone()
         d, width = cfg.model.feature_dim, self.backbone.out_dim
         hidden = o.projection_hidden or width
@@ -217,8 +228,9 @@ class SeCu(ClusteringMethod):
             return 0.0  # the encoder is frozen; its optimiser still steps (momentum builds up)
         if self.cfg.optim.schedule == "step":
             return factor
-        return lr_factor(self.cfg.optim, epoch - frozen, it, iters_per_epoch, self.cfg.train.epochs - frozen,
-                         warmup_shift=0)
+        return lr_factor(
+            self.cfg.optim, epoch - frozen, it, iters_per_epoch, self.cfg.train.epochs - frozen, warmup_shift=0
+        )
 
     @torch.no_grad()
     def on_epoch_start(self, epoch: int) -> None:
@@ -328,14 +340,24 @@ class SeCu(ClusteringMethod):
             with fp32(feats):  # argmax of near-tied cosines: float32 even if called under autocast
                 pred = (feats @ c.t()).argmax(dim=1).cpu()
             sizes = torch.bincount(pred, minlength=k)
-            entry: dict[str, Any] = {"head": h, "k": k, "n_nonempty": int((sizes > 0).sum()), "min_size": int(sizes.min()), "max_size": int(sizes.max())}
+            entry: dict[str, Any] = {
+                "head": h,
+                "k": k,
+                "n_nonempty": int((sizes > 0).sum()),
+                "min_size": int(sizes.min()),
+                "max_size": int(sizes.max()),
+            }
             if labelled and y_true is not None:
                 y = y_true.cpu()
                 entry["acc_many_to_one"] = acc_many_to_one(y.numpy(), pred.numpy())
                 entry["nmi"] = nmi(y.numpy(), pred.numpy())
             heads.append(entry)
             lab = self._buf("labels", h)
-            hist = torch.bincount(lab[lab >= 0], minlength=k) if bool((lab >= 0).any()) else torch.zeros(k, dtype=torch.long)
+            hist = (
+                torch.bincount(lab[lab >= 0], minlength=k)
+                if bool((lab >= 0).any())
+                else torch.zeros(k, dtype=torch.long)
+            )
             train_sizes.append({"head": h, "k": k, "min": int(hist.min()), "max": int(hist.max())})
         return {"eval_head": self.eval_head, "over_clustering": heads, "train_assignment_sizes": train_sizes}
 

@@ -44,7 +44,9 @@ class Backbone(nn.Module):
 class ResNetBackbone(Backbone):
     """A torchvision ResNet without its classifier, with a configurable stem."""
 
-    def __init__(self, arch: str = "resnet18", stem: str = "cifar", in_channels: int = 3, stem_init: str = "default") -> None:
+    def __init__(
+        self, arch: str = "resnet18", stem: str = "cifar", in_channels: int = 3, stem_init: str = "default"
+    ) -> None:
         super().__init__()
         if stem not in STEMS:
             raise ConfigError(f"unknown stem '{stem}'; choose one of {', '.join(STEMS)}")
@@ -144,7 +146,11 @@ def resolve_model(model: Any, info: Any) -> tuple[str, str]:
 
 
 def create_backbone(
-    name: str, in_channels: int, stem: str = "cifar", in_dim: int | None = None, width: int = 32,
+    name: str,
+    in_channels: int,
+    stem: str = "cifar",
+    in_dim: int | None = None,
+    width: int = 32,
     stem_init: str = "default",
 ) -> Backbone:
     """Build a backbone by name (see :func:`list_backbones`). ``in_dim``: the input length of

@@ -49,8 +49,10 @@ log = logging.getLogger(__name__)
 
 __all__ = ["KINDS", "check_source", "init_backbone", "map_resnet_keys", "read_source"]
 
-KINDS = ("a deepclust run, a torchvision ResNet state dict, a MoCo v2/v3, DINO or SwAV ResNet checkpoint "
-         "(.pth or .safetensors), or torchvision:NAME.WEIGHTS")
+KINDS = (
+    "a deepclust run, a torchvision ResNet state dict, a MoCo v2/v3, DINO or SwAV ResNet checkpoint "
+    "(.pth or .safetensors), or torchvision:NAME.WEIGHTS"
+)
 TORCHVISION = "torchvision:"
 CHECKPOINT = "checkpoint.pt"  # the run-directory file name (engine/io.py)
 # The only non-tensor types an --init file may hold: DINO's argparse Namespace (a plain attribute
@@ -58,15 +60,21 @@ CHECKPOINT = "checkpoint.pt"  # the run-directory file name (engine/io.py)
 INIT_GLOBALS = [*LEGACY_GLOBALS, argparse.Namespace]
 # Prefixes of the encoder inside SSL checkpoints, most specific first.
 _PREFIXES = (
-    ("module.encoder_q.", "moco_v2"), ("encoder_q.", "moco_v2"),
-    ("module.base_encoder.", "moco_v3"), ("base_encoder.", "moco_v3"),
-    ("module.backbone.", "dino"), ("backbone.", "dino"),
+    ("module.encoder_q.", "moco_v2"),
+    ("encoder_q.", "moco_v2"),
+    ("module.base_encoder.", "moco_v3"),
+    ("base_encoder.", "moco_v3"),
+    ("module.backbone.", "dino"),
+    ("backbone.", "dino"),
 )
 # First name components of projection / prediction heads and classifiers: never backbone weights.
 _HEADS = ("fc", "projection_head", "prototypes", "head", "predictor")
 _DEPTHS: dict[tuple[tuple[int, ...], bool], str] = {
-    ((2, 2, 2, 2), False): "resnet18", ((3, 4, 6, 3), False): "resnet34", ((3, 4, 6, 3), True): "resnet50",
-    ((3, 4, 23, 3), True): "resnet101", ((3, 8, 36, 3), True): "resnet152",
+    ((2, 2, 2, 2), False): "resnet18",
+    ((3, 4, 6, 3), False): "resnet34",
+    ((3, 4, 6, 3), True): "resnet50",
+    ((3, 4, 23, 3), True): "resnet101",
+    ((3, 8, 36, 3), True): "resnet152",
 }
 
 
@@ -93,7 +101,9 @@ def _torchvision_weights(spec: str) -> tuple[dict[str, torch.Tensor], Path]:
         weights = enum[name or "DEFAULT"]
     except KeyError:
         names = ", ".join(w.name for w in enum)
-        raise CheckpointError(f"--init {TORCHVISION}{spec}: {arch} has no weights '{name}'; choose one of {names} or DEFAULT") from None
+        raise CheckpointError(
+            f"--init {TORCHVISION}{spec}: {arch} has no weights '{name}'; choose one of {names} or DEFAULT"
+        ) from None
     cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(weights.url).path)
     was_cached = cached.is_file()
     if not was_cached:
@@ -128,7 +138,9 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(path, device="cpu")
     except Exception as exc:  # noqa: BLE001 - SafetensorError, OSError, a bad header: not readable
-        raise CheckpointError(f"model.init '{path}' cannot be read ({type(exc).__name__}); it may be truncated or not a safetensors file") from None
+        raise CheckpointError(
+            f"model.init '{path}' cannot be read ({type(exc).__name__}); it may be truncated or not a safetensors file"
+        ) from None
 
 
 def check_source(source: str) -> None:
@@ -152,7 +164,7 @@ def _source_path(source: str) -> Path:
 def read_source(source: str) -> tuple[Any, Path]:
     """The loaded object and the file it came from (a run directory means its checkpoint)."""
     if source.startswith(TORCHVISION):
-        return _torchvision_weights(source[len(TORCHVISION):])
+        return _torchvision_weights(source[len(TORCHVISION) :])
     path = _source_path(source)
     obj = _read_file(path)
     if isinstance(obj, dict):
@@ -161,7 +173,11 @@ def read_source(source: str) -> tuple[Any, Path]:
 
 
 def _tensors(obj: Any) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)} if isinstance(obj, dict) else {}
+    return (
+        {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+        if isinstance(obj, dict)
+        else {}
+    )
 
 
 def map_resnet_keys(obj: Any, source: str) -> tuple[dict[str, torch.Tensor], str]:
@@ -178,11 +194,11 @@ def map_resnet_keys(obj: Any, source: str) -> tuple[dict[str, torch.Tensor], str
     fmt = ""
     for prefix, name in _PREFIXES:
         if any(k.startswith(prefix) for k in sd):
-            sd, fmt = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}, name
+            sd, fmt = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}, name
             break
     if not fmt:
         if any(k.startswith("module.") for k in sd):  # DataParallel / DDP (SwAV's release)
-            sd = {k[len("module."):]: v for k, v in sd.items() if k.startswith("module.")}
+            sd = {k[len("module.") :]: v for k, v in sd.items() if k.startswith("module.")}
         fmt = "swav" if any(k.startswith(("projection_head.", "prototypes.")) for k in sd) else "torchvision"
     weights = {k: v for k, v in sd.items() if k.split(".", 1)[0] not in _HEADS}
     if "conv1.weight" not in weights or not any(k.startswith("layer1.") for k in weights):
@@ -190,8 +206,12 @@ def map_resnet_keys(obj: Any, source: str) -> tuple[dict[str, torch.Tensor], str
             held = f"it holds a {type(obj).__name__}"
         else:
             held = f"first key {next(iter(sd or obj), None)!r}"
-        raise CheckpointError(f"'{source}' is not a ResNet checkpoint (no conv1.weight / layer1.* keys; {held}); pass {KINDS}")
-    log.info("%s: %s layout, %d backbone tensors, %d head tensors dropped", source, fmt, len(weights), len(sd) - len(weights))
+        raise CheckpointError(
+            f"'{source}' is not a ResNet checkpoint (no conv1.weight / layer1.* keys; {held}); pass {KINDS}"
+        )
+    log.info(
+        "%s: %s layout, %d backbone tensors, %d head tensors dropped", source, fmt, len(weights), len(sd) - len(weights)
+    )
     return weights, fmt
 
 
@@ -201,14 +221,21 @@ def _depth(weights: dict[str, torch.Tensor]) -> str:
     return _DEPTHS.get((blocks, any(".conv3." in k for k in weights)), f"a ResNet with {blocks} blocks")
 
 
-def _fit(backbone: nn.Module, weights: dict[str, torch.Tensor], source: str, ckpt: str, model: str, hint: str,
-         prefix: str = "") -> None:
+def _fit(
+    backbone: nn.Module,
+    weights: dict[str, torch.Tensor],
+    source: str,
+    ckpt: str,
+    model: str,
+    hint: str,
+    prefix: str = "",
+) -> None:
     """Load ``weights`` (deepclust backbone names) when every key fits, else name the first misfit
     (without ``prefix``: as the checkpoint spells it)."""
     own = backbone.state_dict()
 
     def fail(key: str, what: str) -> CheckpointError:
-        name = key[len(prefix):] if key.startswith(prefix) else key
+        name = key[len(prefix) :] if key.startswith(prefix) else key
         return CheckpointError(f"the backbone in '{source}' ({ckpt}) does not fit {model}: key '{name}' {what}; {hint}")
 
     for k, v in weights.items():
@@ -230,7 +257,7 @@ def init_backbone(backbone: nn.Module, source: str, arch: str, stem: str) -> dic
     model = f"model.backbone={arch} with stem={stem}"
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict) and "config" in obj:
         fmt = "deepclust"
-        weights = {k[len("backbone."):]: v for k, v in obj["model"].items() if k.startswith("backbone.")}
+        weights = {k[len("backbone.") :]: v for k, v in obj["model"].items() if k.startswith("backbone.")}
         if not weights:
             raise CheckpointError(f"'{source}' holds no backbone weights")
         theirs = obj["config"].get("model", {})
@@ -241,7 +268,9 @@ def init_backbone(backbone: nn.Module, source: str, arch: str, stem: str) -> dic
         depth = _depth(tv)
         ckpt = f"{fmt} {depth}"
         if not isinstance(backbone, ResNetBackbone):
-            raise CheckpointError(f"'{source}' holds {ckpt} weights but model.backbone is {arch}; set model.backbone={depth}")
+            raise CheckpointError(
+                f"'{source}' holds {ckpt} weights but model.backbone is {arch}; set model.backbone={depth}"
+            )
         hint = f"set model.backbone={depth}"
         k = "conv1.weight"
         if tv[k].shape[-1] == 7 and stem != "imagenet":

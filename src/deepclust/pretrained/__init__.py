@@ -10,4 +10,13 @@ on-disk cache and returns it as a read-only memmap (``Embedding.as_feature_data(
 from deepclust.pretrained.embed import Embedding, default_cache_root, embed
 from deepclust.pretrained.encoders import Encoder, Preprocess, create_encoder, list_encoders, parse_spec
 
-__all__ = ["Embedding", "Encoder", "Preprocess", "create_encoder", "default_cache_root", "embed", "list_encoders", "parse_spec"]
+__all__ = [
+    "Embedding",
+    "Encoder",
+    "Preprocess",
+    "create_encoder",
+    "default_cache_root",
+    "embed",
+    "list_encoders",
+    "parse_spec",
+]

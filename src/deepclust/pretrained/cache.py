@@ -35,8 +35,20 @@ from deepclust.engine.io import write_json
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FORMAT", "cache_key", "default_cache_root", "images_hash", "inspect", "create", "read_progress",
-           "write_progress", "finish_progress", "remaining", "merge", "split_rows"]
+__all__ = [
+    "FORMAT",
+    "cache_key",
+    "default_cache_root",
+    "images_hash",
+    "inspect",
+    "create",
+    "read_progress",
+    "write_progress",
+    "finish_progress",
+    "remaining",
+    "merge",
+    "split_rows",
+]
 
 FORMAT = 1
 FEATURES, MANIFEST, PROGRESS = "features.npy", "manifest.json", "progress.json"
@@ -97,7 +109,10 @@ def inspect(folder: Path, inputs: dict[str, Any], dim: int) -> tuple[str, str]:
         if manifest.get(k) != json_inputs[k]:
             return "damaged", f"{MANIFEST} disagrees with the folder's key on {k!r}"
     if manifest.get("dim") != dim or manifest.get("dtype") != "float32":
-        return "damaged", f"{MANIFEST} records dim {manifest.get('dim')} / {manifest.get('dtype')}, expected {dim} / float32"
+        return (
+            "damaged",
+            f"{MANIFEST} records dim {manifest.get('dim')} / {manifest.get('dtype')}, expected {dim} / float32",
+        )
     feats = _features(folder)
     n = inputs["n_images"]
     if feats is None:

@@ -80,8 +80,13 @@ class Embedding:
 
     def as_feature_data(self) -> FeatureData:
         """The features in memory as :class:`FeatureData`, with the dataset's labels, classes and name."""
-        return FeatureData(images=torch.from_numpy(np.array(self.features, dtype=np.float32)), labels=self.labels.clone(),
-                           classes=list(self.classes), name=self.name, split=self.split)
+        return FeatureData(
+            images=torch.from_numpy(np.array(self.features, dtype=np.float32)),
+            labels=self.labels.clone(),
+            classes=list(self.classes),
+            name=self.name,
+            split=self.split,
+        )
 
 
 def _dist() -> tuple[int, int]:
@@ -96,8 +101,9 @@ def _barrier(world: int) -> None:
         torch.distributed.barrier()
 
 
-def _batches(data: ImageData | StreamData, enc: Encoder, start: int, end: int, batch_size: int,
-             device: torch.device) -> Iterator[torch.Tensor]:
+def _batches(
+    data: ImageData | StreamData, enc: Encoder, start: int, end: int, batch_size: int, device: torch.device
+) -> Iterator[torch.Tensor]:
     """uint8 batches of rows ``start..end`` in order, on ``device``."""
     if isinstance(data, StreamData):
         # decode the centre square of the shorter side at the resize size: the encoder then only crops
@@ -163,8 +169,10 @@ def embed(
     if isinstance(spec, Encoder):
         enc = spec
         if image_size is not None and int(image_size) != enc.preprocess.input_size:
-            raise ConfigError(f"embed: image_size {image_size} differs from the encoder's {enc.preprocess.input_size}; "
-                              "pass image_size to create_encoder")
+            raise ConfigError(
+                f"embed: image_size {image_size} differs from the encoder's {enc.preprocess.input_size}; "
+                "pass image_size to create_encoder"
+            )
     else:
         enc = create_encoder(spec, image_size)
     dev = device if isinstance(device, torch.device) else resolve_device(str(device))
@@ -174,16 +182,33 @@ def embed(
     t0 = time.perf_counter()
     ihash = cache.images_hash(data)
     logger.debug("embed: image-list hash of %d images in %.1f s", n, time.perf_counter() - t0)
-    inputs = {"format": cache.FORMAT, "model": enc.model_spec, "weights_hash": enc.weights_hash,
-              "preprocess": enc.preprocess.as_dict(), "images_hash": ihash, "n_images": n, "source": source}
+    inputs = {
+        "format": cache.FORMAT,
+        "model": enc.model_spec,
+        "weights_hash": enc.weights_hash,
+        "preprocess": enc.preprocess.as_dict(),
+        "images_hash": ihash,
+        "n_images": n,
+        "source": source,
+    }
     key = cache.cache_key(inputs)
     folder = Path(cache_root).expanduser() if cache_root is not None else default_cache_root()
     folder = folder / key
     precision = "fp32" if dtype is None else str(dtype).replace("torch.", "")
-    manifest = {**inputs, "key": key, "spec": enc.spec, "weights_file": str(enc.weights_file), "dim": enc.dim,
-                "dtype": "float32", "dataset": data.name, "split": data.split, "device": str(dev),
-                "precision": precision, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "deepclust_version": __version__}
+    manifest = {
+        **inputs,
+        "key": key,
+        "spec": enc.spec,
+        "weights_file": str(enc.weights_file),
+        "dim": enc.dim,
+        "dtype": "float32",
+        "dataset": data.name,
+        "split": data.split,
+        "device": str(dev),
+        "precision": precision,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "deepclust_version": __version__,
+    }
 
     if rank == 0:
         state, why = cache.inspect(folder, inputs, enc.dim)
@@ -202,33 +227,71 @@ def embed(
         done = cache.read_progress(folder)
         todo = cache.remaining(done, n)
         if rank == 0 and done:
-            logger.info("embedding cache %s: resuming, %d of %d rows already done", folder, n - sum(b - a for a, b in todo), n)
+            logger.info(
+                "embedding cache %s: resuming, %d of %d rows already done", folder, n - sum(b - a for a, b in todo), n
+            )
         mine = cache.split_rows(todo, rank, world)
         t1 = time.perf_counter()
-        computed = _compute(data, enc, folder, mine, done, rank, dev, dtype, batch_size, chunk_rows, progress and rank == 0)
+        computed = _compute(
+            data, enc, folder, mine, done, rank, dev, dtype, batch_size, chunk_rows, progress and rank == 0
+        )
         seconds = time.perf_counter() - t1
         _barrier(world)
         if rank == 0:
             left = cache.remaining(cache.read_progress(folder), n)
             if left:
-                raise DataError(f"embedding cache {folder}: rows {left[0][0]}..{left[0][1]} were not written; run again")
+                raise DataError(
+                    f"embedding cache {folder}: rows {left[0][0]}..{left[0][1]} were not written; run again"
+                )
             cache.finish_progress(folder, n)
-            done_manifest = {**manifest, "complete": True,
-                             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "world_size": world}
+            done_manifest = {
+                **manifest,
+                "complete": True,
+                "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "world_size": world,
+            }
             write_json(done_manifest, folder / cache.MANIFEST)
-            logger.info("embedded %d images (%s, %d features) in %.1f s (%.1f images/s) into %s", computed, enc.spec,
-                        enc.dim, seconds, computed / max(seconds, 1e-9), folder)
+            logger.info(
+                "embedded %d images (%s, %d features) in %.1f s (%.1f images/s) into %s",
+                computed,
+                enc.spec,
+                enc.dim,
+                seconds,
+                computed / max(seconds, 1e-9),
+                folder,
+            )
         _barrier(world)
     feats = np.load(folder / cache.FEATURES, mmap_mode="r", allow_pickle=False)
     final = json.loads((folder / cache.MANIFEST).read_text())
     paths = list(data.paths) if data.paths is not None else None
-    return Embedding(features=feats, manifest=final, path=folder, labels=data.labels.clone(), classes=list(data.classes),
-                     name=data.name, split=data.split, paths=paths, rows_computed=computed, seconds=seconds,
-                     reused=state == "complete")
+    return Embedding(
+        features=feats,
+        manifest=final,
+        path=folder,
+        labels=data.labels.clone(),
+        classes=list(data.classes),
+        name=data.name,
+        split=data.split,
+        paths=paths,
+        rows_computed=computed,
+        seconds=seconds,
+        reused=state == "complete",
+    )
 
 
-def _compute(data: ImageData | StreamData, enc: Encoder, folder: Path, mine: list[list[int]], done: list[list[int]],
-             rank: int, dev: torch.device, dtype: torch.dtype | None, batch_size: int, chunk_rows: int, bar: bool) -> int:
+def _compute(
+    data: ImageData | StreamData,
+    enc: Encoder,
+    folder: Path,
+    mine: list[list[int]],
+    done: list[list[int]],
+    rank: int,
+    dev: torch.device,
+    dtype: torch.dtype | None,
+    batch_size: int,
+    chunk_rows: int,
+    bar: bool,
+) -> int:
     """Embed the intervals ``mine`` into the memmap, flushing and recording progress every chunk."""
     total = sum(b - a for a, b in mine)
     if not total:
@@ -246,8 +309,10 @@ def _compute(data: ImageData | StreamData, enc: Encoder, folder: Path, mine: lis
                     out = enc(batch)
                 b = int(out.shape[0])
                 if not bool(torch.isfinite(out).all()):
-                    raise DataError(f"{enc.spec}: the embedding of images {pos}..{pos + b - 1} of {data.name} holds NaN or "
-                                    "infinite values; check those images and the weights (or use amp=off)")
+                    raise DataError(
+                        f"{enc.spec}: the embedding of images {pos}..{pos + b - 1} of {data.name} holds NaN or "
+                        "infinite values; check those images and the weights (or use amp=off)"
+                    )
                 feats[pos : pos + b] = out.to("cpu", torch.float32).numpy()
                 pos += b
                 computed += b

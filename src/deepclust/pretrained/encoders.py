@@ -82,8 +82,9 @@ class Encoder(nn.Module):
     _mean: torch.Tensor
     _std: torch.Tensor
 
-    def __init__(self, net: nn.Module, spec: str, dim: int, preprocess: Preprocess, weights_hash: str,
-                 weights_file: Path) -> None:
+    def __init__(
+        self, net: nn.Module, spec: str, dim: int, preprocess: Preprocess, weights_hash: str, weights_file: Path
+    ) -> None:
         super().__init__()
         self.net = net
         self.spec = spec
@@ -91,8 +92,12 @@ class Encoder(nn.Module):
         self.preprocess = preprocess
         self.weights_hash = weights_hash
         self.weights_file = Path(weights_file)
-        self.register_buffer("_mean", torch.tensor(preprocess.mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("_std", torch.tensor(preprocess.std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer(
+            "_mean", torch.tensor(preprocess.mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False
+        )
+        self.register_buffer(
+            "_std", torch.tensor(preprocess.std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False
+        )
 
     @property
     def model_spec(self) -> str:
@@ -101,16 +106,25 @@ class Encoder(nn.Module):
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (B, C, H, W) -> the normalised float32 (B, 3, S, S) network input."""
-        if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] not in (1, 3):
-            raise DataError(f"{self.spec}: expected uint8 images (B, C, H, W) with C = 1 or 3, got "
-                            f"{getattr(images, 'dtype', type(images))} {tuple(getattr(images, 'shape', ()))}")
+        if (
+            not isinstance(images, torch.Tensor)
+            or images.dtype != torch.uint8
+            or images.ndim != 4
+            or images.shape[1] not in (1, 3)
+        ):
+            raise DataError(
+                f"{self.spec}: expected uint8 images (B, C, H, W) with C = 1 or 3, got "
+                f"{getattr(images, 'dtype', type(images))} {tuple(getattr(images, 'shape', ()))}"
+            )
         p = self.preprocess
         x = images.to(self._mean.device).float()
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         h, w = x.shape[2:]
         if min(h, w) != p.resize_size:
-            nh, nw = (p.resize_size, int(p.resize_size * w / h)) if h <= w else (int(p.resize_size * h / w), p.resize_size)
+            nh, nw = (
+                (p.resize_size, int(p.resize_size * w / h)) if h <= w else (int(p.resize_size * h / w), p.resize_size)
+            )
             x = F.interpolate(x, size=(nh, nw), mode=p.interpolation, antialias=True, align_corners=False)
             if p.interpolation == "bicubic":
                 x = x.clamp_(0.0, 255.0)  # bicubic overshoots; PIL clamps to the uint8 range
@@ -145,7 +159,9 @@ def parse_spec(spec: str) -> tuple[str, str, Path | None]:
     name, at, path = rest.partition("@")
     name = name.strip()
     if at and not path.strip():
-        raise ConfigError(f"encoder {text!r}: nothing after '@'; pass a weights file, e.g. {kind}:{name}@weights.safetensors")
+        raise ConfigError(
+            f"encoder {text!r}: nothing after '@'; pass a weights file, e.g. {kind}:{name}@weights.safetensors"
+        )
     return kind, name, Path(path.strip()).expanduser() if at else None
 
 
@@ -169,9 +185,16 @@ def create_encoder(spec: str, image_size: int | None = None) -> Encoder:
     build = _timm_encoder if kind == "timm" else _torchvision_encoder
     enc = build(str(spec).strip(), name, path, image_size)
     enc.eval().requires_grad_(False)
-    logger.info("encoder %s: %d features, input %d px (resize %d, %s), weights %s (sha256 %s)", enc.spec, enc.dim,
-                enc.preprocess.input_size, enc.preprocess.resize_size, enc.preprocess.interpolation, enc.weights_file,
-                enc.weights_hash)
+    logger.info(
+        "encoder %s: %d features, input %d px (resize %d, %s), weights %s (sha256 %s)",
+        enc.spec,
+        enc.dim,
+        enc.preprocess.input_size,
+        enc.preprocess.resize_size,
+        enc.preprocess.interpolation,
+        enc.weights_file,
+        enc.weights_hash,
+    )
     return enc
 
 
@@ -180,7 +203,9 @@ def list_encoders(pattern: str = "") -> list[str]:
     enums), filtered by ``pattern`` (a glob such as ``*convnext*``, else a substring)."""
     from torchvision import models as tvm
 
-    specs = [f"torchvision:{arch}.{w.name}" for arch in tvm.list_models(module=tvm) for w in tvm.get_model_weights(arch)]
+    specs = [
+        f"torchvision:{arch}.{w.name}" for arch in tvm.list_models(module=tvm) for w in tvm.get_model_weights(arch)
+    ]
     try:
         import timm
     except ImportError:
@@ -227,8 +252,10 @@ def _timm_encoder(spec: str, name: str, path: Path | None, image_size: int | Non
         cfg = timm.models.get_pretrained_cfg(name)
     except RuntimeError:
         tags = timm.list_pretrained(f"{arch}.*")
-        raise ConfigError(f"timm model {arch!r} has no pretrained weights {name!r}; choose one of "
-                          f"{', '.join(tags[:8]) or '(none published)'}") from None
+        raise ConfigError(
+            f"timm model {arch!r} has no pretrained weights {name!r}; choose one of "
+            f"{', '.join(tags[:8]) or '(none published)'}"
+        ) from None
     if path is None:
         path = _timm_cached(spec, name, cfg)
     net = timm.create_model(name, pretrained=False)
@@ -242,9 +269,13 @@ def _timm_encoder(spec: str, name: str, path: Path | None, image_size: int | Non
         logger.warning("%s: the weights' crop mode is %r; deepclust uses a centre crop", spec, data_cfg["crop_mode"])
     size = int(image_size or data_cfg["input_size"][-1])
     interp = data_cfg.get("interpolation", "bicubic")
-    prep = Preprocess(input_size=size, resize_size=_resize_for(size, float(data_cfg.get("crop_pct") or 1.0)),
-                      interpolation=interp if interp in ("bicubic", "bilinear") else "bilinear",
-                      mean=tuple(float(m) for m in data_cfg["mean"]), std=tuple(float(s) for s in data_cfg["std"]))
+    prep = Preprocess(
+        input_size=size,
+        resize_size=_resize_for(size, float(data_cfg.get("crop_pct") or 1.0)),
+        interpolation=interp if interp in ("bicubic", "bilinear") else "bilinear",
+        mean=tuple(float(m) for m in data_cfg["mean"]),
+        std=tuple(float(s) for s in data_cfg["std"]),
+    )
     dim = getattr(net, "head_hidden_size", None) or net.num_features
     return Encoder(net, spec, int(dim), prep, file_hash(path), path)
 
@@ -265,8 +296,10 @@ def _timm_cached(spec: str, name: str, cfg: Any) -> Path:
             return file
         looked.append(f"{file} (moved by TORCH_HOME)")
     where = " and ".join(looked) or "no published weights"
-    raise CheckpointError(f"{spec}: no local weights; looked for {where}; nothing is downloaded: put the weights "
-                          f"there, or pass a local file with timm:{name}@PATH")
+    raise CheckpointError(
+        f"{spec}: no local weights; looked for {where}; nothing is downloaded: put the weights "
+        f"there, or pass a local file with timm:{name}@PATH"
+    )
 
 
 # ----- torchvision -------------------------------------------------------------------------------------
@@ -281,14 +314,18 @@ def _torchvision_encoder(spec: str, name: str, path: Path | None, image_size: in
     try:
         weights = enum[wname or "DEFAULT"]
     except KeyError:
-        raise ConfigError(f"torchvision model {arch!r} has no weights {wname!r}; choose one of "
-                          f"{', '.join(w.name for w in enum)} or DEFAULT") from None
+        raise ConfigError(
+            f"torchvision model {arch!r} has no weights {wname!r}; choose one of "
+            f"{', '.join(w.name for w in enum)} or DEFAULT"
+        ) from None
     if path is None:
         path = url_file(weights.url)
         if not path.is_file():
-            raise CheckpointError(f"{spec}: weights not in torchvision's cache: no {path.name} in {torch_hub_checkpoints()} "
-                                  f"(moved by TORCH_HOME); nothing is downloaded: fetch {weights.url} there, or pass a "
-                                  f"local file with torchvision:{arch}.{weights.name}@PATH")
+            raise CheckpointError(
+                f"{spec}: weights not in torchvision's cache: no {path.name} in {torch_hub_checkpoints()} "
+                f"(moved by TORCH_HOME); nothing is downloaded: fetch {weights.url} there, or pass a "
+                f"local file with torchvision:{arch}.{weights.name}@PATH"
+            )
     net = tvm.get_model(arch, weights=None, num_classes=len(weights.meta["categories"]))
     full = net.state_dict()
     last = [(n, m) for n, m in net.named_modules() if isinstance(m, nn.Linear)]
@@ -304,7 +341,11 @@ def _torchvision_encoder(spec: str, name: str, path: Path | None, image_size: in
     crop, resize = int(t.crop_size[0]), int(t.resize_size[0])
     size = int(image_size or crop)
     interp = getattr(t.interpolation, "value", str(t.interpolation))
-    prep = Preprocess(input_size=size, resize_size=resize if image_size is None else _resize_for(size, crop / resize),
-                      interpolation=interp if interp in ("bicubic", "bilinear") else "bilinear",
-                      mean=tuple(float(m) for m in t.mean), std=tuple(float(s) for s in t.std))
+    prep = Preprocess(
+        input_size=size,
+        resize_size=resize if image_size is None else _resize_for(size, crop / resize),
+        interpolation=interp if interp in ("bicubic", "bilinear") else "bilinear",
+        mean=tuple(float(m) for m in t.mean),
+        std=tuple(float(s) for s in t.std),
+    )
     return Encoder(net, spec, int(linear.in_features), prep, file_hash(path), path)

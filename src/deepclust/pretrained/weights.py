@@ -60,16 +60,23 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
             if isinstance(inner, dict) and any(isinstance(v, torch.Tensor) for v in inner.values()):
                 obj = inner
                 break
-    tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)} if isinstance(obj, dict) else {}
+    tensors = (
+        {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+        if isinstance(obj, dict)
+        else {}
+    )
     if not tensors:
         raise CheckpointError(f"weights file '{path}' holds no tensors; pass a state dict of the model")
     if all(k.startswith("module.") for k in tensors):  # DataParallel / DDP
-        tensors = {k[len("module."):]: v for k, v in tensors.items()}
+        tensors = {k[len("module.") :]: v for k, v in tensors.items()}
     return tensors
 
 
 def fit_state_dict(
-    weights: dict[str, torch.Tensor], full: dict[str, torch.Tensor], classifier: Sequence[str], source: str,
+    weights: dict[str, torch.Tensor],
+    full: dict[str, torch.Tensor],
+    classifier: Sequence[str],
+    source: str,
 ) -> dict[str, torch.Tensor]:
     """``weights`` renamed to the network's names, classifier keys dropped.
 
@@ -83,9 +90,15 @@ def fit_state_dict(
         if set(weights) == set(target) and all(weights[k].shape == target[k].shape for k in target):
             return {k: v for k, v in weights.items() if k not in head}
     for target in (full, trunk):
-        if len(weights) == len(target) and all(a.shape == b.shape for a, b in zip(weights.values(), target.values(), strict=True)):
-            logger.info("%s: key names differ from the network's but all %d tensors match it in order and shape; "
-                        "loaded by position", source, len(weights))
+        if len(weights) == len(target) and all(
+            a.shape == b.shape for a, b in zip(weights.values(), target.values(), strict=True)
+        ):
+            logger.info(
+                "%s: key names differ from the network's but all %d tensors match it in order and shape; "
+                "loaded by position",
+                source,
+                len(weights),
+            )
             return {k: v for k, v in zip(target, weights.values(), strict=True) if k not in head}
     missing = [k for k in trunk if k not in weights]
     unexpected = [k for k in weights if k not in full]
@@ -122,7 +135,7 @@ def find_hf_cached(repo_id: str, filename: str | None = None) -> Path | None:
         order.append(snapshots / ref.read_text().strip())
     order += sorted(p for p in snapshots.iterdir() if p.is_dir() and p not in order)
     for snap in order:
-        for name in ([filename] if filename else _HF_FILES):
+        for name in [filename] if filename else _HF_FILES:
             if (snap / name).is_file():
                 return snap / name
     return None

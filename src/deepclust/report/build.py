@@ -59,7 +59,9 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     return out
 
 
-def nearest_to_centers(features: np.ndarray, labels: np.ndarray, centers: np.ndarray | None, k: int, n: int) -> list[np.ndarray]:
+def nearest_to_centers(
+    features: np.ndarray, labels: np.ndarray, centers: np.ndarray | None, k: int, n: int
+) -> list[np.ndarray]:
     """Per cluster 0..k-1, the indices of its ``n`` members nearest its centre (closest first).
 
     ``centers`` None: each cluster's mean feature is its centre.
@@ -82,9 +84,9 @@ def tsne(features: np.ndarray, seed: int) -> np.ndarray:
 
     n = len(features)
     perplexity = float(min(30.0, max(2.0, (n - 1) / 3.0)))
-    return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed, learning_rate="auto").fit_transform(
-        features.astype(np.float32)
-    )
+    return TSNE(
+        n_components=2, perplexity=perplexity, init="pca", random_state=seed, learning_rate="auto"
+    ).fit_transform(features.astype(np.float32))
 
 
 def _name(names: list[str], c: Any) -> str:
@@ -108,8 +110,10 @@ def _feature_run_images(pred: RunPrediction, nearest: list[np.ndarray]) -> tuple
     the embedding's rows, the note that replaces the grid."""
     data, cfg = pred.data, pred.cfg
     if not cfg.data.features:
-        return (f"No image grids: this run clustered feature vectors ({data.name}) without images. Train with "
-                "--features on the images (data.features) to see the images nearest each centre.")
+        return (
+            f"No image grids: this run clustered feature vectors ({data.name}) without images. Train with "
+            "--features on the images (data.features) to see the images nearest each centre."
+        )
     try:
         shown_data = open_images(cfg, data.split, DISPLAY_SIZE)
     except DeepClustError as exc:
@@ -124,8 +128,10 @@ def _feature_run_images(pred: RunPrediction, nearest: list[np.ndarray]) -> tuple
     elif shown_data.n_samples == data.n_samples:
         rows = [np.asarray(r, dtype=np.int64) for r in nearest]
     else:
-        return (f"No image grids: {cfg.data.name} now holds {shown_data.n_samples} images, the embedding "
-                f"{data.n_samples}; the rows cannot be matched.")
+        return (
+            f"No image grids: {cfg.data.name} now holds {shown_data.n_samples} images, the embedding "
+            f"{data.n_samples}; the rows cannot be matched."
+        )
     shown = np.unique(np.concatenate(rows or [np.zeros(0, np.int64)]))
     images = shown_data.images[torch.from_numpy(shown)]
     if images.shape[-1] > DISPLAY_SIZE or images.shape[-2] > DISPLAY_SIZE:
@@ -163,11 +169,23 @@ def _grids(pred: RunPrediction, k: int, per_cluster: int, out: Path, names: list
             row_labels.append(text)
         file = f"grid_{page}.png"
         last = clusters[-1]
-        plots.plot_cluster_grid(images, [nearest[c] for c in clusters], row_labels, per_cluster, out / file,
-                                f"clusters {clusters[0]}-{last}: the {per_cluster} images nearest each centre, closest first")
-        figs.append(Figure(file, f"Clusters {clusters[0]} to {last}: each row shows the images nearest the cluster's "
-                                 "centre, closest on the left; the label gives the cluster's size"
-                                 + (" and its most common class" if names else "") + "."))
+        plots.plot_cluster_grid(
+            images,
+            [nearest[c] for c in clusters],
+            row_labels,
+            per_cluster,
+            out / file,
+            f"clusters {clusters[0]}-{last}: the {per_cluster} images nearest each centre, closest first",
+        )
+        figs.append(
+            Figure(
+                file,
+                f"Clusters {clusters[0]} to {last}: each row shows the images nearest the cluster's "
+                "centre, closest on the left; the label gives the cluster's size"
+                + (" and its most common class" if names else "")
+                + ".",
+            )
+        )
     return figs, ""
 
 
@@ -201,13 +219,33 @@ def build_report(
     lines = read_metrics(run)
     out.mkdir(parents=True, exist_ok=True)
 
-    sections = [Section("Training", [Figure("curves.png", "Training losses per logged epoch (left) and evaluation "
-                                             "metrics with the normalised cluster-size entropy (right), from metrics.jsonl.")])]
+    sections = [
+        Section(
+            "Training",
+            [
+                Figure(
+                    "curves.png",
+                    "Training losses per logged epoch (left) and evaluation "
+                    "metrics with the normalised cluster-size entropy (right), from metrics.jsonl.",
+                )
+            ],
+        )
+    ]
     plots.plot_training_curves(lines, out / "curves.png")
     stats = cluster_size_stats(labels, k)
     plots.plot_cluster_sizes(stats["sizes"], out / "sizes.png")
-    sections.append(Section("Cluster sizes", [Figure("sizes.png", f"Images per cluster; size entropy "
-                                                     f"{stats['entropy_norm']:.3f} (1 = equal sizes), {stats['empty']} empty.")]))
+    sections.append(
+        Section(
+            "Cluster sizes",
+            [
+                Figure(
+                    "sizes.png",
+                    f"Images per cluster; size entropy "
+                    f"{stats['entropy_norm']:.3f} (1 = equal sizes), {stats['empty']} empty.",
+                )
+            ],
+        )
+    )
     steps.update()
     grids, grid_note = _grids(pred, k, per_cluster, out, names)
     sections.append(Section("Clusters", grids, text=grid_note))
@@ -218,20 +256,33 @@ def build_report(
     xy = tsne(pred.features.numpy()[sample], seed)
     steps.update()
     emb = [Figure("tsne_clusters.png", f"t-SNE of {len(sample)} sampled images' features, coloured by cluster.")]
-    plots.plot_embedding(xy, labels[sample], [f"cluster {c}" for c in range(k)], out / "tsne_clusters.png",
-                         "t-SNE of the learned features, by cluster")
+    plots.plot_embedding(
+        xy,
+        labels[sample],
+        [f"cluster {c}" for c in range(k)],
+        out / "tsne_clusters.png",
+        "t-SNE of the learned features, by cluster",
+    )
     if names:
         ys = y[sample]
         keep = ys >= 0
         plots.plot_embedding(xy[keep], ys[keep], names, out / "tsne_classes.png", "the same embedding, by true class")
-        emb.append(Figure("tsne_classes.png", "The same embedding coloured by the true class (unlabelled images left out)."))
+        emb.append(
+            Figure("tsne_classes.png", "The same embedding coloured by the true class (unlabelled images left out).")
+        )
     sections.append(Section("Embedding", emb))
     steps.update()
 
     summary: list[tuple[str, Any]] = [
-        ("method", cfg.method), ("dataset", data.name), ("protocol", cfg.protocol),
-        ("evaluated split", cfg.data.eval_split), ("images", data.n_samples), ("clusters", k),
-        ("checkpoint epoch", pred.ckpt.get("epoch")), ("backbone", cfg.model.backbone), ("seed", cfg.train.seed),
+        ("method", cfg.method),
+        ("dataset", data.name),
+        ("protocol", cfg.protocol),
+        ("evaluated split", cfg.data.eval_split),
+        ("images", data.n_samples),
+        ("clusters", k),
+        ("checkpoint epoch", pred.ckpt.get("epoch")),
+        ("backbone", cfg.model.backbone),
+        ("seed", cfg.train.seed),
         ("prediction", "head argmax" if pred.centers is None else "nearest stored k-means centre"),
         ("mean confidence", f"{float(pred.confidence.mean()):.3f}"),
     ]
@@ -242,28 +293,55 @@ def build_report(
             summary.append((f"{m.upper()} (results.json)", f"{results[m]:.4f}"))
     base = results.get("kmeans_baseline") or {}
     if base.get("acc") is not None:
-        summary.append(("k-means on the L2-normalised inputs: ACC / NMI / ARI",
-                        f"{base['acc']:.4f} / {base['nmi']:.4f} / {base['ari']:.4f}"))
+        summary.append(
+            (
+                "k-means on the L2-normalised inputs: ACC / NMI / ARI",
+                f"{base['acc']:.4f} / {base['nmi']:.4f} / {base['ari']:.4f}",
+            )
+        )
     if names:
         mask = y >= 0
         scores = evaluate(y[mask], labels[mask])
-        summary.append(("ACC / NMI / ARI (this page's predictions)",
-                        f"{scores['acc']:.4f} / {scores['nmi']:.4f} / {scores['ari']:.4f}"))
+        summary.append(
+            (
+                "ACC / NMI / ARI (this page's predictions)",
+                f"{scores['acc']:.4f} / {scores['nmi']:.4f} / {scores['ari']:.4f}",
+            )
+        )
         matrix, rows, cols = matched_confusion(y[mask], labels[mask], return_labels=True)
         match = match_clusters(y[mask], labels[mask])
         col_names = [_name(names, c) for c in cols]
-        row_names = [f"{int(r)} -> {_name(names, match[r])}" if r in match else f"{int(r)} (unmatched)" for r in rows.tolist()]
-        plots.plot_confusion(matrix, row_names, col_names, out / "confusion.png",
-                             f"clusters after Hungarian matching (ACC {scores['acc']:.3f})")
-        sections.append(Section("Confusion matrix", [Figure(
-            "confusion.png", "Rows: clusters reordered to their Hungarian-matched class (cluster -> class); columns: "
-                             "true classes; cells: image counts, shaded by the fraction of the cluster's images.")]))
+        row_names = [
+            f"{int(r)} -> {_name(names, match[r])}" if r in match else f"{int(r)} (unmatched)" for r in rows.tolist()
+        ]
+        plots.plot_confusion(
+            matrix,
+            row_names,
+            col_names,
+            out / "confusion.png",
+            f"clusters after Hungarian matching (ACC {scores['acc']:.3f})",
+        )
+        sections.append(
+            Section(
+                "Confusion matrix",
+                [
+                    Figure(
+                        "confusion.png",
+                        "Rows: clusters reordered to their Hungarian-matched class (cluster -> class); columns: "
+                        "true classes; cells: image counts, shaded by the fraction of the cluster's images.",
+                    )
+                ],
+            )
+        )
     steps.update()
     steps.close()
     notes = [
-        "Predictions on this page: " + ("the argmax of the method's cluster head."
-                                         if pred.centers is None else
-                                         "each image's nearest k-means centre stored in the final checkpoint, on clean features."),
+        "Predictions on this page: "
+        + (
+            "the argmax of the method's cluster head."
+            if pred.centers is None
+            else "each image's nearest k-means centre stored in the final checkpoint, on clean features."
+        ),
         "Per-epoch training losses appear only for epochs with an evaluation (train.eval_every); "
         "the other epochs' losses are in the training log only.",
     ]

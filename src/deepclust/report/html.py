@@ -49,8 +49,13 @@ def _table(rows: Sequence[tuple[str, Any]]) -> str:
     return f"<table>{body}</table>"
 
 
-def render_html(title: str, subtitle: str, summary: Sequence[tuple[str, Any]], sections: Sequence[Section],
-                notes: Sequence[str] = ()) -> str:
+def render_html(
+    title: str,
+    subtitle: str,
+    summary: Sequence[tuple[str, Any]],
+    sections: Sequence[Section],
+    notes: Sequence[str] = (),
+) -> str:
     """The page as a string."""
     parts = [
         "<!DOCTYPE html>",

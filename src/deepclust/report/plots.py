@@ -56,14 +56,19 @@ def plot_training_curves(lines: Sequence[dict[str, Any]], path: Path) -> Path:
     if keys:  # below the axes: losses of different scales leave no free corner inside
         ax_l.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=min(len(keys), 5), frameon=False)
     if len(train) < 2:
-        _note(ax_l, f"{len(train)} epoch(s) with training losses in metrics.jsonl\n"
-                    "(the trainer logs them with each evaluation: set train.eval_every)")
+        _note(
+            ax_l,
+            f"{len(train)} epoch(s) with training losses in metrics.jsonl\n"
+            "(the trainer logs them with each evaluation: set train.eval_every)",
+        )
     evals = [ln for ln in lines if "epoch" in ln and any(m in ln for m in ("acc", "nmi", "ari", "cluster_sizes"))]
     for m in ("acc", "nmi", "ari"):
         pts = [(ln["epoch"], ln[m]) for ln in evals if ln.get(m) is not None]
         if pts:
             ax_m.plot(*zip(*pts, strict=True), marker="o", ms=4, label=m.upper())
-    ent = [(ln["epoch"], ln["cluster_sizes"]["entropy_norm"]) for ln in evals if isinstance(ln.get("cluster_sizes"), dict)]
+    ent = [
+        (ln["epoch"], ln["cluster_sizes"]["entropy_norm"]) for ln in evals if isinstance(ln.get("cluster_sizes"), dict)
+    ]
     if ent:
         ax_m.plot(*zip(*ent, strict=True), marker="s", ms=4, ls="--", color="0.5", label="size entropy")
     ax_m.set(title="evaluation", xlabel="epoch", ylim=(-0.05, 1.05))
@@ -91,8 +96,11 @@ def plot_cluster_sizes(cluster_sizes: Sequence[int] | np.ndarray, path: Path) ->
     fig, ax = plt.subplots(figsize=(min(14, 4 + 0.25 * k), 3.5))
     ax.bar(np.arange(k), sizes, color="tab:blue", width=0.8)
     ax.axhline(sizes.sum() / max(k, 1), color="tab:red", ls="--", lw=1, label="equal sizes (n / K)")
-    ax.set(title=f"cluster sizes ({k} clusters, {int(sizes.sum())} images, {int((sizes == 0).sum())} empty)",
-           xlabel="cluster", ylabel="images")
+    ax.set(
+        title=f"cluster sizes ({k} clusters, {int(sizes.sum())} images, {int((sizes == 0).sum())} empty)",
+        xlabel="cluster",
+        ylabel="images",
+    )
     if k <= 40:
         ax.set_xticks(np.arange(k))
     ax.set_xlim(-0.6, k - 0.4)
@@ -124,7 +132,12 @@ def montage(images: np.ndarray, rows: Sequence[Sequence[int] | np.ndarray], cols
 
 
 def plot_cluster_grid(
-    images: np.ndarray, rows: Sequence[Sequence[int] | np.ndarray], row_labels: Sequence[str], cols: int, path: Path, title: str
+    images: np.ndarray,
+    rows: Sequence[Sequence[int] | np.ndarray],
+    row_labels: Sequence[str],
+    cols: int,
+    path: Path,
+    title: str,
 ) -> Path:
     """Rows of thumbnails (the images nearest each centre) with a label on the left of every row."""
     grid = montage(images, rows, cols)
@@ -168,7 +181,9 @@ def plot_embedding(xy: np.ndarray, groups: np.ndarray, names: Sequence[str], pat
     return _save(fig, path)
 
 
-def plot_confusion(matrix: np.ndarray, row_labels: Sequence[str], col_labels: Sequence[str], path: Path, title: str) -> Path:
+def plot_confusion(
+    matrix: np.ndarray, row_labels: Sequence[str], col_labels: Sequence[str], path: Path, title: str
+) -> Path:
     """Counts (clusters x classes) shaded by the row fraction, annotated when small enough to read."""
     m = np.asarray(matrix)
     k, n_cls = m.shape
@@ -184,8 +199,15 @@ def plot_confusion(matrix: np.ndarray, row_labels: Sequence[str], col_labels: Se
         for i in range(k):
             for j in range(n_cls):
                 if m[i, j]:
-                    ax.text(j, i, str(int(m[i, j])), ha="center", va="center", fontsize=7,
-                            color="white" if frac[i, j] > 0.5 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        str(int(m[i, j])),
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if frac[i, j] > 0.5 else "black",
+                    )
     fig.tight_layout()
     return _save(fig, path)
 
