@@ -25,6 +25,9 @@ ROOT = HERE.parent
 RESULTS = HERE / "results"
 # the quality matrix the README and docs show (a record made with --tag sits beside it)
 MATRIX = RESULTS / "quality_matrix" / "quality_matrix.json"
+# the same cells trained under bf16 autocast on a CPU with AMX-BF16 (issue #28's quality check)
+MATRIX_BF16 = RESULTS / "quality_matrix" / "quality_matrix_bf16.json"
+BF16_TOLERANCE = 0.02  # a bf16 cell's mean ACC and NMI within 2 points of its float32 cell's
 METHOD_ORDER = ("idfd", "secu", "cdc", "anchorcl", "scan")
 MARKER = re.compile(r"<!-- table:([\w-]+) -->\n.*?<!-- /table:\1 -->", re.S)
 OPEN = re.compile(r"<!-- table:([\w-]+) -->")
@@ -73,6 +76,31 @@ def matrix_summary() -> str:
         max((cell[m, d]["kmeans_acc"], cell[m, d]["kmeans_nmi"]) for m in methods if (m, d) in cell) for d in datasets
     ]
     out.append("| k-means on raw pixels | " + " | ".join(pair(a, n) for a, n in km) + " |")
+    return "\n".join(out)
+
+
+def matrix_bf16() -> str:
+    """Each cell of the bf16 matrix (mean and worst of its seeds) beside the same float32 cell."""
+    fp32 = {(r["method"], r["dataset"], r["mode"]): r for r in _load(MATRIX)["table"]}
+    rec = _load(MATRIX_BF16)
+    out = [
+        "| method | dataset | float32 ACC / NMI (mean, min) | bf16 ACC / NMI (mean, min) "
+        "| bf16 - float32, mean ACC / NMI (points) | within 2 points |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in sorted(rec["table"], key=lambda r: (list(rec["settings"]["datasets"]).index(r["dataset"]),
+                                                 _order(r["method"]))):
+        f = fp32.get((r["method"], r["dataset"], r["mode"]))
+        if f is None or r["acc_mean"] is None:
+            continue
+        da, dn = r["acc_mean"] - f["acc_mean"], r["nmi_mean"] - f["nmi_mean"]
+        ok = "yes" if abs(da) <= BF16_TOLERANCE and abs(dn) <= BF16_TOLERANCE else "no"
+        out.append(
+            f"| {r['method']} | {r['dataset']} "
+            f"| {f['acc_mean']:.3f} / {f['nmi_mean']:.3f} ({f['acc_min']:.3f} / {f['nmi_min']:.3f}) "
+            f"| {r['acc_mean']:.3f} / {r['nmi_mean']:.3f} ({r['acc_min']:.3f} / {r['nmi_min']:.3f}) "
+            f"| {100 * da:+.1f} / {100 * dn:+.1f} | {ok} |"
+        )
     return "\n".join(out)
 
 
@@ -197,6 +225,7 @@ def faults() -> str:
 TABLES: dict[str, Callable[[], str]] = {
     "matrix-summary": matrix_summary,
     "matrix": matrix_full,
+    "matrix-bf16": matrix_bf16,
     "pretrained": pretrained,
     "quality": quality_runs,
     "throughput": throughput,

@@ -253,3 +253,28 @@ def test_bench_amp_list() -> None:
     for bad in ("", "fp8", "off,,half"):
         with pytest.raises(ConfigError, match="--amp"):
             amp_variants(bad)
+
+
+@pytest.mark.parametrize("caps", [XEON_AMX, EPYC_NO_UNITS], ids=["units", "no-units"])
+def test_a_method_that_keeps_float32_is_not_given_bf16_by_auto(processor, caps: dict) -> None:
+    """A method declaring ``cpu_auto_bf16 = False`` trains in float32 under ``auto`` and a config's
+    fp16 on every CPU; typed ``bf16`` still runs bf16, and CUDA's auto is untouched."""
+    processor(caps)
+    assert resolve_amp("auto", CPU, method_bf16=False).name == "off"
+    assert resolve_amp("fp16", CPU, method_bf16=False).name == "off"
+    assert resolve_amp("bf16", CPU, method_bf16=False).name == "bf16"
+    assert resolve_amp("auto", CUDA, method_bf16=False).name == "bf16"
+    if caps is XEON_AMX:  # the reason says why the units were not used
+        assert "keeps float32" in resolve_amp("auto", CPU, method_bf16=False).reason
+
+
+def test_the_trainer_asks_the_methods_declaration(processor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run's config.yaml says off for a method that declares ``cpu_auto_bf16 = False`` on a CPU
+    with units, bf16 for one that does not."""
+    from deepclust.methods import get_method_class
+
+    processor(XEON_AMX)
+    monkeypatch.setattr(get_method_class("idfd"), "cpu_auto_bf16", False)
+    out = tmp_path / "run"
+    assert main(["train", "--method", "idfd", *TINY, "--out", str(out)]) == 0
+    assert yaml.safe_load((out / "config.yaml").read_text())["train"]["amp"] in ("off", False)

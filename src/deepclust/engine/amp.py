@@ -132,14 +132,18 @@ def _once(level: int, message: str) -> None:
         log.log(level, "%s", message)
 
 
-def _auto_cpu() -> Precision:
+def _auto_cpu(method_bf16: bool = True) -> Precision:
     fast, why = cpu_bf16_units()
+    if fast and not method_bf16:
+        return Precision("off", f"{why}, but this method keeps float32: its bf16 quality left the 2-point band")
     return Precision("bf16" if fast else "off", why)
 
 
-def resolve_amp(setting: Any, device: torch.device, keep_fp16: bool = False) -> Precision:
+def resolve_amp(setting: Any, device: torch.device, keep_fp16: bool = False, method_bf16: bool = True) -> Precision:
     """``train.amp`` (auto | bf16 | fp16 | off) on ``device``; ``keep_fp16``: fp16 was typed on
-    the command line, so it runs even where it is emulated. Logs the decision once per process."""
+    the command line, so it runs even where it is emulated; ``method_bf16``: the method's
+    ``cpu_auto_bf16`` (False: ``auto`` and a config's fp16 stay float32 on the CPU for it).
+    Logs the decision once per process."""
     text = "off" if setting is False else str(setting).strip().lower()  # YAML 1.1 reads off as false
     kind = device.type
     if text == "off":
@@ -164,7 +168,7 @@ def resolve_amp(setting: Any, device: torch.device, keep_fp16: bool = False) -> 
                 "(about 70x float32 for SeCu on digits); kept because it was given on the command line",
             )
             return Precision("fp16", "train.amp=fp16 given on the command line")
-        chosen = _auto_cpu() if kind == "cpu" else Precision("off", f"{kind} has no fast fp16")
+        chosen = _auto_cpu(method_bf16) if kind == "cpu" else Precision("off", f"{kind} has no fast fp16")
         what = "bf16 autocast" if chosen.name == "bf16" else "float32"
         _once(
             logging.INFO,
@@ -179,7 +183,7 @@ def resolve_amp(setting: Any, device: torch.device, keep_fp16: bool = False) -> 
         return Precision("bf16", "auto on CUDA")
     if kind != "cpu":
         return Precision("off", f"auto on {kind}")
-    chosen = _auto_cpu()
+    chosen = _auto_cpu(method_bf16)
     what = "bf16 autocast" if chosen.name == "bf16" else "float32"
     _once(
         logging.INFO,

@@ -44,7 +44,7 @@ from deepclust.engine.schedule import lr_factor
 from deepclust.engine.setup import build_method, build_optimizer, resolve_auto_model
 from deepclust.engine.stream_loader import StreamLoader
 from deepclust.errors import DataError, DeepClustError
-from deepclust.methods import ClusteringMethod, DataInfo
+from deepclust.methods import ClusteringMethod, DataInfo, get_method_class
 from deepclust.models.init import check_source
 
 __all__ = ["FitResult", "Trainer", "train"]
@@ -93,7 +93,7 @@ class Trainer:
         self.run.is_main = self.dist.is_main  # under torchrun only rank 0 writes the run directory
         # auto (and a config's fp16 on a CPU) resolved for this device and processor; the copy of
         # the config says what ran (config.yaml), so resume, eval and predict use the same
-        self.precision = resolve_amp(cfg.train.amp, self.device, keep_fp16)
+        self.precision = resolve_amp(cfg.train.amp, self.device, keep_fp16, get_method_class(cfg.method).cpu_auto_bf16)
         self.amp = self.precision.dtype
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, amp=self.precision.name))
         self.train_data, self.eval_data = load_data(cfg, data, self.device)

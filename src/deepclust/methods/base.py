@@ -96,6 +96,10 @@ class ClusteringMethod(nn.Module):
     #: True for a method whose :meth:`memory_bank` holds an (N, D) per-sample memory (IDFD);
     #: ``eval.features=memory`` is refused for the others (config_rules)
     has_memory_bank: ClassVar[bool] = False
+    #: False for a method whose quality under bf16 autocast left the 2-point band of its float32
+    #: cells in the bf16 quality matrix (docs/speed.md): ``train.amp=auto`` (and a config's fp16)
+    #: then trains it in float32 on a CPU with bf16 units; ``train.amp=bf16`` still runs bf16
+    cpu_auto_bf16: ClassVar[bool] = True
     # ----- the glyph preset (presets.py, ``defaults: glyph``: one channel, <= 32 px) ---------------
     #: what this method changes in the shared glyph preset: section -> {field: value}, each section
     #: a flat dict merged over the preset's own. The values were chosen with
