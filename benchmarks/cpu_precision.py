@@ -113,11 +113,13 @@ def summary_row(rec: dict[str, Any], setup: str) -> dict[str, Any]:
     return row
 
 
-def print_table(rows: list[dict[str, Any]]) -> None:
-    print(
-        "| method | setup | fp32 img/s | bf16 img/s | bf16/fp32 | reference img/s | bf16/reference | compile fp32 / bf16 img/s (first warm-up s) |"
-    )
-    print("|---|---|---:|---:|---:|---:|---:|---|")
+def table(rows: list[dict[str, Any]]) -> str:
+    """The summary's rows as a Markdown table (also benchmarks/tables.py's ``cpu-precision``)."""
+    out = [
+        "| method | setup | fp32 img/s | bf16 img/s | bf16/fp32 | reference img/s | bf16/reference "
+        "| compile fp32 / bf16 img/s (first warm-up s) |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
+    ]
     for r in rows:
         comp = ""
         if "fp32_compile_images_per_s" in r:
@@ -128,10 +130,11 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         ref = r.get("reference_images_per_s")
         ref_s = "" if ref is None else f"{ref:.1f}"
         ratio = "" if ref is None else f"{r['bf16_vs_reference']:.2f}x"
-        print(
+        out.append(
             f"| {r['method']} | {r['setup']} | {r['fp32_images_per_s']:.1f} | {r['bf16_images_per_s']:.1f} | "
             f"{r['bf16_vs_fp32']:.2f}x | {ref_s} | {ratio} | {comp} |"
         )
+    return "\n".join(out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -217,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
             ),
         }
         write_record(summary, out_dir / f"summary_{tag}.json")
-        print_table(rows)
+        print(table(rows))
     return 0
 
 

@@ -88,8 +88,9 @@ def matrix_bf16() -> str:
         "| bf16 - float32, mean ACC / NMI (points) | within 2 points |",
         "|---|---|---|---|---|---|",
     ]
-    for r in sorted(rec["table"], key=lambda r: (list(rec["settings"]["datasets"]).index(r["dataset"]),
-                                                 _order(r["method"]))):
+    for r in sorted(
+        rec["table"], key=lambda r: (list(rec["settings"]["datasets"]).index(r["dataset"]), _order(r["method"]))
+    ):
         f = fp32.get((r["method"], r["dataset"], r["mode"]))
         if f is None or r["acc_mean"] is None:
             continue
@@ -102,6 +103,18 @@ def matrix_bf16() -> str:
             f"| {100 * da:+.1f} / {100 * dn:+.1f} | {ok} |"
         )
     return "\n".join(out)
+
+
+def cpu_precision() -> str:
+    """``cpu_precision.py``'s summary on a CPU with AMX-BF16: float32, bf16 and the reference loop."""
+    rec = _load(RESULTS / "cpu_precision" / "summary_amx.json")
+    m = rec["machine"]
+    flags = ", ".join(m.get("cpu_bf16_flags") or []) or "none"
+    return (
+        _script("cpu_precision").table(rec["rows"])
+        + f"\n\n{m['cpu_model']}, {m['cpu_count']} cores, bf16 flags: {flags}; torch {m['torch']}; "
+        f"load average {m['loadavg_start']} at the start."
+    )
 
 
 def pretrained() -> str:
@@ -226,6 +239,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "matrix-summary": matrix_summary,
     "matrix": matrix_full,
     "matrix-bf16": matrix_bf16,
+    "cpu-precision": cpu_precision,
     "pretrained": pretrained,
     "quality": quality_runs,
     "throughput": throughput,
