@@ -115,7 +115,8 @@ def summary_row(rec: dict[str, Any], setup: str) -> dict[str, Any]:
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     print(
-        "| method | setup | fp32 img/s | bf16 img/s | bf16/fp32 | reference img/s | bf16/reference | compile fp32 / bf16 img/s (first warm-up s) |"
+        "| method | setup | fp32 img/s | bf16 img/s | bf16/fp32 | reference img/s | bf16/reference "
+        "| compile fp32 / bf16 img/s (first warm-up s) |"
     )
     print("|---|---|---:|---:|---:|---:|---:|---|")
     for r in rows:
