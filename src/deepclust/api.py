@@ -145,8 +145,8 @@ def as_data(X: Any, y: Any = None, name: str = "array") -> ImageData:
             arr = arr.astype(np.float64)
     except (TypeError, ValueError) as exc:
         raise DataTypeError(
-            f"X of type {type(X).__name__} is not a numeric array ({str(exc).splitlines()[0]}); pass a NumPy array, tensor or ImageData "
-            "of equal-sized images or feature vectors"
+            f"X of type {type(X).__name__} is not a numeric array ({str(exc).splitlines()[0]}); "
+            "pass a NumPy array, tensor or ImageData of equal-sized images or feature vectors"
         ) from None
     if np.iscomplexobj(arr):
         raise DataError("Complex data not supported; pass real-valued feature vectors or images")
@@ -158,7 +158,8 @@ def as_data(X: Any, y: Any = None, name: str = "array") -> ImageData:
     if arr.ndim == 2:
         if arr.shape[1] == 0:
             raise DataError(
-                f"X has 0 feature(s) (shape={arr.shape}) while a minimum of 1 is required; pass non-empty feature vectors"
+                f"X has 0 feature(s) (shape={arr.shape}) while a minimum of 1 is required; "
+                "pass non-empty feature vectors"
             )
         if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
             raise DataError("X contains NaN or infinite values; remove or impute them before clustering")
@@ -464,14 +465,16 @@ class DeepClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
             )
         if not self.feature_mode_ and data.n_channels != self.input_shape_[0]:
             raise DataError(
-                f"X has {data.n_channels} channel(s) but the model was fitted on {self.input_shape_[0]}; convert the images"
+                f"X has {data.n_channels} channel(s) but the model was fitted on {self.input_shape_[0]}; "
+                "convert the images"
             )
         if not self.feature_mode_ and tuple(data.images.shape[2:]) != tuple(self.input_shape_[1:]):
             # As 'deepclust predict' does: the evaluation transform resizes to the trained size.
             size = self.method_.info.image_size
             warnings.warn(
                 f"X holds {data.images.shape[2]}x{data.images.shape[3]} images but the model was fitted on "
-                f"{self.input_shape_[1]}x{self.input_shape_[2]}; they are resized to {size}x{size} (bilinear, antialiased)",
+                f"{self.input_shape_[1]}x{self.input_shape_[2]}; they are resized to {size}x{size} "
+                "(bilinear, antialiased)",
                 UserWarning,
                 stacklevel=3,
             )

@@ -89,7 +89,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
         raw = deep_merge(raw, parse_override(item))
     if raw.get("method") != method:
         raise ConfigError(
-            f"'{run}' holds a run of method '{method}'; it cannot be resumed as {raw.get('method')}: train a new run with --method"
+            f"'{run}' holds a run of method '{method}'; it cannot be resumed as {raw.get('method')}: "
+            "train a new run with --method"
         )
     raw = deep_merge(raw, {"train": {"out": str(run), **({"device": args.device} if args.device else {})}})
     record = train(resolve_config(raw), resume=True, keep_fp16=typed_fp16(args.overrides))
@@ -244,7 +245,10 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def _print_record(record: dict[str, Any]) -> None:
-    head = f"{record['method']} on {record['dataset']} ({record['protocol']}, split {record['split']}, epoch {record['epoch']})"
+    head = (
+        f"{record['method']} on {record['dataset']} "
+        f"({record['protocol']}, split {record['split']}, epoch {record['epoch']})"
+    )
     if "acc" in record:
         print(f"{head}: ACC {record['acc']:.4f}  NMI {record['nmi']:.4f}  ARI {record['ari']:.4f}")
     else:

@@ -68,9 +68,8 @@ class ModelConfig:
     stem: str = "auto"  # cifar | stl | imagenet | auto (from the image size)
     feature_dim: int = 128
     width: int = 32  # small_cnn: channels of the first stage (then 2x, 4x)
-    init: str | None = (
-        None  # initial backbone weights: a run, an SSL / torchvision checkpoint, torchvision:NAME.WEIGHTS (models/init.py)
-    )
+    # initial backbone weights: a run, an SSL / torchvision checkpoint, torchvision:NAME.WEIGHTS (models/init.py)
+    init: str | None = None
 
 
 @dataclass

@@ -184,7 +184,9 @@ RULES: dict[str, Rule | Callable[[], Rule]] = {
 FREE: dict[str, str] = {
     "method": "checked against the method registry (with the closest name) by resolve_config",
     "data.data_dir": "a path; whether the data is there is checked when it is read",
-    "data.cache_dir": "a path (null: $DEEPCLUST_CACHE or ~/.cache/deepclust/embeddings); created when an embedding is written",
+    "data.cache_dir": (
+        "a path (null: $DEEPCLUST_CACHE or ~/.cache/deepclust/embeddings); created when an embedding is written"
+    ),
     "train.out": "a path; the run directory rules are in engine/rundir.py",
 }
 

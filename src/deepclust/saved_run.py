@@ -68,7 +68,8 @@ def load_run(run_dir: str | Path, device: str = "auto"):
         ) from None
     if cfg.method != ckpt["method"]:
         raise CheckpointError(
-            f"the checkpoint in '{run}' is from method '{ckpt['method']}' but its config says '{cfg.method}'; was it edited?"
+            f"the checkpoint in '{run}' is from method '{ckpt['method']}' "
+            f"but its config says '{cfg.method}'; was it edited?"
         )
     dev = resolve_device(device)
     info = build_dataclass(DataInfo, ckpt["data_info"])

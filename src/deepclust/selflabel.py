@@ -247,8 +247,8 @@ class SelfLabelTrainer(Trainer):
             n_before = _count_confident(model, self.train_data.images, cfg.train.batch_size, threshold, dev)
             if n_before == 0:
                 raise ConfigError(
-                    f"no training image's weak-view confidence exceeds {threshold:g} at temperature {t:g}: self-labelling "
-                    "would train on nothing; lower --temperature or --threshold"
+                    f"no training image's weak-view confidence exceeds {threshold:g} at temperature {t:g}: "
+                    "self-labelling would train on nothing; lower --temperature or --threshold"
                 )
             log.info(
                 "selflabel: %d of %d images pass %.2f at temperature %g before training",

@@ -52,7 +52,8 @@ def _record(out: Path) -> dict:
 
 @pytest.mark.slow
 def test_smoke_runs_every_part_and_writes_a_complete_record(tmp_path: Path) -> None:
-    # the command of the issue, with its default (smoke) budget of 240 s (110 s was too little on an Intel Xeon, where SeCu's fp16 is emulated)
+    # the command of the issue, with its default (smoke) budget of 240 s (110 s was too little on an
+    # Intel Xeon, where SeCu's fp16 is emulated)
     done = _run(["--smoke", "--out", str(tmp_path)])
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     rec = _record(tmp_path)

@@ -2,9 +2,9 @@
 every assertion holds the same on an AMD EPYC without bf16 units and on a Xeon with AMX-BF16.
 
 The rule (issue #28): ``auto`` is bf16 on CUDA and on CPUs with AMX-BF16 (and oneDNN in torch;
-AVX512-BF16 alone measured slower than float32), float32 on other CPUs and on MPS; ``off`` and ``bf16`` always win; a config's
-``fp16`` runs as the CPU's fast precision on a CPU, ``train.amp=fp16`` typed on the command line
-still runs fp16 there.
+AVX512-BF16 alone measured slower than float32), float32 on other CPUs and on MPS; ``off`` and
+``bf16`` always win; a config's ``fp16`` runs as the CPU's fast precision on a CPU,
+``train.amp=fp16`` typed on the command line still runs fp16 there.
 """
 
 from __future__ import annotations

@@ -103,7 +103,8 @@ def test_every_python_block_compiles() -> None:
 
 @pytest.mark.parametrize("page,code", blocks("python", marked=False), ids=lambda v: v if v.endswith(".md") else "")
 def test_unmarked_python_blocks_run(page: str, code: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # blocks marked readme-test run in tests/integration/test_readme.py with their epochs made small; the others run as written
+    # blocks marked readme-test run in tests/integration/test_readme.py with their epochs made small;
+    # the others run as written
     monkeypatch.chdir(tmp_path)
     exec(compile(code, page, "exec"), {"__name__": "__docs__"})
 

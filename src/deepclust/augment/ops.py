@@ -517,9 +517,10 @@ def gaussian_blur(
 # Ops of SCAN's strong augmentation (secu.md section 12). Magnitude ranges: rotate in degrees,
 # shear as the affine shear factor, translate as a fraction of the image side, posterize in
 # bits (integers 4..7: SCAN draws a magnitude uniform in [4, 8) and truncates it, so 8 bits,
-# the identity, never occurs; the spec's "4-8" is that range's end points). The spec gives no range for color/contrast/brightness/sharpness and
-# solarize: the library uses enhancement factors in [0.05, 0.95] (the FixMatch/SCAN-style
-# RandAugment convention) and a solarize threshold in [0, 1] (0..256 on 8-bit images).
+# the identity, never occurs; the spec's "4-8" is that range's end points). The spec gives no
+# range for color/contrast/brightness/sharpness and solarize: the library uses enhancement
+# factors in [0.05, 0.95] (the FixMatch/SCAN-style RandAugment convention) and a solarize
+# threshold in [0, 1] (0..256 on 8-bit images).
 RAND_AUGMENT_OPS: tuple[str, ...] = (
     "identity",
     "autocontrast",

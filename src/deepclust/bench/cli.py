@@ -77,7 +77,10 @@ def amp_variants(text: str) -> dict[str, list[str]]:
 
 def print_throughput(r: dict[str, Any]) -> None:
     d = r["deepclust"]
-    head = f"{r['method']} on {r['dataset']} ({r['backbone']}, {r['image_size']} px, batch {r['batch_size']}, {r['machine']['device']})"
+    head = (
+        f"{r['method']} on {r['dataset']} ({r['backbone']}, {r['image_size']} px, "
+        f"batch {r['batch_size']}, {r['machine']['device']})"
+    )
     print(head)
     for name, v in (r.get("variants") or {"deepclust": d}).items():
         print(
@@ -97,7 +100,8 @@ def print_throughput(r: dict[str, Any]) -> None:
 
 def print_kmeans(r: dict[str, Any]) -> None:
     print(
-        f"k-means on {r['features']}: n={r['n']} d={r['dim']} k={r['k']} n_init={r['n_init']} ({r['machine']['device']})"
+        f"k-means on {r['features']}: n={r['n']} d={r['dim']} k={r['k']} n_init={r['n_init']} "
+        f"({r['machine']['device']})"
     )
     for lib in ("deepclust", "sklearn", "faiss"):
         if lib in r:

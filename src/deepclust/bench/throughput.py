@@ -329,7 +329,8 @@ def bench_throughput(
             raise DataError("bench compares image pipelines; the data holds feature vectors")
         if not isinstance(trainer.train_data.images, torch.Tensor):
             raise DataError(
-                "bench times images held in memory; this dataset is streamed from disk (benchmarks/stream.py times that)"
+                "bench times images held in memory; "
+                "this dataset is streamed from disk (benchmarks/stream.py times that)"
             )
         bs = cfg.train.batch_size
         n_workers = (os.cpu_count() or 1) if workers is None else workers

@@ -360,7 +360,8 @@ def _lloyd(
 
     Iteration t is one pass over x: every point goes to its nearest centre of C_t and, in the
     same pass, the cluster sums give C_{t+1} (empty clusters take the points farthest from
-    their centres); once few points move, the sums are updated from the moved points only. A restart stops when its labels equal the previous iteration's (strict
+    their centres); once few points move, the sums are updated from the moved points only.
+    A restart stops when its labels equal the previous iteration's (strict
     convergence; result: those labels and C_{t+1}), or when its total squared centre shift
     ``||C_{t+1} - C_t||^2 <= tol_abs`` or t = ``max_iter``: then one more assignment to
     C_{t+1} gives its labels (done in the next pass, beside the running restarts).

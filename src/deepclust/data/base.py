@@ -266,7 +266,8 @@ def image_layout(shape: tuple[int, ...], source: str) -> str:
     if len(shape) == 4:
         raise DataError(f"{source}: images have shape {tuple(shape)}; expected (N, H, W) grayscale or (N, H, W, 3) RGB")
     raise DataError(
-        f"{source}: images have rank {len(shape)} (shape {tuple(shape)}); expected (N, H, W) grayscale or (N, H, W, 3) RGB"
+        f"{source}: images have rank {len(shape)} (shape {tuple(shape)}); "
+        "expected (N, H, W) grayscale or (N, H, W, 3) RGB"
     )
 
 

@@ -151,13 +151,15 @@ def list_image_files(root: Path) -> list[Path]:
     all_files = _list_files(root)
     if not all_files:
         raise DataError(
-            f"image folder {root} is empty; put image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) in it or in class sub-folders"
+            f"image folder {root} is empty; "
+            f"put image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) in it or in class sub-folders"
         )
     files = [f for f in all_files if _is_image(f)]
     if not files:
         exts = sorted({f.suffix.lower() or "(none)" for f in all_files})
         raise DataError(
-            f"image folder {root} has {len(all_files)} file(s) but no images (extensions found: {', '.join(exts[:10])}); "
+            f"image folder {root} has {len(all_files)} file(s) but no images "
+            f"(extensions found: {', '.join(exts[:10])}); "
             f"supported: {', '.join(sorted(IMAGE_EXTENSIONS))}"
         )
     if len(files) < len(all_files):
@@ -275,11 +277,13 @@ def load_imagenet_subset(
             missing = [w for w in wnids if not (partial / w).is_dir()]
             raise DataError(
                 f"dataset {name!r}: {len(missing)} of {len(wnids)} class folders missing under {partial} "
-                f"({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}); it needs every wnid in evaluation.md section 3"
+                f"({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}); "
+                "it needs every wnid in evaluation.md section 3"
             )
         first = next(iter(wnids))
         raise DataError(
-            f"dataset {name!r} not found under {data_dir}: expected an ImageNet train folder imagenet/train/<wnid>/*.JPEG "
+            f"dataset {name!r} not found under {data_dir}: "
+            "expected an ImageNet train folder imagenet/train/<wnid>/*.JPEG "
             f"(e.g. imagenet/train/{first}/) or {name}/<wnid>/; pass --data-dir or set DEEPCLUST_DATA"
         )
     files: list[Path] = []
@@ -373,7 +377,8 @@ def load_tiny_imagenet(data_dir: Path, split: str = "train", image_size: int | N
     root = data_dir / "tiny-imagenet-200"
     if not root.is_dir():
         raise DataError(
-            f"dataset 'tiny-imagenet' not found under {data_dir}: expected tiny-imagenet-200/ (with wnids.txt, train/, val/) "
+            f"dataset 'tiny-imagenet' not found under {data_dir}: "
+            "expected tiny-imagenet-200/ (with wnids.txt, train/, val/) "
             "from http://cs231n.stanford.edu/tiny-imagenet-200.zip; pass --data-dir or set DEEPCLUST_DATA"
         )
     wnids_file = root / "wnids.txt"

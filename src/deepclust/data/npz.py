@@ -51,11 +51,13 @@ def _open_npz(path: Path) -> Any:
         z = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
         raise DataError(
-            f"{path} is not a readable .npz archive ({type(exc).__name__}); save arrays with numpy.savez ({_LAYOUT_HINT})"
+            f"{path} is not a readable .npz archive ({type(exc).__name__}); "
+            f"save arrays with numpy.savez ({_LAYOUT_HINT})"
         ) from None
     if not isinstance(z, np.lib.npyio.NpzFile):
         raise DataError(
-            f"{path} holds a single .npy array, not an .npz archive; save with numpy.savez(path, images=..., labels=...)"
+            f"{path} holds a single .npy array, not an .npz archive; "
+            "save with numpy.savez(path, images=..., labels=...)"
         )
     return z
 
@@ -228,7 +230,8 @@ def read_npz(path: Path, image_size: int | None = None) -> tuple[torch.Tensor, t
         classes = [str(c) for c in np.atleast_1d(classes_np).tolist()]
         if labels.numel() and int(labels.max()) >= len(classes):
             raise DataError(
-                f"{path}: label {int(labels.max())} has no name in 'classes' ({len(classes)} names); fix 'classes' or drop it"
+                f"{path}: label {int(labels.max())} has no name in 'classes' ({len(classes)} names); "
+                "fix 'classes' or drop it"
             )
     elif bool((labels >= 0).any()):
         classes = [str(i) for i in range(int(labels.max()) + 1)]

@@ -48,8 +48,8 @@ class StreamData:
 
     ``files`` the images, ``labels`` int64 (N,) (-1 unknown), ``size`` the input size S every
     view is cut to, ``n_channels`` 1 or 3, ``eval_crop`` the centred fraction of the shorter side
-    that evaluation sees (None: the whole image resized, as the in-memory folders store it), ``decoder`` pil | torchvision, ``workers`` None: see
-    :func:`default_stream_workers`.
+    that evaluation sees (None: the whole image resized, as the in-memory folders store it),
+    ``decoder`` pil | torchvision, ``workers`` None: see :func:`default_stream_workers`.
     """
 
     files: FileList
@@ -222,7 +222,8 @@ def check_failed(data: StreamData, failed: list[str], what: str) -> None:
     """Warn once about unreadable files; a DataError when no readable replacement was found."""
     if "" in failed:
         raise DataError(
-            f"{data.name}: {len([f for f in failed if f])} files in a row under {data.files.root} could not be decoded; "
+            f"{data.name}: {len([f for f in failed if f])} files in a row under {data.files.root} "
+            "could not be decoded; "
             "check the files (unreadable or truncated images)"
         )
     if failed:

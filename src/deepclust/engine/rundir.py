@@ -102,14 +102,16 @@ def check(out: Path, resume: bool, overwrite: bool = False) -> None:
         if not ckpt.is_file():
             why = " (a run that stopped before its first checkpoint)" if logs else ""
             raise CheckpointError(
-                f"nothing to resume: no checkpoint in '{out}'{why}; start it again with 'deepclust train ... --overwrite'"
+                f"nothing to resume: no checkpoint in '{out}'{why}; "
+                "start it again with 'deepclust train ... --overwrite'"
             )
         return
     if overwrite:
         return
     if ckpt.is_file() or (out / io.RESULTS).is_file():
         raise CheckpointError(
-            f"'{out}' already holds a run; pass --resume to continue it, --overwrite to start it again, or choose another --out"
+            f"'{out}' already holds a run; pass --resume to continue it, "
+            "--overwrite to start it again, or choose another --out"
         )
     if logs:
         raise CheckpointError(

@@ -151,7 +151,8 @@ class AnchorCL(ClusteringMethod):
             raise ConfigError(f"method_args.init_bn_mode must be 'train' or 'eval', got '{o.init_bn_mode}'")
         if o.init_batch_size < 2 or o.init_n_init < 1 or o.alpha <= 0 or o.instance_temperature <= 0:
             raise ConfigError(
-                "method_args: init_batch_size >= 2, init_n_init >= 1, alpha > 0 and instance_temperature > 0 are required"
+                "method_args: init_batch_size >= 2, init_n_init >= 1, alpha > 0 "
+                "and instance_temperature > 0 are required"
             )
         if not 0.0 <= o.instance_warmup < 1.0:
             raise ConfigError(f"method_args.instance_warmup must be a fraction in [0, 1), got {o.instance_warmup}")

@@ -51,8 +51,8 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - a truncated file, a pickle of objects, not a weights file at all
         raise CheckpointError(
-            f"weights file '{path}' cannot be read as tensors ({type(exc).__name__}); it must be a state dict saved with "
-            "torch.save or safetensors (full pickles of objects are not loaded)"
+            f"weights file '{path}' cannot be read as tensors ({type(exc).__name__}); "
+            "it must be a state dict saved with torch.save or safetensors (full pickles of objects are not loaded)"
         ) from None
     if isinstance(obj, dict):
         for key in _WRAPPERS:  # training checkpoints wrap the weights
