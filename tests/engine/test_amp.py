@@ -278,3 +278,12 @@ def test_the_trainer_asks_the_methods_declaration(processor, tmp_path: Path, mon
     out = tmp_path / "run"
     assert main(["train", "--method", "idfd", *TINY, "--out", str(out)]) == 0
     assert yaml.safe_load((out / "config.yaml").read_text())["train"]["amp"] in ("off", False)
+
+
+def test_the_methods_that_keep_float32_are_the_ones_the_bf16_matrix_says() -> None:
+    """docs/speed.md's matrix-bf16 table: AnchorCL's mnist-5k cell left the 2-point band under
+    bf16 (the Student-t head on raw features), the others stayed within it."""
+    from deepclust.methods import get_method_class, list_methods
+
+    keep = {m for m in list_methods() if not get_method_class(m).cpu_auto_bf16}
+    assert keep == {"anchorcl"}

@@ -96,6 +96,10 @@ class AnchorCL(ClusteringMethod):
     name = "anchorcl"
     prediction = "head_argmax"
     stem_init = "kaiming"  # every convolution Kaiming-normal (spec/anchor.md 2), the CIFAR stem too
+    # The Student-t head reads distances between raw (un-normalised) backbone features, which bf16
+    # autocast rounds to 8 bits before the float32 head sees them; its bf16 matrix cells left the
+    # 2-point band (docs/speed.md), so auto keeps it in float32 on the CPU.
+    cpu_auto_bf16 = False
     glyph_preset = {
         "optim": {"name": "adam", "lr": 1e-3, "weight_decay": 0.0},
         "train": {"batch_size": 128},
