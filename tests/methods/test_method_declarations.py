@@ -5,6 +5,9 @@ declarations agree with what it does."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 
 from deepclust import methods
@@ -85,3 +88,22 @@ def test_a_new_method_with_a_memory_bank_may_cluster_it(toy: type) -> None:
     assert cfg.eval.features == "memory"
     with pytest.raises(ConfigError, match=r"memory bank \(IDFD, Toy\)"):
         resolve_config({"method": "cdc", "n_clusters": 3, "eval": {"features": "memory"}})
+
+
+def test_a_module_in_the_methods_package_is_found_by_its_file_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Adding a method is its own file: deepclust/methods/<name>.py is registered under <name>
+    with no line in the registry (methods/__init__.py's discover_methods)."""
+    (tmp_path / "toyfile.py").write_text(
+        "from deepclust.methods.cdc import CDC\n\n\nclass ToyFile(CDC):\n    name = 'toyfile'\n"
+    )
+    monkeypatch.setattr(methods, "METHODS", dict(methods.METHODS))
+    monkeypatch.setattr(methods, "__path__", [*methods.__path__, str(tmp_path)])
+    monkeypatch.delitem(sys.modules, "deepclust.methods.toyfile", raising=False)
+    assert "toyfile" not in methods.list_methods()
+    methods.discover_methods()
+    assert "toyfile" in methods.list_methods()
+    cls = get_method_class("toyfile")
+    assert cls.__name__ == "ToyFile" and issubclass(cls, get_method_class("cdc"))
+    sys.modules.pop("deepclust.methods.toyfile", None)

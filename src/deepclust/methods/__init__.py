@@ -3,15 +3,17 @@
 Adding a method: its file here (a :class:`ClusteringMethod` subclass that declares what the
 rest of the library asks of it: ``name``, ``prediction``, ``Options``, ``defaults()``,
 ``accepts_images``, ``has_memory_bank``, ``glyph_preset`` / ``glyph_batch``), its loss under
-``deepclust/losses/``, its configs under ``configs/<name>/``, its docs page, and its line in
-:data:`METHODS` below (or :func:`register_method`, for a method defined outside the package).
-Presets, config rules and the tests over every method read the declarations; none names it.
+``deepclust/losses/``, its configs under ``configs/<name>/`` and its docs page. A module
+``deepclust/methods/<name>.py`` is found by its file name (:func:`discover_methods`); a method
+defined outside the package is added with :func:`register_method`. Presets, config rules and the
+tests over every method read the declarations; none names it.
 """
 
 from __future__ import annotations
 
 import difflib
 import importlib
+import pkgutil
 
 from torch import nn
 
@@ -19,7 +21,9 @@ from deepclust.errors import ConfigError
 from deepclust.methods.base import ClusteringMethod, DataInfo, StepOutput
 
 # name -> "module:Class" (imported on first use, so one method's import cost is not everyone's)
-# or the class itself (methods registered at run time with ``register_method``).
+# or the class itself (methods registered at run time with ``register_method``). The shipped
+# methods are listed only to fix their order, which the records keep; any other module of this
+# package is added after them by discover_methods.
 METHODS: dict[str, str | type[ClusteringMethod]] = {
     "idfd": "deepclust.methods.idfd:IDFD",
     "secu": "deepclust.methods.secu:SeCu",
@@ -27,6 +31,20 @@ METHODS: dict[str, str | type[ClusteringMethod]] = {
     "anchorcl": "deepclust.methods.anchorcl:AnchorCL",
     "scan": "deepclust.methods.scan:SCAN",
 }
+# modules of this package that hold no method
+_NOT_METHODS = {"base"}
+
+
+def discover_methods() -> None:
+    """Add every module ``deepclust/methods/<name>.py`` not yet in :data:`METHODS` under its file
+    name (imported on first use, its class being the one whose ``name`` is that file name), after
+    the listed ones, whose order the records keep: a new method needs no line here."""
+    for info in pkgutil.iter_modules(__path__):
+        if info.name not in METHODS and info.name not in _NOT_METHODS and not info.name.startswith("_"):
+            METHODS[info.name] = f"{__name__}.{info.name}:"
+
+
+discover_methods()
 
 
 def register_method(cls: type[ClusteringMethod]) -> type[ClusteringMethod]:
@@ -58,7 +76,8 @@ def get_method_class(name: str) -> type[ClusteringMethod]:
     entry = METHODS[name]
     if isinstance(entry, str):
         module, attr = entry.split(":")
-        cls = getattr(importlib.import_module(module), attr)
+        found = importlib.import_module(module)
+        cls = getattr(found, attr) if attr else _named_class(found, name)
     else:
         cls = entry
     if not (isinstance(cls, type) and issubclass(cls, ClusteringMethod)) or cls.name != name:
@@ -66,6 +85,14 @@ def get_method_class(name: str) -> type[ClusteringMethod]:
         # checkpoints and configs record, so a mismatch would resume the wrong method.
         raise TypeError(f"registry entry '{name}' -> {METHODS[name]} is not a ClusteringMethod with name '{name}'")
     return cls
+
+
+def _named_class(module: object, name: str) -> object:
+    """The ClusteringMethod subclass of a discovered module whose ``name`` is the module's name."""
+    for value in vars(module).values():
+        if isinstance(value, type) and issubclass(value, ClusteringMethod) and value.name == name:
+            return value
+    raise TypeError(f"{getattr(module, '__name__', module)} defines no ClusteringMethod with name '{name}'")
 
 
 def create_method(cfg, info: DataInfo) -> ClusteringMethod:
