@@ -113,7 +113,7 @@ def cpu_precision() -> str:
     return (
         _script("cpu_precision").table(rec["rows"])
         + f"\n\n{m['cpu_model']}, {m['cpu_count']} cores, bf16 flags: {flags}; torch {m['torch']}; "
-        f"load average {m['loadavg_start']} at the start."
+        f"load average {m['loadavg']} at the start of the last record."
     )
 
 
