@@ -48,8 +48,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import yaml
 
+from deepclust.config import parse_override
 from deepclust.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -116,14 +116,10 @@ def cpu_bf16_units() -> tuple[bool, str]:
 def typed_fp16(overrides: Sequence[str]) -> bool:
     """Whether the last ``train.amp=VALUE`` among ``key=value`` items typed on a command line says
     fp16 (then it runs even on a CPU, where it is emulated; a config file's fp16 does not)."""
-    typed = [o.split("=", 1)[1] for o in overrides if "=" in o and o.split("=", 1)[0].strip() == "train.amp"]
-    if not typed:
-        return False
-    try:
-        value = yaml.safe_load(typed[-1])
-    except yaml.YAMLError:
-        value = typed[-1]
-    return str(value).strip().lower() == "fp16"
+    typed = [
+        parse_override(o)["train"]["amp"] for o in overrides if "=" in o and o.split("=", 1)[0].strip() == "train.amp"
+    ]
+    return bool(typed) and str(typed[-1]).strip().lower() == "fp16"
 
 
 def _once(level: int, message: str) -> None:
