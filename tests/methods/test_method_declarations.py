@@ -14,21 +14,10 @@ from deepclust import methods
 from deepclust.config import resolve_config
 from deepclust.data.peek import DataShape
 from deepclust.errors import ConfigError
-from deepclust.methods import DataInfo, create_method, get_method_class, list_methods
+from deepclust.methods import create_method, get_method_class, list_methods
 from deepclust.presets import kind_defaults
 
-INFO = DataInfo(n_samples=32, n_channels=1, image_size=8, mean=[0.5], std=[0.25], n_clusters=3)
-FEATURE_INFO = DataInfo(
-    n_samples=32,
-    n_channels=1,
-    image_size=1,
-    mean=[0.0],
-    std=[1.0],
-    n_clusters=3,
-    n_features=64,
-    feature_mean=[0.0] * 64,
-    feature_std=[1.0] * 64,
-)
+from .test_method_contract import FEATURE_INFO, INFO  # the contract tests' tiny image and feature data
 
 
 @pytest.mark.parametrize("name", list_methods())
