@@ -6,28 +6,18 @@
 - ``auto``: bf16 on CUDA. On the CPU, bf16 where the processor has AMX-BF16 matrix units and
   torch has oneDNN to use them, else float32 (:func:`cpu_bf16_units`). Float32 on MPS.
 - ``fp16``: fp16 (with a gradient scaler) on CUDA and MPS, which have fast fp16. A CPU has none:
-  there fp16 autocast is emulated (a 2-epoch SeCu run on digits took 274 s per epoch against
-  about 4 s in float32, issue #28), so a *config's* ``fp16`` (SeCu's paper configs, written for
-  GPUs, or a GPU run resumed on a CPU) runs as ``auto`` there, with one info line saying so and
+  there fp16 autocast is emulated and many times slower than float32 (issue #28, docs/speed.md),
+  so a *config's* ``fp16`` (SeCu's paper configs, written for GPUs, or a GPU run resumed on a
+  CPU) runs as ``auto`` there, with one info line saying so and
   why. ``train.amp=fp16`` typed on the command line (``keep_fp16``) still runs fp16, with a
   warning that it is emulated and slow.
 
 The CPU rule reads the processor's facts as torch reports them (``torch.cpu.get_capabilities``:
 ``amx_bf16`` on Intel Xeons since Sapphire Rapids) rather than timing a probe matmul at start-up:
 the facts cost nothing, give the same answer every run, and a probe on a loaded 2-core machine
-would flip with the load. Measured on a 2-core Xeon with AMX-BF16 (torch 2.14.1, one thread,
-process CPU time of a channels-last forward + backward + SGD step, medians; the machine was
-loaded, so CPU time rather than wall time), bf16 autocast against float32, with oneDNN limited by
-``ONEDNN_MAX_CPU_ISA`` to what other processors have:
-
-=====================================  ===========================  ==============================
-oneDNN ISA (a processor like)          small CNN, 28 px, batch 128  ResNet-18, 32 px, batch 64
-=====================================  ===========================  ==============================
-AMX (Xeon since Sapphire Rapids)       2.26x                        2.53x
-AVX512_CORE_BF16 (Cooper Lake, Zen 4)  0.88x                        0.81x
-AVX512_CORE (no bf16 instructions)     0.39x                        0.31x
-AVX2                                   0.10x                        --
-=====================================  ===========================  ==============================
+would flip with the load. Measured with oneDNN limited by ``ONEDNN_MAX_CPU_ISA`` to what other
+processors have (docs/speed.md, records in benchmarks/results/cpu_precision/), bf16 autocast is
+faster than float32 with AMX-BF16 and slower with AVX512-BF16 alone or without bf16 instructions.
 
 So AVX512-BF16 alone does not make bf16 faster, and only AMX-BF16 turns it on (a real Zen 4
 is unmeasured; ``train.amp=bf16`` tries it). Other architectures (arm64) stay float32:

@@ -218,11 +218,9 @@ class CDC(ClusteringMethod):
         """The instance embedding z = normalize(g_z(h)), float32.
 
         g_z's layers follow the caller's autocast (bf16 matmuls); the L2 normalisation runs in
-        float32 with autocast off. In bf16 it rounded z (and the gradient through the norm) to
-        8 bits and the gradient through the norm ~1.5% off for views that lie close together
-        (L_con reads z.z / tau_z). Measured under train.amp=bf16, 40 epochs: digits seed 2 ACC
-        0.857 -> 0.915 (float32 0.910); mnist-5k seed 1 0.786 -> 0.912, seed 0 0.887 -> 0.888
-        (float32 0.972, 0.970): a gap remains on mnist-5k that float32 heads do not close.
+        float32 with autocast off: in bf16 it rounded z to 8 bits and put the gradient through the
+        norm off for views that lie close together (L_con reads z.z / tau_z). What that did to
+        accuracy, and the gap that remains, is in docs/methods/cdc.md (Precision).
         """
         v = self.inst_proj(h)
         with fp32(v):
