@@ -13,6 +13,17 @@ the clustered images are the scored ones). One JSON record per dataset, with the
 command, the date, the load averages and the wall time of every stage, goes to
 ``benchmarks/results/pretrained/<dataset>.json``; ``--table`` prints the Markdown table of
 all records (worst seed of each method beside k-means' best).
+
+Beside k-means, every record holds label-free and supervised references on the same embedding
+(``references``): the share of each image's k nearest neighbours (cosine) that have its class,
+for k = 5, 10, 20, 50 (what neighbour views can teach); spectral clustering of the symmetric
+10-nearest-neighbour graph (scikit-learn ``SpectralClustering``, ``cluster_qr``; seeds as
+above), a strong head-free clustering of the same graph the heads learn from; and a linear
+probe (scikit-learn logistic regression on the standardised L2-normalised embedding, trained
+with the labels on a seeded half and scored on the other half), the accuracy that a
+classifier with labels reaches. ``--add-references`` computes them for the records already in
+``--out-dir`` (from the same embedding cache) without training the methods again; the block
+carries its own machine, command and date.
 """
 
 from __future__ import annotations
@@ -61,6 +72,40 @@ def kmeans_scores(x: np.ndarray, y: np.ndarray, k: int, seed: int) -> dict[str, 
     return _scores(y, labels)
 
 
+def references(x: np.ndarray, y: np.ndarray, k: int, seeds: list[int]) -> dict[str, Any]:
+    """Neighbour purity, spectral clustering of the kNN graph, and a linear probe (module doc)."""
+    from sklearn.cluster import SpectralClustering
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler, normalize
+
+    from deepclust.cluster.neighbors import nearest_neighbors
+
+    z = normalize(x)
+    t = time.time()
+    knn = nearest_neighbors(torch.from_numpy(z), 50).numpy()[:, 1:]  # column 0: the image itself
+    same = y[knn] == y[:, None]
+    purity = {str(n): round(float(same[:, :n].mean()), 4) for n in (5, 10, 20, 50)}
+    out: dict[str, Any] = {"neighbour_purity": purity, "neighbour_seconds": round(time.time() - t, 1)}
+    spectral = {}
+    for seed in seeds:
+        t = time.time()
+        sc = SpectralClustering(
+            k, affinity="nearest_neighbors", n_neighbors=10, assign_labels="cluster_qr", random_state=seed
+        )
+        spectral[str(seed)] = {**_scores(y, sc.fit_predict(z)), "seconds": round(time.time() - t, 1)}
+        logging.info("spectral seed %d: %s", seed, spectral[str(seed)])
+    out["spectral_knn10"] = spectral
+    t = time.time()
+    half = np.random.default_rng(0).permutation(len(z))
+    fit, test = half[: len(z) // 2], half[len(z) // 2 :]
+    scaler = StandardScaler().fit(z[fit])
+    probe = LogisticRegression(max_iter=1000).fit(scaler.transform(z[fit]), y[fit])
+    acc = float((probe.predict(scaler.transform(z[test])) == y[test]).mean())
+    out["linear_probe"] = {"acc": round(acc, 4), "seconds": round(time.time() - t, 1), "split": "seeded half / half"}
+    logging.info("linear probe: %s", out["linear_probe"])
+    return out
+
+
 def _scores(y: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     r = evaluate(y, labels)
     return {k: round(float(r[k]), 4) for k in ("acc", "nmi", "ari")}
@@ -107,6 +152,8 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict[str, Any]:
         t = time.time()
         record["kmeans"][str(seed)] = {**kmeans_scores(x, y, k, seed), "seconds": round(time.time() - t, 1)}
         logging.info("%s k-means seed %d: %s", name, seed, record["kmeans"][str(seed)])
+    if args.references:
+        record["references"] = references(x, y, k, args.seeds)
     for method in args.methods:
         cells = record["methods"].setdefault(method, {})
         for seed in args.seeds:
@@ -120,6 +167,25 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict[str, Any]:
             }
             logging.info("%s %s seed %d: %s", name, method, seed, cells[str(seed)])
     stamp_record(record, start, "benchmarks/pretrained.py", sys.argv[1:], dt.date.today().isoformat())
+    return record
+
+
+def add_references(path: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """The record at ``path`` with its ``references`` block computed on the same embedding."""
+    record = json.loads(path.read_text())
+    registered, split, k = DATASETS[record["dataset"]]
+    start = machine_info(torch.device("cpu"))
+    data = load_dataset(registered, split, args.data_dir)
+    from deepclust.pretrained import embed
+
+    emb = embed(
+        data, args.encoder, args.cache, device=args.device, image_size=args.image_size, amp=args.amp, progress=False
+    )
+    if emb.manifest.get("weights_hash") != record["embedding"]["weights_hash"] or len(emb.features) != len(data):
+        raise SystemExit(f"{path}: the embedding cache does not hold this record's embedding")
+    ref = references(np.asarray(emb.features), data.labels.numpy(), k, [int(s) for s in record["seeds"]])
+    stamp_record(ref, start, "benchmarks/pretrained.py", sys.argv[1:], dt.date.today().isoformat())
+    record["references"] = ref
     return record
 
 
@@ -138,8 +204,9 @@ def margins(record: dict[str, Any]) -> dict[str, dict[str, float]]:
 
 def table(paths: list[Path]) -> str:
     rows = [
-        "| dataset | N | method | ACC worst / best | NMI worst / best | worst - k-means (ACC / NMI points) |",
-        "|---|---:|---|---|---|---|",
+        "| dataset | N | method | ACC worst / best | NMI worst / best | worst - k-means (ACC / NMI points) "
+        "| best - k-means |",
+        "|---|---:|---|---|---|---|---|",
     ]
     for p in paths:
         r = json.loads(p.read_text())
@@ -147,16 +214,51 @@ def table(paths: list[Path]) -> str:
         rows.append(
             f"| {r['dataset']} | {r['n_samples']:,} | k-means (L2, n_init 10) | "
             f"{min(c['acc'] for c in km):.3f} / {max(c['acc'] for c in km):.3f} | "
-            f"{min(c['nmi'] for c in km):.3f} / {max(c['nmi'] for c in km):.3f} | |"
+            f"{min(c['nmi'] for c in km):.3f} / {max(c['nmi'] for c in km):.3f} | | |"
         )
+        spectral = r.get("references", {}).get("spectral_knn10")
+        if spectral:
+            rows.append(_row("spectral, kNN graph (no head)", spectral.values(), km))
         for method, cells in r["methods"].items():
-            mg = margins(r)[method]
-            c = cells.values()
-            rows.append(
-                f"| | | {method} | {min(x['acc'] for x in c):.3f} / {max(x['acc'] for x in c):.3f} | "
-                f"{min(x['nmi'] for x in c):.3f} / {max(x['nmi'] for x in c):.3f} | "
-                f"{mg['worst_acc']:+.1f} / {mg['worst_nmi']:+.1f} |"
-            )
+            rows.append(_row(method, cells.values(), km))
+    return "\n".join(rows)
+
+
+def _row(name: str, cells: Any, km: Any) -> str:
+    """One table row: worst / best seed of ``cells`` and their margins over k-means' best seed."""
+    c, k = list(cells), list(km)
+    d = {(f, m): 100 * (f(x[m] for x in c) - max(x[m] for x in k)) for f in (min, max) for m in ("acc", "nmi")}
+    return (
+        f"| | | {name} | {min(x['acc'] for x in c):.3f} / {max(x['acc'] for x in c):.3f} | "
+        f"{min(x['nmi'] for x in c):.3f} / {max(x['nmi'] for x in c):.3f} | "
+        f"{d[min, 'acc']:+.1f} / {d[min, 'nmi']:+.1f} | {d[max, 'acc']:+.1f} / {d[max, 'nmi']:+.1f} |"
+    )
+
+
+def references_table(paths: list[Path]) -> str:
+    """Per dataset: neighbour purity, the best k-means, spectral and method seed, the linear probe."""
+    rows = [
+        "| dataset | same-class share of the 5 / 20 / 50 nearest neighbours | best ACC / NMI: k-means "
+        "| spectral, kNN graph | best method | linear probe ACC (labels) |",
+        "|---|---|---|---|---|---:|",
+    ]
+    for p in paths:
+        r = json.loads(p.read_text())
+        ref = r.get("references")
+        if not ref:
+            continue
+        pur = ref["neighbour_purity"]
+
+        def best(cells: Any) -> str:
+            c = list(cells)
+            return f"{max(x['acc'] for x in c):.3f} / {max(x['nmi'] for x in c):.3f}"
+
+        top = max(r["methods"], key=lambda m: max(x["nmi"] for x in r["methods"][m].values()))
+        rows.append(
+            f"| {r['dataset']} | {pur['5']:.3f} / {pur['20']:.3f} / {pur['50']:.3f} | {best(r['kmeans'].values())} "
+            f"| {best(ref['spectral_knn10'].values())} | {top} {best(r['methods'][top].values())} "
+            f"| {ref['linear_probe']['acc']:.3f} |"
+        )
     return "\n".join(rows)
 
 
@@ -176,6 +278,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--subset", type=int, default=None, help="the first N images only (checks only)")
     p.add_argument("--out-dir", default=str(RESULTS))
     p.add_argument("--table", action="store_true", help="print the table of the records in --out-dir and stop")
+    p.add_argument("--no-references", dest="references", action="store_false", help="skip the references")
+    p.add_argument(
+        "--add-references", action="store_true", help="add the references to the records of --datasets in --out-dir"
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     out = Path(args.out_dir)
@@ -187,6 +293,10 @@ def main(argv: list[str] | None = None) -> int:
     args.seeds = [int(s) for s in args.seeds.split(",")]
     args.methods = [m for m in args.methods.split(",") if m]
     args.encoder = args.encoder or lite0_spec()
+    if args.add_references:
+        for name in args.datasets.split(","):
+            write_record(add_references(out / f"{name}.json", args), out / f"{name}.json")
+        return 0
     for name in args.datasets.split(","):
         record = run_dataset(name, args)
         write_record(record, out / f"{name}.json")

@@ -122,6 +122,11 @@ def pretrained() -> str:
     return _script("pretrained").table(sorted((RESULTS / "pretrained").glob("*.json")))
 
 
+def pretrained_references() -> str:
+    """``pretrained.py``'s references: neighbour purity, spectral clustering and a linear probe per dataset."""
+    return _script("pretrained").references_table(sorted((RESULTS / "pretrained").glob("*.json")))
+
+
 def quality_runs() -> str:
     """The single ``quality.py`` runs: one method, one dataset, seed 0, beside raw-pixel k-means."""
     out = [
@@ -241,6 +246,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "matrix-bf16": matrix_bf16,
     "cpu-precision": cpu_precision,
     "pretrained": pretrained,
+    "pretrained-references": pretrained_references,
     "quality": quality_runs,
     "throughput": throughput,
     "kmeans": kmeans,
