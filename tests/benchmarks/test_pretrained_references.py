@@ -45,7 +45,7 @@ def test_spectral_and_probe_find_separated_blobs(bench) -> None:  # type: ignore
     y = np.repeat(np.arange(4), 60)
     x = (centres[y] + rng.normal(size=(240, 16))).astype(np.float32)
     ref = bench.references(x, y, 4, seeds=[0, 1])
-    assert set(ref["spectral_knn10"]) == {"0", "1"}
+    assert set(ref["spectral_knn10"]) == {"0"}  # cluster_qr is deterministic: one run
     assert all(c["acc"] == 1.0 and c["nmi"] == 1.0 for c in ref["spectral_knn10"].values())
     assert ref["linear_probe"]["acc"] == 1.0
     assert ref["neighbour_purity"]["20"] == 1.0
