@@ -287,3 +287,18 @@ def test_the_methods_that_keep_float32_are_the_ones_the_bf16_matrix_says() -> No
 
     keep = {m for m in list_methods() if not get_method_class(m).cpu_auto_bf16}
     assert keep == {"anchorcl", "cdc"}
+
+
+def test_resume_in_fp16_a_run_saved_without_it(monkeypatch, tmp_path: Path, caplog) -> None:
+    """A run trained in float32 and resumed with ``train.amp=fp16`` typed: the gradient scaler,
+    saved disabled (an empty state), starts fresh instead of failing to load."""
+    monkeypatch.setenv(amp.CPU_BF16_ENV, "0")
+    out = tmp_path / "run"
+    assert main(["train", "--method", "idfd", *TINY, "--out", str(out), "train.amp=off"]) == 0
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["scaler"] == {}
+    with caplog.at_level(logging.INFO, logger="deepclust"):
+        assert main(["resume", str(out), "train.epochs=2", "train.amp=fp16"]) == 0
+    assert any("starts at its initial scale" in r.getMessage() for r in caplog.records)
+    saved = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert saved["epoch"] == 2 and saved["scaler"]["scale"] > 0
+    assert _saved_amp(out) == "fp16"

@@ -82,7 +82,10 @@ class RunState:
                 f"the checkpoint in '{out}' does not fit this model (different backbone, data size or options)"
             ) from None
         self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scaler.load_state_dict(ckpt["scaler"])
+        if ckpt["scaler"] or not self.scaler.is_enabled():
+            self.scaler.load_state_dict(ckpt["scaler"])
+        else:  # saved without fp16, resumed with it: the scaler has no history to restore
+            log.info("the run was saved without fp16; the fp16 gradient scaler starts at its initial scale")
         set_rng_state(ckpt["rng"])
         self.init_record = ckpt.get("init")
         epoch = run.saved_epoch = int(ckpt["epoch"])
