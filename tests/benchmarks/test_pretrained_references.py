@@ -30,7 +30,7 @@ def test_neighbour_purity_matches_scikit_learn(bench) -> None:  # type: ignore[n
     x = rng.normal(size=(200, 12)).astype(np.float32)
     y = rng.integers(0, 3, 200)
     x[y == 1, 0] += 1.5  # some structure, so purity is neither chance nor 1
-    ref = bench.references(x, y, 3, seeds=[0])
+    ref = bench.references(x, y, 3, seed=0)
     nn = NearestNeighbors(n_neighbors=51, metric="cosine", algorithm="brute").fit(x)
     idx = nn.kneighbors(x, return_distance=False)[:, 1:]  # column 0: the point itself
     for k in (5, 10, 20, 50):
@@ -44,14 +44,14 @@ def test_spectral_and_probe_find_separated_blobs(bench) -> None:  # type: ignore
     centres = rng.normal(size=(4, 16)) * 5
     y = np.repeat(np.arange(4), 60)
     x = (centres[y] + rng.normal(size=(240, 16))).astype(np.float32)
-    ref = bench.references(x, y, 4, seeds=[0, 1])
+    ref = bench.references(x, y, 4, seed=0)
     assert set(ref["spectral_knn10"]) == {"0"}  # cluster_qr is deterministic: one run
     assert all(c["acc"] == 1.0 and c["nmi"] == 1.0 for c in ref["spectral_knn10"].values())
     assert ref["linear_probe"]["acc"] == 1.0
     assert ref["neighbour_purity"]["20"] == 1.0
     # labels unrelated to the points: the probe is near chance, not perfect
     shuffled = rng.permutation(y)
-    assert bench.references(x, shuffled, 4, seeds=[0])["linear_probe"]["acc"] < 0.5
+    assert bench.references(x, shuffled, 4, seed=0)["linear_probe"]["acc"] < 0.5
 
 
 def test_tables_show_the_references(bench, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
