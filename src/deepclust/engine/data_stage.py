@@ -14,7 +14,6 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
 from deepclust.collectives import Collectives
@@ -142,15 +141,7 @@ def embedded_features(emb: Any, spec: str) -> EmbeddedFeatures:
         "cache": str(emb.path),
         "spec": spec,
     }
-    return EmbeddedFeatures(
-        images=torch.from_numpy(np.array(emb.features, dtype=np.float32)),
-        labels=emb.labels.clone(),
-        classes=list(emb.classes),
-        name=emb.name,
-        split=emb.split,
-        embedding=record,
-        image_paths=emb.paths,
-    )
+    return emb.as_feature_data(EmbeddedFeatures, embedding=record, image_paths=emb.paths)
 
 
 def load_data(

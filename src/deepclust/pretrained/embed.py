@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, overload
 
 import numpy as np
 import torch
@@ -44,6 +44,8 @@ from deepclust.pretrained.cache import default_cache_root
 from deepclust.pretrained.encoders import Encoder, create_encoder
 
 logger = logging.getLogger(__name__)
+
+_F = TypeVar("_F", bound=FeatureData)  # what as_feature_data builds
 
 __all__ = ["Embedding", "default_cache_root", "embed"]
 
@@ -78,14 +80,22 @@ class Embedding:
     def dim(self) -> int:
         return int(self.features.shape[1])
 
-    def as_feature_data(self) -> FeatureData:
-        """The features in memory as :class:`FeatureData`, with the dataset's labels, classes and name."""
-        return FeatureData(
+    @overload
+    def as_feature_data(self) -> FeatureData: ...
+
+    @overload
+    def as_feature_data(self, cls: type[_F], **extra: Any) -> _F: ...
+
+    def as_feature_data(self, cls: type[FeatureData] = FeatureData, **extra: Any) -> FeatureData:
+        """The features in memory as :class:`FeatureData` (or its subclass ``cls``, given the
+        ``extra`` fields), with the dataset's labels, classes and name."""
+        return cls(
             images=torch.from_numpy(np.array(self.features, dtype=np.float32)),
             labels=self.labels.clone(),
             classes=list(self.classes),
             name=self.name,
             split=self.split,
+            **extra,
         )
 
 
