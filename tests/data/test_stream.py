@@ -19,6 +19,8 @@ from deepclust.data.filelist import FileList
 from deepclust.engine.stream_loader import StreamLoader
 from deepclust.errors import DataError
 
+from ..torchrun_env import free_port, set_torchrun_env
+
 RNG = np.random.default_rng(1)
 
 
@@ -381,19 +383,10 @@ def _stream_raw(data_dir: Path, out: Path) -> dict:
 
 
 def _stream_worker(rank: int, port: int, raw: dict) -> None:
-    import os
-
     from deepclust.config import resolve_config
     from deepclust.engine import train
 
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        WORLD_SIZE="2",
-        LOCAL_RANK=str(rank),
-        DEEPCLUST_DIST_TIMEOUT="120",
-    )
+    set_torchrun_env(rank, port, 2)
     torch.set_num_threads(1)
     train(resolve_config(raw))
 
@@ -401,18 +394,13 @@ def _stream_worker(rank: int, port: int, raw: dict) -> None:
 @pytest.mark.slow  # two spawned gloo processes: about 80 s at load 8 on 2 cores, like tests/engine/test_distributed.py
 @pytest.mark.multiprocess
 def test_two_processes_streaming_their_rows_equal_one_process(tmp_path: Path) -> None:
-    import socket
-
     import torch.multiprocessing as mp
 
     from deepclust.config import resolve_config
     from deepclust.engine import io, train
 
     make_imagenet(tmp_path / "data", n_cls=4, train=18, val=2)  # 72 images: steps of 32, 32, 8 rows
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    mp.spawn(_stream_worker, args=(port, _stream_raw(tmp_path / "data", tmp_path / "two")), nprocs=2, join=True)
+    mp.spawn(_stream_worker, args=(free_port(), _stream_raw(tmp_path / "data", tmp_path / "two")), nprocs=2, join=True)
     train(resolve_config(_stream_raw(tmp_path / "data", tmp_path / "one")))
     a, b = io.load_checkpoint(tmp_path / "two")["model"], io.load_checkpoint(tmp_path / "one")["model"]
     for k in a:

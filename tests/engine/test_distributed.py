@@ -16,8 +16,6 @@ What remains is float rounding (sums in a different order), hence the tolerances
 from __future__ import annotations
 
 import json
-import os
-import socket
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -46,6 +44,8 @@ from deepclust.engine.trainer import Trainer
 from deepclust.errors import ConfigError
 from deepclust.methods import DataInfo, create_method
 
+from ..torchrun_env import free_port, set_torchrun_env
+
 WORLD = 2
 N_IMAGES = 40
 K = 4
@@ -63,12 +63,6 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
     "cdc_entropy": ("cdc", {"equipartition": "entropy", "hidden_dim": 16, "cat_dim": 8}),
     "anchorcl": ("anchorcl", {"init_batch_size": 8, "init_n_init": 2}),
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _init_gloo(rank: int, port: int) -> None:
@@ -237,7 +231,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def spawned(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("ddp")
-    mp.spawn(_method_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
+    mp.spawn(_method_worker, args=(free_port(), str(out)), nprocs=WORLD, join=True)
     return out
 
 
@@ -382,14 +376,7 @@ def _toy_raw(out: Path, epochs: int, data: str) -> dict[str, Any]:
 
 
 def _trainer_worker(rank: int, port: int, raw: dict[str, Any], rec_path: str) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        WORLD_SIZE=str(WORLD),
-        LOCAL_RANK=str(rank),
-        DEEPCLUST_DIST_TIMEOUT="120",
-    )
+    set_torchrun_env(rank, port, WORLD)
     torch.set_num_threads(1)
     record = train(resolve_config(raw))
     Path(f"{rec_path}.rank{rank}").write_text(json.dumps(record, default=str))
@@ -400,7 +387,7 @@ def test_two_process_run_resumed_in_one_process_equals_one_process_run(tmp_path:
     two, ref_dir = tmp_path / "two", tmp_path / "one"
     data = _toy_npz(tmp_path / "toy.npz")
     raw = _toy_raw(two, epochs=1, data=data)
-    mp.spawn(_trainer_worker, args=(_free_port(), raw, str(tmp_path / "record")), nprocs=WORLD, join=True)
+    mp.spawn(_trainer_worker, args=(free_port(), raw, str(tmp_path / "record")), nprocs=WORLD, join=True)
     # only rank 0 wrote the run directory, and every rank returned its record
     assert sorted(p.name for p in two.iterdir()) == ["checkpoint.pt", "config.yaml", "metrics.jsonl", "results.json"]
     assert len(list(tmp_path.rglob("results.json"))) == 1
@@ -428,14 +415,7 @@ def test_two_process_run_resumed_in_one_process_equals_one_process_run(tmp_path:
 
 
 def _selflabel_worker(rank: int, port: int, run: str, out: str, rec_path: str) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        WORLD_SIZE=str(WORLD),
-        LOCAL_RANK=str(rank),
-        DEEPCLUST_DIST_TIMEOUT="120",
-    )
+    set_torchrun_env(rank, port, WORLD)
     torch.set_num_threads(1)
     from deepclust.selflabel import selflabel
 
@@ -455,7 +435,7 @@ def test_selflabel_stage_runs_under_torchrun_and_resumes_in_one_process(tmp_path
     run, out = tmp_path / "run", tmp_path / "run" / "selflabel"
     train(resolve_config(_toy_raw(run, epochs=1, data=data)))
     mp.spawn(
-        _selflabel_worker, args=(_free_port(), str(run), str(out), str(tmp_path / "record")), nprocs=WORLD, join=True
+        _selflabel_worker, args=(free_port(), str(run), str(out), str(tmp_path / "record")), nprocs=WORLD, join=True
     )
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "config.yaml", "metrics.jsonl", "results.json"]
     recs = [json.loads((tmp_path / f"record.rank{r}").read_text()) for r in range(WORLD)]
