@@ -195,15 +195,17 @@ def add_references(path: Path, args: argparse.Namespace) -> dict[str, Any]:
 
 def margins(record: dict[str, Any]) -> dict[str, dict[str, float]]:
     """Per method: its worst and best seed minus k-means' best seed, in points of ACC and NMI."""
-    km = {m: max(c[m] for c in record["kmeans"].values()) for m in ("acc", "nmi")}
-    out = {}
-    for method, cells in record["methods"].items():
-        out[method] = {
-            f"{w}_{m}": round(100 * (f(c[m] for c in cells.values()) - km[m]), 1)
-            for m in ("acc", "nmi")
-            for w, f in (("worst", min), ("best", max))
-        }
-    return out
+    return {method: _margins(cells.values(), record["kmeans"].values()) for method, cells in record["methods"].items()}
+
+
+def _margins(cells: Any, km: Any) -> dict[str, float]:
+    """``worst_acc``, ``best_acc``, ``worst_nmi``, ``best_nmi`` of ``cells`` minus k-means' best seed, in points."""
+    c, k = list(cells), list(km)
+    return {
+        f"{w}_{m}": round(100 * (f(x[m] for x in c) - max(x[m] for x in k)), 1)
+        for m in ("acc", "nmi")
+        for w, f in (("worst", min), ("best", max))
+    }
 
 
 def table(paths: list[Path]) -> str:
@@ -230,12 +232,12 @@ def table(paths: list[Path]) -> str:
 
 def _row(name: str, cells: Any, km: Any) -> str:
     """One table row: worst / best seed of ``cells`` and their margins over k-means' best seed."""
-    c, k = list(cells), list(km)
-    d = {(f, m): 100 * (f(x[m] for x in c) - max(x[m] for x in k)) for f in (min, max) for m in ("acc", "nmi")}
+    c = list(cells)
+    d = _margins(c, km)
     return (
         f"| | | {name} | {min(x['acc'] for x in c):.3f} / {max(x['acc'] for x in c):.3f} | "
         f"{min(x['nmi'] for x in c):.3f} / {max(x['nmi'] for x in c):.3f} | "
-        f"{d[min, 'acc']:+.1f} / {d[min, 'nmi']:+.1f} | {d[max, 'acc']:+.1f} / {d[max, 'nmi']:+.1f} |"
+        f"{d['worst_acc']:+.1f} / {d['worst_nmi']:+.1f} | {d['best_acc']:+.1f} / {d['best_nmi']:+.1f} |"
     )
 
 
